@@ -15,7 +15,6 @@ from psycopg.pq import DiagnosticField
 from psycopg_pool import PoolTimeout
 
 from ragstore import backup
-from ragstore.api.errors import problem_body
 from ragstore.config import Settings
 from ragstore.db import spaces
 from ragstore.db.database import Breaker, Database, is_full, refused_for_limit
@@ -37,6 +36,7 @@ from ragstore.errors import (
     SearchTimeoutError,
     StatementCancelledError,
 )
+from ragstore.http.problems import problem_body
 from ragstore.runtime import Runtime
 from ragstore.search import search
 from ragstore.search.service import _search_deadline

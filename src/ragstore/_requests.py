@@ -40,7 +40,7 @@ from ragstore.models import COLLECTION_NAME
 T = TypeVar("T")
 Upload = Path | str | tuple[str, bytes]
 
-# What one request to the API may hold: 10,000 texts or ids (api/schemas.py ``TextsCreate``,
+# What one request to the API may hold: 10,000 texts or ids (schemas.py ``TextsCreate``,
 # ``TextIds``) in a JSON body of at most the server's RAGSTORE_MAX_REQUEST_BYTES (1 MiB by
 # default, config.py ``max_request_bytes``). The clients send a longer list in several
 # requests within both (the Store batches too); a server set to a lower byte limit answers
@@ -954,7 +954,7 @@ def upload(
 # set to a lower byte limit answers 413, which stores nothing, and the request is sent
 # again in halves. A part's boundary and headers cost about 200 bytes besides its name.
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
-UPLOAD_LIMIT_HEADER = "RAGStore-Max-Upload-Bytes"  # a 413's (api/middleware.py)
+UPLOAD_LIMIT_HEADER = "RAGStore-Max-Upload-Bytes"  # a 413's (http/limits.py)
 MAX_UPLOAD_FILES = 1000
 _PART_OVERHEAD = 256
 
@@ -992,7 +992,7 @@ def _check_upload_names(names: list[str]) -> None:
     first of several requests: found in a later request, it was refused after the earlier
     ones stored, and a name repeated across two requests was stored over the first
     (answered "updated") where one request refuses it."""
-    from ragstore.jobs.staging import new_name, unique_names
+    from ragstore.uploads.names import new_name, unique_names
 
     for name in names:
         new_name(name)

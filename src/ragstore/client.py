@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar, cast
@@ -37,6 +36,7 @@ from ragstore.errors import (
     OutcomeUnknownError,
     RagstoreError,
 )
+from ragstore.uploads.names import name_path
 
 __all__ = ["AsyncClient", "Client", "error_from_problem"]
 
@@ -44,7 +44,7 @@ __all__ = ["AsyncClient", "Client", "error_from_problem"]
 def _found(page: dict[str, Any], collection: str, source: str) -> dict[str, Any]:
     """The one document of a page listed by exact ``source``, or the error the Store
     raises for it (no source is stored twice in a collection)."""
-    asked = PurePosixPath(unicodedata.normalize("NFC", source).replace("\\", "/"))
+    asked = name_path(source)  # read as the server reads a name (NFC, \\ as /)
     found = [
         d
         for d in page["data"]

@@ -102,7 +102,7 @@ class DatabaseError(RagstoreError):
 
 class RetryLater(Exception):
     """Mixed into the errors that pass with time: ``retry_after`` seconds is the hint a
-    client is sent (HTTP ``Retry-After``, ``api/errors.retry_after``). Not a class of the
+    client is sent (HTTP ``Retry-After``, ``http/problems.retry_after``). Not a class of the
     hierarchy itself (no code of its own): it comes first in their bases, so its
     ``__init__`` hands the message on to theirs."""
 

@@ -22,17 +22,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from ragstore.api.schemas import (
-    CollectionPublic,
-    DocumentPublic,
-    FieldIndexPublic,
-    FieldsPublic,
-    HitPublic,
-    IndexedFieldPublic,
-    SearchResponse,
-    TextPublic,
-    TextsAdded,
-)
 from ragstore.config import Settings
 from ragstore.db import catalog, documents, field_indexes, repository, texts
 from ragstore.db.errors import translated
@@ -48,6 +37,17 @@ from ragstore.errors import (
 from ragstore.ingest import texts as text_service
 from ragstore.profiles import check_profile, get_settings, settings_with
 from ragstore.runtime import Runtime
+from ragstore.schemas import (
+    CollectionPublic,
+    DocumentPublic,
+    FieldIndexPublic,
+    FieldsPublic,
+    HitPublic,
+    IndexedFieldPublic,
+    SearchResponse,
+    TextPublic,
+    TextsAdded,
+)
 from ragstore.validation import (
     a_type,
     check_value,
@@ -403,12 +403,11 @@ class Store:
         """Ingest text as document ``name`` (its suffix picks the parser: ``notes.md``),
         creating the collection when missing; re-adding unchanged text is ``unchanged``.
         ``background`` exists for parity with the clients; in-process it runs now."""
-        import ragstore.jobs  # noqa: F401  (first: ingest.documents <-> jobs import cycle)
         from ragstore.ingest.documents import NewDocument, add_documents
         from ragstore.ingest.service import created_for_this_write
-        from ragstore.jobs import staging
+        from ragstore.uploads import names, staging
 
-        staging.new_name(name)
+        names.new_name(name)
         storable_text(text, f"{name}: the text")
         meta = _metadata(metadata)  # before the collection is made
         coll, created = self._rt.open_or_create(collection)
@@ -519,8 +518,8 @@ class Store:
 
         ``source`` keeps the one document of that exact source: an absolute path as
         stored, a relative one an upload's name (as the HTTP route reads it)."""
-        from ragstore.api.deps import decode_cursor, encode_cursor, split_page
-        from ragstore.jobs import staging
+        from ragstore.paging import decode_cursor, encode_cursor, split_page
+        from ragstore.uploads import names
 
         page_limit(limit)
         # checked as the HTTP route checks them: a NaN or a NUL reached PostgreSQL and came
@@ -538,7 +537,7 @@ class Store:
             check_value(metadata, "the metadata filter", InvalidFilterError, json_only=True)
         coll = self._rt.collection(collection)
         exact = (
-            None if source is None else staging.exact_source(self._rt.settings, collection, source)
+            None if source is None else names.exact_source(self._rt.settings, collection, source)
         )
         rows: list[dict[str, Any]] = []
         more = False
@@ -554,7 +553,7 @@ class Store:
                         after=decode_cursor(cursor),
                         limit=limit + 1,
                         fmt=format,
-                        source_prefix=staging.source_prefix(
+                        source_prefix=names.source_prefix(
                             self._rt.settings, collection, source_prefix
                         ),
                         metadata=dict(metadata) if metadata is not None else None,
@@ -605,9 +604,9 @@ class Store:
     def _document(
         self, collection: str, doc: dict[str, Any], status: str | None = None
     ) -> dict[str, Any]:
-        from ragstore.jobs import staging
+        from ragstore.uploads import names
 
-        name = staging.source_name(self._rt.settings, collection, doc["source"])
+        name = names.source_name(self._rt.settings, collection, doc["source"])
         return _dump(
             DocumentPublic(
                 collection=collection,

@@ -16,15 +16,15 @@ from starlette.responses import Response
 from ragstore import Client
 from ragstore.api.deps import Principal
 from ragstore.api.routes import inspect, search, texts
-from ragstore.api.schemas import (
+from ragstore.config import Settings
+from ragstore.runtime import Runtime
+from ragstore.schemas import (
     ChunksPublic,
     SearchRequest,
     SearchResponse,
     TextIds,
     TextsPublic,
 )
-from ragstore.config import Settings
-from ragstore.runtime import Runtime
 from ragstore.store import search_response
 
 SECTIONS = 60

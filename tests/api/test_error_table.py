@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ragstore
-from ragstore.api.errors import PROBLEMS, error_class_for_code, problem_body
 from ragstore.client import error_from_problem
 from ragstore.errors import (
     DatabaseUnavailableError,
@@ -11,6 +10,7 @@ from ragstore.errors import (
     RateLimitedError,
     all_error_classes,
 )
+from ragstore.http.problems import PROBLEMS, error_class_for_code, problem_body
 
 
 def test_problem_table_covers_every_error_class() -> None:

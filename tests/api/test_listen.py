@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from ragstore.api.listen import bind_sockets
 from ragstore.errors import ConfigError
+from ragstore.http.listen import bind_sockets
 
 
 def test_a_port_in_use_says_to_pick_another() -> None:

@@ -25,7 +25,7 @@ from ragstore.api.server import server_config
 from ragstore.config import Settings
 from ragstore.db import documents, lsn
 from ragstore.db.database import Database
-from ragstore.jobs import staging
+from ragstore.uploads import names
 from tests.api.conftest import running_server, with_
 
 POOL = 2
@@ -93,7 +93,7 @@ def _write_as_the_pool_runs_dry(small: tuple[str, FastAPI, Settings], name: str)
     # another writer of y.md holds its source lock: the request's write waits, holding
     # one pooled connection
     holder = psycopg.connect(dsn)
-    documents.lock_sources(holder, coll.id, [staging.source_of(settings, "c", name)])
+    documents.lock_sources(holder, coll.id, [names.source_of(settings, "c", name)])
     answer: dict[str, Any] = {}
     released = float("inf")
 

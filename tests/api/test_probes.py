@@ -1,5 +1,5 @@
 """/readyz and /metrics answer without a key and no rate limit bounds them: a flood of
-probes shares one run of their checks (api/coalesce.py), and searches still answer."""
+probes shares one run of their checks (http/coalesce.py), and searches still answer."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 
 from ragstore import Client
 from ragstore.api.app import create_app
-from ragstore.api.coalesce import Coalesced
 from ragstore.config import Settings
 from ragstore.errors import NotReadyError
+from ragstore.http.coalesce import Coalesced
 from tests.api.conftest import running_server, with_
 
 

@@ -246,8 +246,8 @@ def test_a_collection_deleted_mid_listing_leaves_no_page_empty(
     import threading
     import time
 
-    from ragstore.api.deps import encode_name_cursor
     from ragstore.db import catalog, repository
+    from ragstore.paging import encode_name_cursor
 
     for name in ("race-1", "race-2", "race-3"):
         client.create_collection(name)

@@ -22,11 +22,11 @@ import pytest
 
 from ragstore import Client
 from ragstore._requests import IDEMPOTENCY_SUPPORT_HEADER
-from ragstore.api import middleware
 from ragstore.auth import KeyStore
 from ragstore.config import Settings
 from ragstore.console.security import BASE_HEADERS
 from ragstore.errors import SearchTimeoutError
+from ragstore.http import limits
 from ragstore.runtime import Runtime
 from ragstore.search import search
 from tests.api.conftest import running_server, with_
@@ -330,7 +330,7 @@ def test_a_refused_body_that_stalls_is_cut_off(secured: str, admin: Client, admi
 def test_a_refused_body_past_the_drain_bound_is_not_read(
     secured: str, admin: Client, admin_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(middleware, "DRAIN_MAX_BYTES", 2 * 1024 * 1024)
+    monkeypatch.setattr(limits, "DRAIN_MAX_BYTES", 2 * 1024 * 1024)
     with _refused_post(secured, admin_key, 1 << 40) as sock:  # declared past it: no drain
         t0 = time.monotonic()
         answer = _read_all(sock, 5.0)
@@ -349,7 +349,7 @@ def test_a_refused_body_past_the_drain_bound_is_not_read(
 def test_a_refused_body_trickled_at_a_fair_rate_is_cut_off_in_time(
     secured: str, admin: Client, admin_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(middleware, "DRAIN_MAX_S", 1.0)
+    monkeypatch.setattr(limits, "DRAIN_MAX_S", 1.0)
     t0 = time.monotonic()
     with _refused_post(secured, admin_key, 2 * 1024 * 1024) as sock, pytest.raises(OSError):
         while time.monotonic() - t0 < 10.0:  # 2 KiB each 0.2 s: fast enough otherwise

@@ -18,7 +18,7 @@ import pytest
 from ragstore import Client
 from ragstore.config import Settings
 from ragstore.errors import InputError
-from ragstore.jobs import staging
+from ragstore.uploads import names
 
 COLL = "unicode-names"
 NAMES = ["café.md", "日本語/メモ.md", "Ärger.txt", "हिन्दी/नोट.md"]
@@ -207,22 +207,22 @@ def test_a_file_name_given_only_as_filename_star_says_to_send_filename(
 
 
 def test_an_ascii_name_maps_to_the_source_it_always_did(settings: Settings) -> None:
-    root = staging.upload_root(settings, "c").resolve()
+    root = names.upload_root(settings, "c").resolve()
     for name, parts in (
         ("notes/a.md", ("notes", "a.md")),
         ("notes\\a.md", ("notes", "a.md")),
         ("./x (1)+y=z@w,v.md", ("x (1)+y=z@w,v.md",)),
         ("a" * 128, ("a" * 128,)),
     ):
-        assert staging.source_of(settings, "c", name) == str(root.joinpath(*parts))
-        assert staging.source_name(settings, "c", staging.source_of(settings, "c", name)) == (
+        assert names.source_of(settings, "c", name) == str(root.joinpath(*parts))
+        assert names.source_name(settings, "c", names.source_of(settings, "c", name)) == (
             "/".join(parts)
         )
-    assert staging.source_of(settings, "c", nfd("café.md")) == str(root / "café.md")
+    assert names.source_of(settings, "c", nfd("café.md")) == str(root / "café.md")
     with pytest.raises(InputError, match=r"its part '\.\.' does not start with a letter"):
-        staging.safe_name("notes/../a.md")
+        names.safe_name("notes/../a.md")
     with pytest.raises(InputError, match="it has 9 parts"):
-        staging.safe_name("/".join("a" * 9))
+        names.safe_name("/".join("a" * 9))
 
 
 def test_a_local_ingest_keeps_nfc_and_nfd_twins_apart_and_add_document_does_not(

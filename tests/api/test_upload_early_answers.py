@@ -12,9 +12,9 @@ import httpx
 import pytest
 
 from ragstore import AsyncClient
-from ragstore.api.middleware import DRAIN_MAX_AT_ONCE
 from ragstore.config import Settings
 from ragstore.errors import AuthenticationError, RagstoreError
+from ragstore.http.limits import DRAIN_MAX_AT_ONCE
 from tests.api.conftest import running_server, with_
 
 

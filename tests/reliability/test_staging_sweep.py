@@ -11,7 +11,7 @@ import time
 import pytest
 
 from ragstore.config import Settings
-from ragstore.jobs import staging
+from ragstore.uploads import staging
 from tests.api.conftest import running_server, with_
 
 

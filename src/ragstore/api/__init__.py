@@ -1,8 +1,9 @@
 """The HTTP API: ``create_app(settings)`` returns the FastAPI application.
 
-FastAPI is imported on first use of ``create_app`` only, so that the in-process ``Store``
-and the CLI can use the schemas and read-side modules of this package (``catalog``)
-without loading the web stack.
+FastAPI is imported on first use of ``create_app`` only, so that the CLI can use the
+modules of this package without loading the web stack. What other surfaces share with
+the API lives below it (``ragstore.http``, ``ragstore.schemas``, ``ragstore.paging``,
+``ragstore.uploads``): only the CLI and the console import this package.
 """
 
 from __future__ import annotations

@@ -18,11 +18,8 @@ from ragstore import __version__
 from ragstore.api import forms
 from ragstore.api.deps import ApiState, refuse_unknown_query
 from ragstore.api.errors import install_error_handlers
-from ragstore.api.hostguard import LoopbackGuardMiddleware
-from ragstore.api.listen import stop_with_parent
 from ragstore.api.middleware import (
     AuthBeforeBodyMiddleware,
-    BodyLimitMiddleware,
     CrashMiddleware,
     DuplicateKeyMiddleware,
     HeadAsGetMiddleware,
@@ -49,10 +46,14 @@ from ragstore.console.security import SecurityHeadersMiddleware
 from ragstore.db import embedded
 from ragstore.db.database import Database
 from ragstore.errors import ConfigError, RagstoreError
-from ragstore.jobs import build_queue, staging
+from ragstore.http.guard import LoopbackGuardMiddleware
+from ragstore.http.limits import BodyLimitMiddleware
+from ragstore.http.listen import stop_with_parent
+from ragstore.jobs import build_queue
 from ragstore.observability.http import install_observability
 from ragstore.profiles import get_settings, served_on_loopback
 from ragstore.runtime import Runtime
+from ragstore.uploads import staging
 
 log = logging.getLogger("ragstore.api")
 
@@ -185,8 +186,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             queue=queue,
         )
         sweeper = staging.Sweeper(settings)  # upload files a killed server or worker left
-        sweeper.start()
         try:
+            sweeper.start()
             yield
         finally:
             sweeper.stop()

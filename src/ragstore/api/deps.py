@@ -7,12 +7,9 @@ an anonymous caller with every right).
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar, get_args, get_origin
+from typing import Annotated, Any, get_args, get_origin
 
 import procrastinate
 from fastapi import Depends, Path, Request
@@ -22,10 +19,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
-from ragstore.api.schemas import NAME_PATTERN
 from ragstore.auth import SCOPES, ApiKey, KeyStore, RateLimiter
-from ragstore.errors import AuthenticationError, InputError
+from ragstore.errors import InputError
+from ragstore.http.bearer import bearer_token
 from ragstore.runtime import Runtime
+from ragstore.schemas import NAME_PATTERN
 
 
 @dataclass
@@ -62,7 +60,6 @@ CollectionName = Annotated[
     ),
 ]
 RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
-_NAME = re.compile(NAME_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -84,23 +81,6 @@ class Principal:
 
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `ragstore keys create`.")
-
-
-def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """The token of ``Authorization: Bearer TOKEN`` among a request's raw ``headers``.
-
-    A request with two ``Authorization`` headers is refused (AuthenticationError): the
-    routes' dependency read the first and the check before a body the last, so the
-    same request was let in or refused by its method, and a proxy that added its own
-    header left which key a request used to chance."""
-    values = [v for k, v in headers if k.lower() == b"authorization"]
-    if len(values) > 1:
-        raise AuthenticationError(
-            "the request has more than one Authorization header; send one, "
-            "`Authorization: Bearer rsk_...`"
-        )
-    scheme, _, token = (values[0] if values else b"").decode("latin-1").partition(" ")
-    return (token.strip() or None) if scheme.lower() == "bearer" else None
 
 
 def authenticate(
@@ -204,76 +184,6 @@ def _needed_scope(route: APIRoute) -> str | None:
 ReadAccess = Annotated[Principal, Depends(_scoped("read"))]
 WriteAccess = Annotated[Principal, Depends(_scoped("write"))]
 AdminAccess = Annotated[Principal, Depends(_scoped("admin"))]
-
-
-_Row = TypeVar("_Row")
-
-
-def split_page(rows: Sequence[_Row], limit: int) -> tuple[list[_Row], bool]:
-    """The page of a listing whose query asked for ``limit + 1`` rows: its first ``limit``
-    rows, and whether a row follows them (only then has the page a ``next_cursor``).
-    Judged by ``len(rows) == limit``, a page that came back exactly full promised a next
-    page that was empty: every client asked once more, and the CLI's ``more:`` line
-    pointed at nothing."""
-    return list(rows[:limit]), len(rows) > limit
-
-
-def encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode().rstrip("=")
-
-
-def encode_name_cursor(last_name: str) -> str:
-    """An opaque cursor after the collection ``last_name`` (the list is keyset on name)."""
-    return base64.urlsafe_b64encode(f"name:{last_name}".encode()).decode().rstrip("=")
-
-
-def decode_name_cursor(cursor: str | None) -> str | None:
-    """The last name of the previous page from an opaque cursor; InputError when mangled."""
-    if not cursor:
-        return None
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, _, value = text.partition(":")
-        if kind == "name" and _NAME.fullmatch(value):
-            return value
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        pass
-    raise InputError(f"invalid cursor {cursor[:100]!r}; pass the next_cursor of a previous page")
-
-
-def encode_text_cursor(last_id: str) -> str:
-    """An opaque cursor after the text ``last_id`` (``POST .../texts/query`` is keyset on
-    the text id)."""
-    return base64.urlsafe_b64encode(f"text:{last_id}".encode()).decode().rstrip("=")
-
-
-def decode_text_cursor(cursor: str | None) -> str | None:
-    """The last text id of the previous page from an opaque cursor; InputError when
-    mangled."""
-    if not cursor:
-        return None
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, _, value = text.partition(":")
-        if kind == "text" and value and "\x00" not in value:
-            return value
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        pass
-    raise InputError(f"invalid cursor {cursor[:100]!r}; pass the next_cursor of a previous page")
-
-
-def decode_cursor(cursor: str | None) -> int | None:
-    """The last id of the previous page from an opaque cursor; InputError when mangled."""
-    if not cursor:
-        return None
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, _, value = text.partition(":")
-        if kind == "id" and value.isdigit() and len(value) < 19:
-            return int(value)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        pass
-    raise InputError(f"invalid cursor {cursor!r}; pass the next_cursor of a previous page")
 
 
 def _takes_many(field: Any) -> bool:

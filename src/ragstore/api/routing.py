@@ -30,10 +30,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragstore.api.deps import route_path
-from ragstore.api.errors import send_problem
 from ragstore.db import lsn, routing
 from ragstore.db.errors import translated
 from ragstore.errors import RagstoreError, ReadOnlyError, ReplicaBehindError
+from ragstore.http.problems import send_problem
 from ragstore.runtime import Runtime
 
 log = logging.getLogger("ragstore.api")

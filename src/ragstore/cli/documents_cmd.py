@@ -74,7 +74,7 @@ def _find(rt: Runtime, collection: str, document: str) -> dict[str, Any]:
     from ragstore.db import catalog
     from ragstore.db.errors import translated
     from ragstore.errors import DocumentNotFoundError, InputError
-    from ragstore.jobs import staging
+    from ragstore.uploads import names
 
     coll = rt.collection(collection)
     with rt.db.connection() as conn, translated(f"reading document {document!r}"):
@@ -84,7 +84,7 @@ def _find(rt: Runtime, collection: str, document: str) -> dict[str, Any]:
         # ingest package's own helper for it would cost this command 0.8 s of imports
         candidates = [os.path.realpath(document)]
         with contextlib.suppress(InputError):  # not a name an upload could have
-            candidates.append(staging.source_of(rt.settings, collection, document))
+            candidates.append(names.source_of(rt.settings, collection, document))
         for source in filter(_storable, candidates):
             try:
                 return catalog.document_by_source(conn, coll, source)
@@ -145,7 +145,7 @@ def list_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Documents in id order, a page at a time (`--after LAST_ID` for the next page)."""
-    from ragstore.api.deps import encode_cursor
+    from ragstore.paging import encode_cursor
 
     settings, client = _settings_and_client()
     name = collection or settings.collection

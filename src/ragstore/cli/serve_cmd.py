@@ -29,9 +29,9 @@ def register(app: typer.Typer) -> None:
         import uvicorn
         from uvicorn.supervisors import Multiprocess
 
-        from ragstore.api.listen import PARENT_ENV, bind_sockets, bound_addresses
         from ragstore.api.server import server_config
         from ragstore.errors import ConfigError
+        from ragstore.http.listen import PARENT_ENV, bind_sockets, bound_addresses
         from ragstore.profiles import get_settings
 
         overrides = {

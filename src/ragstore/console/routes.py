@@ -18,10 +18,10 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from ragstore import __version__
-from ragstore.api.schemas import NAME_PATTERN
 from ragstore.console.security import CONSOLE_PREFIX
 from ragstore.embedding.registry import DEFAULT_MODEL, TRUNCATED_MODEL
 from ragstore.parsing import supported_suffixes
+from ragstore.schemas import NAME_PATTERN
 
 HERE = Path(__file__).resolve().parent
 BUILTIN_MODELS = (DEFAULT_MODEL, TRUNCATED_MODEL)

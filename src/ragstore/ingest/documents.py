@@ -2,7 +2,7 @@
 
 The HTTP routes and the job worker hand it a client's name, the bytes (already in a
 staging file private to the request) and metadata; it runs them through the ingest
-pipeline under their stored source (``jobs.staging.source_of``) and answers, per
+pipeline under their stored source (``uploads.names.source_of``) and answers, per
 document, what was done and the row as the write left it. Nothing here matches outcomes
 by path or rewrites messages: each outcome carries the error object, worded with the
 client's name.
@@ -18,14 +18,14 @@ from typing import Any
 
 from ragstore.errors import RagstoreError
 from ragstore.ingest.service import IngestReport, Item, Progress, WriteGuard, ingest_items
-from ragstore.jobs import staging
 from ragstore.observability import metrics
 from ragstore.runtime import Runtime
+from ragstore.uploads import names
 
 
 @dataclass(frozen=True)
 class NewDocument:
-    name: str  # the client's name: a relative path (``staging.safe_name``)
+    name: str  # the client's name: a relative path (``uploads.names.safe_name``)
     staged: Path  # its bytes, in a file nobody else writes
     metadata: dict[str, Any] = field(default_factory=dict)
     accepted_at: datetime | None = None  # a queued job's acceptance (DocumentWrite's)
@@ -59,10 +59,10 @@ def add_documents(
     what this call stored. ``guard`` checks each write transaction before its commit
     (a job's run: only while its attempt counts).
     """
-    staging.unique_names([d.name for d in docs])
+    names.unique_names([d.name for d in docs])
     items = [
         Item(
-            staging.source_of(rt.settings, collection, d.name),
+            names.source_of(rt.settings, collection, d.name),
             d.staged,
             d.name,
             dict(d.metadata),

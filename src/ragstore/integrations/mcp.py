@@ -54,10 +54,6 @@ from mcp.types import (
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ragstore.api.deps import bearer_token
-from ragstore.api.errors import send_problem
-from ragstore.api.hostguard import foreign_sender
-from ragstore.api.middleware import BodyLimitMiddleware
 from ragstore.auth.keys import ApiKey, KeyStore
 from ragstore.db.cancel import Cancellation, cancelling
 from ragstore.db.errors import translated
@@ -74,6 +70,10 @@ from ragstore.errors import (
     public_detail,
     pydantic_message,
 )
+from ragstore.http.bearer import bearer_token
+from ragstore.http.guard import foreign_sender
+from ragstore.http.limits import BodyLimitMiddleware
+from ragstore.http.problems import send_problem
 from ragstore.store import Store
 from ragstore.validation import row_id
 

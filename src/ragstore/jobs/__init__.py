@@ -4,7 +4,7 @@ The queue is procrastinate's (its schema is applied by our revision 0003); what 
 sees of a job (status, progress, per-document errors) is our ``ingest_jobs`` table.
 
 The names below are loaded on first use (PEP 562): importing a leaf module of this
-package (``ragstore.jobs.staging``, which the ingest pipeline uses) ran this file, whose
+package (``ragstore.jobs.staging``, which the ingest pipeline used then) ran this file, whose
 imports reach the job runner and through it ``ragstore.ingest.documents``; imported first,
 that module then failed on its own partial import (a circular import).
 """

@@ -28,8 +28,8 @@ from ragstore.errors import (
 )
 from ragstore.ingest.documents import DocumentOutcome, NewDocument, add_documents
 from ragstore.ingest.service import IngestReport
-from ragstore.jobs import staging
 from ragstore.runtime import Runtime
+from ragstore.uploads import staging
 
 log = logging.getLogger("ragstore.jobs")
 

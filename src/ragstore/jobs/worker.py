@@ -37,11 +37,11 @@ from ragstore.errors import (
     ReadOnlyError,
     SchemaMismatchError,
 )
-from ragstore.jobs import staging
 from ragstore.jobs.liveness import LiveJobManager
 from ragstore.jobs.queue import QUEUE, build_queue, queue_pool
 from ragstore.observability.logging import get_logger
 from ragstore.runtime import Runtime
+from ragstore.uploads import staging
 
 log = logging.getLogger("ragstore.jobs")
 events = get_logger("ragstore.jobs")  # structured fields; rendered as the API's lines are

@@ -143,7 +143,7 @@ def _rendering(app: Any) -> Any:
     a connection each. One rendering runs at a time now, and a scrape takes one started
     after it came (never an older answer: a counter it reads counts every request it
     follows)."""
-    from ragstore.api.coalesce import Coalesced
+    from ragstore.http.coalesce import Coalesced
 
     shared = getattr(app.state, "ragstore_metrics", None)
     if shared is None:
@@ -215,7 +215,7 @@ async def _require_key(request: Request) -> None:
         return
     if rt.settings.profile != "prod" and served_on_loopback(rt.settings):
         return
-    from ragstore.api.deps import bearer_token
+    from ragstore.http.bearer import bearer_token
 
     token = bearer_token(request.scope.get("headers", ()))
     client = request.client.host if request.client else ""

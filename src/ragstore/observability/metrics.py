@@ -1091,9 +1091,9 @@ def _loopback_hosts_only(app: Any) -> Any:
     A metrics port on loopback has no key: a web page of another site whose own name it
     makes resolve to 127.0.0.1 (DNS rebinding) read it as that site (the replicas' hosts,
     the routes, the job and model figures), as the API's guard refuses with keys off
-    (``api/hostguard.py``). A scraper on this machine names ``127.0.0.1`` or
+    (``http/guard.py``). A scraper on this machine names ``127.0.0.1`` or
     ``localhost``."""
-    from ragstore.api.hostguard import foreign_party
+    from ragstore.http.guard import foreign_party
 
     def guarded(environ: dict[str, Any], start_response: Any) -> Any:
         given = {
@@ -1136,8 +1136,8 @@ def serve_process_metrics(
     does anything else: a worker that failed to serve its metrics later ran unwatched."""
     from prometheus_client import start_wsgi_server
 
-    from ragstore.api.listen import bind_remedy
     from ragstore.errors import ConfigError
+    from ragstore.http.listen import bind_remedy
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ProcessMetrics(sync))

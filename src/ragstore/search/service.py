@@ -67,7 +67,6 @@ from ragstore.db.errors import translated
 from ragstore.db.field_indexes import FieldIndex
 from ragstore.db.repository import Collection
 from ragstore.errors import ConflictError, InputError, ModelError, SearchTimeoutError
-from ragstore.jobs import staging
 from ragstore.models import Hit
 from ragstore.observability import metrics
 from ragstore.runtime import Runtime
@@ -76,6 +75,7 @@ from ragstore.search.aggregate import SECTION_CAP, SECTION_DECAY, SECTION_POOL, 
 from ragstore.search.filters import compile_filter, ranges_metadata
 from ragstore.search.fused import fused_rows
 from ragstore.search.hybrid import FusionParams
+from ragstore.uploads.names import source_name
 from ragstore.validation import MAX_QUERY_CHARS, float32_array, storable_text
 
 Mode = Literal["vector", "fulltext", "hybrid"]
@@ -302,7 +302,7 @@ def run(
 
 def name_uploads(rt: Runtime, collection: str, hits: Sequence[Hit]) -> None:
     """Each hit of an uploaded document given the name documents list shows for it
-    (``Hit.name``, :func:`ragstore.jobs.staging.source_name`); a hit of a file from disk
+    (``Hit.name``, :func:`ragstore.uploads.names.source_name`); a hit of a file from disk
     or of a text keeps ``None``. Set here, where every search's hits are made, so the HTTP
     answer, the Store, the CLI, MCP and the console cannot name them differently: they
     showed only the ``source``, the server's own ``<data dir>/uploads/...`` path, which the
@@ -310,7 +310,7 @@ def name_uploads(rt: Runtime, collection: str, hits: Sequence[Hit]) -> None:
     names: dict[str, str | None] = {}  # one lookup per document, not per hit
     for hit in hits:
         if hit.source not in names:
-            name = staging.source_name(rt.settings, collection, hit.source)
+            name = source_name(rt.settings, collection, hit.source)
             names[hit.source] = None if name == hit.source else name
         hit.name = names[hit.source]
 

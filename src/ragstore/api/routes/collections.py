@@ -6,26 +6,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from ragstore.api.deps import (
-    AdminAccess,
-    CollectionName,
-    ReadAccess,
-    Rt,
-    WriteAccess,
-    decode_name_cursor,
-    encode_name_cursor,
-    split_page,
-)
+from ragstore.api.deps import AdminAccess, CollectionName, ReadAccess, Rt, WriteAccess
 from ragstore.api.errors_doc import responses
-from ragstore.api.schemas import (
+from ragstore.db import catalog, repository
+from ragstore.db.errors import translated
+from ragstore.errors import CollectionNotFoundError
+from ragstore.paging import decode_name_cursor, encode_name_cursor, split_page
+from ragstore.schemas import (
     CollectionCreate,
     CollectionPublic,
     CollectionsPublic,
     FieldsPublic,
 )
-from ragstore.db import catalog, repository
-from ragstore.db.errors import translated
-from ragstore.errors import CollectionNotFoundError
 from ragstore.store import Store
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"], responses=responses())

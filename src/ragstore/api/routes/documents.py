@@ -29,22 +29,10 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import FormData
 
 from ragstore.api import forms
-from ragstore.api.deps import (
-    CollectionName,
-    Principal,
-    ReadAccess,
-    RowId,
-    Rt,
-    State,
-    WriteAccess,
-    decode_cursor,
-    encode_cursor,
-    split_page,
-)
+from ragstore.api.deps import CollectionName, Principal, ReadAccess, RowId, Rt, State, WriteAccess
 from ragstore.api.errors import public_detail
 from ragstore.api.errors_doc import responses
 from ragstore.api.routes.jobs import job_public
-from ragstore.api.schemas import DocumentCreate, DocumentPublic, DocumentsPublic, JobPublic
 from ragstore.db import catalog
 from ragstore.db.errors import translated
 from ragstore.errors import (
@@ -57,8 +45,11 @@ from ragstore.errors import (
 )
 from ragstore.ingest.documents import NewDocument, add_documents
 from ragstore.ingest.service import created_for_this_write, stops_ingest
-from ragstore.jobs import JobFile, staging, submit_ingest
+from ragstore.jobs import JobFile, submit_ingest
+from ragstore.paging import decode_cursor, encode_cursor, split_page
 from ragstore.runtime import Runtime
+from ragstore.schemas import DocumentCreate, DocumentPublic, DocumentsPublic, JobPublic
+from ragstore.uploads import names, staging
 from ragstore.validation import check_value, loads_json
 
 router = APIRouter(
@@ -79,7 +70,7 @@ def _public(
             **doc,
             "collection": collection,
             "status": outcome,
-            "name": staging.source_name(rt.settings, collection, doc["source"]),
+            "name": names.source_name(rt.settings, collection, doc["source"]),
         }
     )
 
@@ -200,7 +191,7 @@ def add_document(
 ) -> DocumentPublic | JSONResponse:
     caller.require("write", name)
     rt = state.runtime
-    staging.new_name(body.name)
+    names.new_name(body.name)
     check_value(body.metadata, "metadata", paths=True)  # the schema's check walks no paths
     if not body.text.strip():  # refused before the collection is made, as a bad name is
         raise EmptyDocumentError(f"{body.name}: the text is empty; nothing to ingest")
@@ -249,12 +240,12 @@ def _upload(
         total = 0
         for upload in files:
             fname = upload.filename or ""
-            staging.new_name(fname)  # checked in _checked_form, naming its part
+            names.new_name(fname)  # checked in _checked_form, naming its part
             path = area.new_file()
             with area.room():
                 total += _save(upload.file, path, rt.settings.max_file_bytes, fname)
             docs.append(NewDocument(fname, path, meta))
-        staging.unique_names([d.name for d in docs])
+        names.unique_names([d.name for d in docs])
         coll, created = rt.open_or_create(name)  # as `ragstore ingest` does
         if background or total > rt.settings.background_ingest_bytes:
             # a queued job's collection stays, whatever the job's fate: the 202 named it,
@@ -285,7 +276,7 @@ async def _checked_form(request: Request, name: CollectionName, caller: WriteAcc
     with pydantic's "Expected UploadFile, received: <class 'str'>".
 
     A file name is checked as its part sent it (:func:`ragstore.api.forms.sent_filename`)
-    and as a new document's name (:func:`staging.new_name`), and a field value or file name
+    and as a new document's name (:func:`names.new_name`), and a field value or file name
     in bytes that are not the upload's charset is refused (:func:`ragstore.api.forms.
     undecoded_fields`, :class:`ragstore.api.forms.Undecoded`): ``C:\\x.md`` was stored as
     ``x.md``, and latin-1 bytes garbled."""
@@ -334,7 +325,7 @@ async def _checked_form(request: Request, name: CollectionName, caller: WriteAcc
                 f"send the name as {charset}: nothing was stored"
             )
         try:
-            staging.new_name(sent)
+            names.new_name(sent)
         except InputError as exc:
             raise InputError(f"{where}: {exc.message}; nothing was stored") from None
         part.filename = sent
@@ -413,8 +404,8 @@ def list_documents(
             raise InvalidFilterError('metadata filter must be a JSON object, e.g. {"team": "ops"}')
         check_value(meta, "the metadata filter", InvalidFilterError)
     coll = rt.collection(name)
-    prefix = staging.source_prefix(rt.settings, name, source_prefix)
-    exact = staging.exact_source(rt.settings, name, source) if source is not None else None
+    prefix = names.source_prefix(rt.settings, name, source_prefix)
+    exact = names.exact_source(rt.settings, name, source) if source is not None else None
     rows: list[dict[str, Any]] = []
     more = False
     if source is None or exact is not None:  # else a name no upload can have: none

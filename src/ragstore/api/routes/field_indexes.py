@@ -16,13 +16,13 @@ from fastapi import APIRouter, Query, Response
 
 from ragstore.api.deps import AdminAccess, ReadAccess, Rt
 from ragstore.api.errors_doc import responses
-from ragstore.api.schemas import (
+from ragstore.db import field_indexes
+from ragstore.schemas import (
     FieldIndexPublic,
     FieldIndexRequest,
     IndexedFieldPublic,
     IndexedFieldsPublic,
 )
-from ragstore.db import field_indexes
 
 router = APIRouter(tags=["field indexes"], responses=responses())
 

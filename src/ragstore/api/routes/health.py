@@ -11,11 +11,9 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from ragstore._requests import MAX_UPLOAD_FILES
-from ragstore.api.coalesce import Coalesced
-from ragstore.api.deps import ApiState, Principal, Rt, State, bearer_token
+from ragstore.api.deps import ApiState, Principal, Rt, State
 from ragstore.api.errors import public_detail
 from ragstore.api.errors_doc import responses
-from ragstore.api.schemas import Health, Limits, Readiness, ReplicaPublic
 from ragstore.db import migrations, repository
 from ragstore.db.database import CheckConnection, is_full
 from ragstore.db.errors import translated
@@ -26,8 +24,11 @@ from ragstore.errors import (
     NotReadyError,
     RagstoreError,
 )
+from ragstore.http.bearer import bearer_token
+from ragstore.http.coalesce import Coalesced
 from ragstore.observability import metrics
 from ragstore.runtime import Runtime
+from ragstore.schemas import Health, Limits, Readiness, ReplicaPublic
 
 log = logging.getLogger("ragstore.api")
 

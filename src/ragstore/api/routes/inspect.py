@@ -8,9 +8,12 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from ragstore.api.answers import json_answer
-from ragstore.api.deps import CollectionName, ReadAccess, RowId, Rt, split_page
+from ragstore.api.deps import CollectionName, ReadAccess, RowId, Rt
 from ragstore.api.errors_doc import responses
-from ragstore.api.schemas import (
+from ragstore.db import inspection
+from ragstore.db.errors import translated
+from ragstore.paging import split_page
+from ragstore.schemas import (
     ChunkPublic,
     ChunksPublic,
     CollectionStatsPublic,
@@ -18,8 +21,6 @@ from ragstore.api.schemas import (
     SpaceStats,
     TableSize,
 )
-from ragstore.db import inspection
-from ragstore.db.errors import translated
 
 router = APIRouter(tags=["inspect"], responses=responses())
 

@@ -8,17 +8,18 @@ from typing import Annotated
 import psycopg
 from fastapi import APIRouter, Query, Response
 
-from ragstore.api.deps import ReadAccess, RowId, Rt, decode_cursor, encode_cursor, split_page
+from ragstore.api.deps import ReadAccess, RowId, Rt
 from ragstore.api.errors_doc import responses
 from ragstore.api.routing import written_lsn
-from ragstore.api.schemas import NAME_PATTERN, JobError, JobPublic, JobsPublic
 from ragstore.db import jobs as job_store
 from ragstore.db import lsn
 from ragstore.db.errors import translated
 from ragstore.errors import JobNotFoundError
 from ragstore.jobs import QUEUE, JobRecord
 from ragstore.jobs.liveness import requeue_abandoned
+from ragstore.paging import decode_cursor, encode_cursor, split_page
 from ragstore.runtime import Runtime
+from ragstore.schemas import NAME_PATTERN, JobError, JobPublic, JobsPublic
 
 log = logging.getLogger("ragstore.api")
 

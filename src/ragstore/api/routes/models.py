@@ -6,7 +6,11 @@ from fastapi import APIRouter
 
 from ragstore.api.deps import AdminAccess, CollectionName, ReadAccess, Rt
 from ragstore.api.errors_doc import responses
-from ragstore.api.schemas import (
+from ragstore.db import catalog
+from ragstore.db.errors import translated
+from ragstore.modelops.migrate import migrate as migrate_collection
+from ragstore.modelops.migrate import rollback as rollback_collection
+from ragstore.schemas import (
     MigrateRequest,
     MigrationPublic,
     ModelPublic,
@@ -15,10 +19,6 @@ from ragstore.api.schemas import (
     RollbackPublic,
     SpacePublic,
 )
-from ragstore.db import catalog
-from ragstore.db.errors import translated
-from ragstore.modelops.migrate import migrate as migrate_collection
-from ragstore.modelops.migrate import rollback as rollback_collection
 
 router = APIRouter(tags=["models"], responses=responses(404))
 

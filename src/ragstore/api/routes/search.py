@@ -15,7 +15,7 @@ from ragstore.api.answers import json_answer
 from ragstore.api.deps import CollectionName, ReadAccess, Rt
 from ragstore.api.disconnect import unless_disconnected
 from ragstore.api.errors_doc import responses
-from ragstore.api.schemas import SearchRequest, SearchResponse
+from ragstore.schemas import SearchRequest, SearchResponse
 from ragstore.store import search_response
 
 router = APIRouter(

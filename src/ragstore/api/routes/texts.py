@@ -12,17 +12,10 @@ from fastapi import APIRouter, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from ragstore.api.answers import json_answer
-from ragstore.api.deps import (
-    CollectionName,
-    ReadAccess,
-    Rt,
-    WriteAccess,
-    decode_text_cursor,
-    encode_text_cursor,
-    split_page,
-)
+from ragstore.api.deps import CollectionName, ReadAccess, Rt, WriteAccess
 from ragstore.api.errors_doc import responses
-from ragstore.api.schemas import (
+from ragstore.paging import decode_text_cursor, encode_text_cursor, split_page
+from ragstore.schemas import (
     TextIds,
     TextIdsPage,
     TextPublic,

@@ -1,5 +1,9 @@
 """With authentication off, answer only requests that come from this machine's own pages.
 
+Shared by the three HTTP surfaces a server started without keys may offer: the API
+(:class:`LoopbackGuardMiddleware`), MCP over HTTP (:func:`foreign_sender`) and a
+worker's metrics port (:func:`foreign_party`).
+
 ``RAGSTORE_AUTH=auto`` turns keys off for the embedded database served on loopback: being
 on this machine is then the only credential. A web page of another site, open in a browser
 on the same machine, could still use the server in two ways:
@@ -27,8 +31,8 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ragstore.api.errors import send_problem
 from ragstore.errors import PermissionDeniedError
+from ragstore.http.problems import send_problem
 
 
 def is_loopback_name(host: str) -> bool:

@@ -1,6 +1,8 @@
 """Request and response bodies, one family per resource (``XCreate``, ``XPublic``, ``XsPublic``).
 
-Field examples feed the OpenAPI document at ``/openapi.json``.
+The HTTP API reads and answers with them, and the in-process ``Store`` dumps the same
+models, so both answer alike; hence here, below both, not in ``ragstore.api``. Field
+examples feed the OpenAPI document at ``/openapi.json``.
 """
 
 from __future__ import annotations

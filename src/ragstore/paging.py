@@ -1,0 +1,88 @@
+"""Keyset pages: the opaque cursors of every listing, and the split of a page from the row
+that says whether another follows.
+
+Shared by the HTTP API's listing routes, the in-process ``Store`` and the CLI, so a
+cursor one hands out is read alike by the others.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Sequence
+from typing import TypeVar
+
+from ragstore.errors import InputError
+from ragstore.models import COLLECTION_NAME
+
+_NAME = re.compile(f"^{COLLECTION_NAME}$")  # a collection's name (``schemas.NAME_PATTERN``)
+
+_Row = TypeVar("_Row")
+
+
+def split_page(rows: Sequence[_Row], limit: int) -> tuple[list[_Row], bool]:
+    """The page of a listing whose query asked for ``limit + 1`` rows: its first ``limit``
+    rows, and whether a row follows them (only then has the page a ``next_cursor``).
+    Judged by ``len(rows) == limit``, a page that came back exactly full promised a next
+    page that was empty: every client asked once more, and the CLI's ``more:`` line
+    pointed at nothing."""
+    return list(rows[:limit]), len(rows) > limit
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode().rstrip("=")
+
+
+def encode_name_cursor(last_name: str) -> str:
+    """An opaque cursor after the collection ``last_name`` (the list is keyset on name)."""
+    return base64.urlsafe_b64encode(f"name:{last_name}".encode()).decode().rstrip("=")
+
+
+def decode_name_cursor(cursor: str | None) -> str | None:
+    """The last name of the previous page from an opaque cursor; InputError when mangled."""
+    if not cursor:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, value = text.partition(":")
+        if kind == "name" and _NAME.fullmatch(value):
+            return value
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise InputError(f"invalid cursor {cursor[:100]!r}; pass the next_cursor of a previous page")
+
+
+def encode_text_cursor(last_id: str) -> str:
+    """An opaque cursor after the text ``last_id`` (``POST .../texts/query`` is keyset on
+    the text id)."""
+    return base64.urlsafe_b64encode(f"text:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_text_cursor(cursor: str | None) -> str | None:
+    """The last text id of the previous page from an opaque cursor; InputError when
+    mangled."""
+    if not cursor:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, value = text.partition(":")
+        if kind == "text" and value and "\x00" not in value:
+            return value
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise InputError(f"invalid cursor {cursor[:100]!r}; pass the next_cursor of a previous page")
+
+
+def decode_cursor(cursor: str | None) -> int | None:
+    """The last id of the previous page from an opaque cursor; InputError when mangled."""
+    if not cursor:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, value = text.partition(":")
+        if kind == "id" and value.isdigit() and len(value) < 19:
+            return int(value)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise InputError(f"invalid cursor {cursor!r}; pass the next_cursor of a previous page")

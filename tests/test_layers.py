@@ -1,0 +1,144 @@
+"""The package's layers, read from the imports of src/ragstore (ARCHITECTURE.md, "Layers").
+
+MCP and the worker's metrics port imported the HTTP API's package for the guards of a
+server started without keys, and search, ingest and the Store imported the job queue's
+package to name uploaded documents: each such reach made one surface's change another's
+break. Every import is counted, at module level or inside a function, ``TYPE_CHECKING``
+ones too. An exception is listed in :data:`EXCEPTIONS` with its reason, or not at all.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# the HTTP API's package is imported only by the surfaces built on it: the CLI (`serve`,
+# its OpenAPI export) and the browser console, which the API serves
+API_USERS = ("ragstore.api", "ragstore.cli", "ragstore.console")
+# the job queue is above what it runs: nothing below it imports it
+BELOW_JOBS = (
+    "ragstore.search",
+    "ragstore.ingest",
+    "ragstore.db",
+    "ragstore.store",
+    "ragstore.client",
+    "ragstore._requests",
+    "ragstore.uploads",
+    "ragstore.http",
+)
+# the layers shared by the surfaces import none of them
+SHARED = ("ragstore.http", "ragstore.uploads")
+SURFACES = (
+    "ragstore.api",
+    "ragstore.cli",
+    "ragstore.console",
+    "ragstore.integrations",
+    "ragstore.observability",
+    "ragstore.jobs",
+    "ragstore.store",
+    "ragstore.client",
+)
+# the HTTP client runs where no server does: it imports no server side
+CLIENT = ("ragstore.client", "ragstore._requests")
+SERVER_SIDE = (
+    "ragstore.api",
+    "ragstore.http",
+    "ragstore.db",
+    "ragstore.search",
+    "ragstore.store",
+    "ragstore.jobs",
+    "ragstore.runtime",
+    "ragstore.integrations",
+    "ragstore.observability",
+)
+
+# (importer, imported): why it may
+EXCEPTIONS: dict[tuple[str, str], str] = {}
+
+
+def _under(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _module(path: Path) -> tuple[str, str]:
+    """The dotted name of the module at ``path``, and the package its relative imports
+    start from."""
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+        return ".".join(parts), ".".join(parts)
+    return ".".join(parts), ".".join(parts[:-1])
+
+
+def imports() -> list[tuple[str, str, int]]:
+    """Every (importer, imported module, line) of src/ragstore; ``from ragstore.x import y``
+    counts as ``ragstore.x.y`` too, as it may name a submodule."""
+    found = []
+    for path in sorted((SRC / "ragstore").rglob("*.py")):
+        if "alembic" in path.parts:
+            continue
+        name, package = _module(path)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found += [(name, alias.name, node.lineno) for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join(up + ([node.module] if node.module else []))
+                found.append((name, base, node.lineno))
+                found += [(name, f"{base}.{alias.name}", node.lineno) for alias in node.names]
+    return [(a, b, line) for a, b, line in found if _under(b, ("ragstore",))]
+
+
+def _excepted(importer: str, imported: str) -> bool:
+    return any(a == importer and _under(imported, (b,)) for a, b in EXCEPTIONS)
+
+
+def _breaches(
+    importers: tuple[str, ...], forbidden: tuple[str, ...], *, but: tuple[str, ...] = ()
+) -> list[str]:
+    """Each import of a module under ``forbidden`` by one under ``importers`` (and not
+    under ``but``), said."""
+    return sorted(
+        {
+            f"{importer}:{line} imports {imported}"
+            for importer, imported, line in imports()
+            if _under(importer, importers)
+            and not _under(importer, but)
+            and _under(imported, forbidden)
+            and not _excepted(importer, imported)
+        }
+    )
+
+
+def test_the_import_graph_is_read() -> None:
+    # the rules below pass vacuously on a graph that was never read
+    found = {(a, b) for a, b, _ in imports()}
+    assert len({a for a, _ in found}) > 150
+    assert ("ragstore.api.app", "ragstore.http.guard") in found  # absolute
+    assert ("ragstore.integrations.mcp", "ragstore.http.guard") in found
+
+
+def test_only_its_surfaces_import_the_http_api() -> None:
+    assert not _breaches(("ragstore",), ("ragstore.api",), but=API_USERS)
+
+
+def test_nothing_below_the_job_queue_imports_it() -> None:
+    assert not _breaches(BELOW_JOBS, ("ragstore.jobs",))
+
+
+def test_the_shared_layers_import_no_surface() -> None:
+    assert not _breaches(SHARED, SURFACES)
+
+
+def test_the_client_imports_no_server_side() -> None:
+    assert not _breaches(CLIENT, SERVER_SIDE)
+
+
+def test_every_exception_is_still_needed() -> None:
+    # an exception whose import is gone is struck from the list, not kept "just in case"
+    found = {(a, b) for a, b, _ in imports()}
+    assert all(pair in found for pair in EXCEPTIONS), sorted(set(EXCEPTIONS) - found)
