@@ -465,6 +465,9 @@ def test_killed_worker_job_is_finished_by_another_without_duplicates(
     docs, chunks, distinct = _counts(url, "big")
     # a heading and 8 paragraphs of ~60 tokens: the heading chunk and two merged chunks
     assert docs == total and chunks == distinct == total * 3
+    # chunks_done: those of the documents the summary counts as added or updated, the
+    # killed worker's included (the two unchanged ones were stored before the job)
+    assert done["chunks_done"] == (total - 2) * 3, done
 
 
 def test_a_job_whose_workers_keep_dying_fails_as_worker_lost(
