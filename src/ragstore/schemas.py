@@ -529,15 +529,37 @@ class JobError(BaseModel):
 
 
 class JobPublic(BaseModel):
+    """A background ingest job. A job may run more than once (its worker died, a schema
+    change or a busy database stopped a run): each run starts its progress at 0 again and
+    meets the documents an earlier run stored; the finished job's figures are the job's
+    as a whole, whatever run stored each document, so they add up."""
+
     id: int
     collection: str
     status: Literal["queued", "running", "succeeded", "failed"]
-    attempts: int
-    total_documents: int
-    documents_done: int
-    chunks_done: int
+    attempts: int = Field(
+        description="Runs of the job that count against RAGSTORE_WORKER_MAX_ATTEMPTS "
+        "(a run stopped by a schema change gives its attempt back)."
+    )
+    total_documents: int = Field(description="Documents the job was sent.")
+    documents_done: int = Field(
+        description="Documents the current run has dealt with (any outcome); once the job "
+        "has succeeded, the sum of summary's document counts."
+    )
+    chunks_done: int = Field(
+        description="Chunks of the documents the job stored: those summary counts as added "
+        "or updated, including the ones an earlier run of the job stored. Unchanged, failed "
+        "and superseded documents add none."
+    )
     errors: list[JobError]
-    summary: dict[str, Any]
+    summary: dict[str, Any] = Field(
+        description="Set when the job finishes (empty or partial where the job failed as a "
+        "whole): documents by outcome (added, updated, "
+        "unchanged, superseded, failed, not_attempted), for the job as a whole (a document "
+        "an earlier run stored counts as added or updated, not unchanged); embedded and "
+        "reused are the model's work of the run that finished the job (chunk texts sent to "
+        "the model, chunks whose vector was already stored): an earlier run's are not in them."
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -465,6 +465,9 @@ def test_killed_worker_job_is_finished_by_another_without_duplicates(
     docs, chunks, distinct = _counts(url, "big")
     # a heading and 8 paragraphs of ~60 tokens: the heading chunk and two merged chunks
     assert docs == total and chunks == distinct == total * 3
+    # chunks_done: those of the documents the summary counts as added or updated, the
+    # killed worker's included (the two unchanged ones were stored before the job)
+    assert done["chunks_done"] == (total - 2) * 3, done
 
 
 def test_a_job_whose_workers_keep_dying_fails_as_worker_lost(
@@ -1713,6 +1716,48 @@ def test_a_worker_start_removes_the_staging_files_a_killed_process_left(
     assert not any(path.exists() for path in (dead_lock, *dead_files, *held))
     assert list(root.glob("area-*")) == []
     fresh.unlink()
+
+
+def test_a_running_worker_sweeps_the_staging_files_a_process_killed_meanwhile_left(
+    api: Client, jobs_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker swept the staging folder only as it started: the files of a worker killed
+    while it ran (another one on the machine) stayed, with their uploaded text, until a
+    restart, on a machine running only workers (the API server sweeps every minute). A
+    running worker now sweeps as the server does, and stops sweeping when it stops."""
+    monkeypatch.setattr(runner_module.staging, "SWEEP_AFTER_S", 0.2)
+    made: list[runner_module.staging.Sweeper] = []
+
+    class Recorded(runner_module.staging.Sweeper):
+        def __init__(self, settings: Settings) -> None:
+            super().__init__(settings)
+            made.append(self)
+
+    monkeypatch.setattr(runner_module.staging, "Sweeper", Recorded)
+    api.create_collection("swept")
+    job = api.upload("swept", [(f"s{i}.md", _doc(i)) for i in range(3)], background=True)
+    root = jobs_settings.data_dir / "staging"
+    # an area whose process was killed after this worker started: its lock held by no one
+    left = [root / "area-killedw.lock", root / "upload-killedw-0"]
+    real = runner_module._Progress.__call__
+    swept: list[bool] = []
+
+    def progress(self: runner_module._Progress, event: str, files: int, chunks: int) -> None:
+        real(self, event, files, chunks)
+        if swept:
+            return
+        for path in left:
+            path.write_bytes(b"" if path.suffix else b"# Secret\n\nleft by a killed worker")
+        deadline = time.monotonic() + 30  # the job waits here while the worker runs
+        while any(path.exists() for path in left) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        swept.append(not any(path.exists() for path in left))
+
+    monkeypatch.setattr(runner_module._Progress, "__call__", progress)
+    run_worker(jobs_settings, burst=True, signals=False)
+    assert swept == [True], f"still there: {sorted(os.listdir(root))}"
+    assert api.get_job(job["id"])["status"] == "succeeded"
+    assert len(made) == 1 and not made[0]._thread.is_alive(), "the sweeper outlived the worker"
 
 
 def test_a_worker_that_cannot_write_its_staging_folder_refuses_to_start(

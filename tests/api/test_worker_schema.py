@@ -126,12 +126,26 @@ def test_a_downgrade_under_a_running_job_puts_it_back_and_stops_the_worker(
     assert state == "todo", (waiting, state)
     assert waiting.status == "queued" and waiting.attempts == 1, waiting
     _hand_out_now(database_url)
+    real_call = runner_module._Progress.__call__
+    seen: list[tuple[int, int]] = []  # (documents, chunks) the run's progress reached
+
+    def progress(self: Any, event: str, files_done: int, chunks_done: int) -> None:
+        real_call(self, event, files_done, chunks_done)
+        seen.append((self.docs, self.chunks))
+
+    monkeypatch.setattr(runner_module._Progress, "__call__", progress)
     run_worker(worker_settings, burst=True, signals=False)
+    monkeypatch.setattr(runner_module._Progress, "__call__", real_call)
     done = api.get_job(job["id"])
     # the interrupted run gave its attempt back: one run counts
     assert done["status"] == "succeeded" and done["attempts"] == 1, done
     assert done["documents_done"] == 4 and done["errors"] == [], done
     assert done["summary"]["added"] == 4, done
+    # the chunks of the document the stopped run stored count too: the figures add up
+    docs, chunks, distinct = _stored(database_url, "under-run")
+    assert docs == 4 and chunks == distinct == done["chunks_done"], (chunks, done)
+    # and so did the run's progress, as each document's outcome landed
+    assert seen[-1] == (4, chunks), seen
 
 
 def test_a_job_interrupted_by_a_schema_change_keeps_its_attempt(
@@ -159,6 +173,7 @@ def test_a_job_interrupted_by_a_schema_change_keeps_its_attempt(
     assert done["summary"]["added"] == 4, done
     docs, chunks, distinct = _stored(database_url, "one-attempt")
     assert docs == 4 and chunks == distinct > 0, (docs, chunks, distinct)
+    assert done["chunks_done"] == chunks, done  # the stopped run's document's included
     record, state = _queue_state(database_url, job["id"])
     assert record.attempts == 1 and state is None, (record, state)  # its entry done, deleted
 

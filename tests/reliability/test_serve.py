@@ -200,7 +200,7 @@ def test_serve_on_every_interface_requires_keys_and_stops_on_sigterm(
         family = psutil.Process(proc.pid).children(recursive=True)
         assert len(family) >= 2
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) is not None
+        assert proc.wait(timeout=60) == 0  # a clean stop, as with one worker (below)
         _gone, alive = psutil.wait_procs(family, timeout=30)
         assert alive == []
         with pytest.raises(httpx.TransportError):
@@ -208,6 +208,52 @@ def test_serve_on_every_interface_requires_keys_and_stops_on_sigterm(
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_one_process_serve_stopped_by_a_signal_exits_0_as_several_do(
+    pg_admin_uri: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    stop: signal.Signals,
+) -> None:
+    """``serve --workers 1`` stopped by SIGTERM died of the signal uvicorn raised again
+    after its graceful shutdown (status -15, 143 in a shell: "Error" to Kubernetes), and
+    exited 130 on SIGINT, while ``--workers 2`` exits 0 on the same stop. Both
+    now stop gracefully and exit 0."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAGSTORE_")}
+    env.update(
+        {
+            "RAGSTORE_DATA_DIR": str(_session_data_dir(tmp_path_factory)),
+            "RAGSTORE_PROFILE": "test",
+            "RAGSTORE_AUTH": "off",
+            "RAGSTORE_MODEL": "no-such-model",  # skip loading a model at start
+        }
+    )
+    serve = [sys.executable, "-c", "from ragstore.cli import main; main()", "serve"]
+    args = ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    log = tmp_path / "serve.err"
+    with log.open("wb") as err:
+        proc = subprocess.Popen([*serve, *args], env=env, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 150
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, "serve exited"
+                time.sleep(0.5)
+        proc.send_signal(stop)
+        status = proc.wait(timeout=60)
+        assert status == 0, (status, log.read_text(errors="replace")[-2000:])
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
 
 
 def test_several_workers_without_a_metrics_folder_share_one_set_of_metrics(

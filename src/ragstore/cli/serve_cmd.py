@@ -2,14 +2,21 @@
 
 Binding here, before uvicorn starts, lets the auth decision rest on the addresses that are
 actually listening (``--host ""`` binds every interface, so keys go on), and lets every
-worker share the same sockets. SIGTERM and SIGINT stop the server and its workers; a
-worker whose parent died (even by ``kill -9``) is told to stop by the kernel.
+worker share the same sockets. SIGTERM and SIGINT stop the server and its workers
+gracefully, and the command then exits 0, with one worker or several; a worker whose parent
+died (even by ``kill -9``) is told to stop by the kernel.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
 
 import typer
 
@@ -74,7 +81,8 @@ def register(app: typer.Typer) -> None:
             if settings.api_workers > 1:
                 Multiprocess(config, sockets=sockets).run()
             else:
-                server.run(sockets=sockets)
+                with _stop_signals_end_cleanly(server):
+                    server.run(sockets=sockets)
         finally:
             for sock in sockets:
                 sock.close()
@@ -88,6 +96,33 @@ def register(app: typer.Typer) -> None:
                 # from a folder that no longer exists
                 os.environ.pop(MULTIPROC_ENV, None)
                 shutil.rmtree(private_metrics, ignore_errors=True)
+
+
+@contextmanager
+def _stop_signals_end_cleanly(server: Any) -> Iterator[None]:
+    """SIGTERM and SIGINT stop a one-process server (a ``uvicorn.Server``) as they stop
+    several: gracefully, and the command exits 0.
+
+    uvicorn's server raises the signal that stopped it again once its shutdown is done,
+    under the handlers it found: with Python's, ``serve --workers 1`` then died of SIGTERM
+    (status -15, 143 in a shell; "Error" to Kubernetes, "Exited (143)" to Docker) or
+    exited 130 on Ctrl-C, while ``--workers 2`` (uvicorn's supervisor, which exits 0, as
+    gunicorn and ``ragstore worker`` do) ended 0 on the same stop. The handlers it finds
+    now ask the server to stop (what its own do): its raise lands there when the server
+    is done, and a signal that comes before it takes over still stops it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only: uvicorn leaves them alone there too
+        return
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        server.should_exit = True
+
+    found = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in found.items():
+            signal.signal(sig, handler)
 
 
 def _share_metrics(workers: int) -> str | None:

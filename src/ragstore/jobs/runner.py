@@ -3,8 +3,8 @@
 A job may run more than once (its worker died, the queue retried it). That is safe
 because every document is written under its source's lock and one whose stored content
 hash matches is left unchanged: a re-run finishes the documents the dead worker did not
-reach and adds no chunk twice. Its summary still counts what the earlier attempts stored
-as this job's work (:func:`job_status`).
+reach and adds no chunk twice. Its summary and its ``chunks_done`` still count what the
+earlier attempts stored as this job's work (:func:`job_status`, :func:`job_chunks`).
 """
 
 from __future__ import annotations
@@ -128,33 +128,47 @@ def _check_collection_at_start(rt: Runtime, job: store.JobRecord) -> None:
 
 class _Progress:
     """Writes documents/chunks done to the job row, at most every PROGRESS_EVERY_S, while
-    this run's attempt is current (:class:`Superseded` where it is not)."""
+    this run's attempt is current (:class:`Superseded` where it is not).
 
-    def __init__(self, rt: Runtime, job_id: int, attempt: int) -> None:
+    The chunks are the job's as :func:`job_chunks` counts them: on a retry, those of the
+    documents an earlier attempt stored (found ``unchanged`` now) too, read from the
+    run's :class:`IngestReport` (:meth:`follow`) as each document's outcome lands."""
+
+    def __init__(self, rt: Runtime, job: store.JobRecord, attempt: int, *, retry: bool) -> None:
         self.rt = rt
-        self.job_id = job_id
+        self.job = job
         self.attempt = attempt
-        self.base_docs = 0
-        self.base_chunks = 0
+        self.retry = retry
         self.docs = 0
         self.chunks = 0
+        self._report: IngestReport | None = None
+        self._seen = 0  # the report's outcomes counted into _earlier so far
+        self._earlier = 0  # chunks of documents an earlier attempt of the job stored
         self._last = 0.0
 
+    def follow(self, report: IngestReport) -> None:
+        """Count the chunks of the documents an earlier attempt stored from ``report``'s
+        outcomes (the ingest calls this tracker as each is added)."""
+        self._report = report
+
     def __call__(self, event: str, files_done: int, chunks_done: int) -> None:
-        self.docs = self.base_docs + files_done
-        self.chunks = self.base_chunks + chunks_done
+        if self.retry and self._report is not None:
+            landed = self._report.outcomes[self._seen :]
+            self._seen += len(landed)
+            for o in landed:
+                if o.status == "unchanged":
+                    self._earlier += job_chunks(o.status, o.document, 0, self.job, retry=True)
+        self.docs = files_done
+        self.chunks = chunks_done + self._earlier
         now = time.monotonic()
         if now - self._last >= PROGRESS_EVERY_S:
             self._last = now
             with self.rt.db.connection() as conn, translated("recording job progress"):
                 written = store.progress(
-                    conn, self.job_id, self.docs, self.chunks, attempt=self.attempt
+                    conn, self.job.id, self.docs, self.chunks, attempt=self.attempt
                 )
             if not written:
-                raise Superseded(f"job {self.job_id}: attempt {self.attempt} superseded")
-
-    def next_group(self) -> None:
-        self.base_docs, self.base_chunks = self.docs, self.chunks
+                raise Superseded(f"job {self.job.id}: attempt {self.attempt} superseded")
 
 
 def job_status(outcome: DocumentOutcome, job: store.JobRecord, *, retry: bool) -> str:
@@ -172,14 +186,39 @@ def job_status(outcome: DocumentOutcome, job: store.JobRecord, *, retry: bool) -
     (An identical upload of the same name by another request while the job waited would
     count for the job as well: same bytes, same result.)
     """
-    doc = outcome.document
-    if not retry or outcome.status != "unchanged" or doc is None:
-        return outcome.status
+    return _job_status(outcome.status, outcome.document, job, retry=retry)
+
+
+def _job_status(
+    status: str, doc: dict[str, Any] | None, job: store.JobRecord, *, retry: bool
+) -> str:
+    """:func:`job_status` of a document whose write said ``status`` and left row ``doc``."""
+    if not retry or status != "unchanged" or doc is None:
+        return status
     if doc["created_at"] >= job.created_at:
         return "added"
     if doc["updated_at"] >= job.created_at:
         return "updated"
     return "unchanged"
+
+
+def job_chunks(
+    status: str, doc: dict[str, Any] | None, chunks: int, job: store.JobRecord, *, retry: bool
+) -> int:
+    """The chunks one document adds to the job's ``chunks_done``: its stored chunks where
+    the job's summary counts it ``added`` or ``updated`` (:func:`job_status`), none
+    otherwise. ``chunks`` is what this run's write stored of it.
+
+    Counted from this run's writes only, a retry's ``chunks_done`` left out the chunks of
+    the documents an earlier attempt stored, which its summary counts as the job's: a job
+    of 4 documents and 8 chunks, one document stored before a worker died, read
+    ``added: 4`` and ``chunks_done: 6``."""
+    counted = _job_status(status, doc, job, retry=retry)
+    if counted not in ("added", "updated"):
+        return 0
+    if status in ("added", "updated"):
+        return chunks
+    return int(doc["chunks"]) if doc is not None else 0  # stored by an earlier attempt
 
 
 WORKER_LOST = "worker_lost"  # the error code of a job given up after its workers died
@@ -373,7 +412,7 @@ def _run(
     write of it fenced by the attempt (:class:`Superseded` once it no longer counts)."""
     job_id = job.id
     log.info("job %s: ingesting %d documents into %r", job_id, len(files), job.collection)
-    tracker = _Progress(rt, job_id, attempt)
+    tracker = _Progress(rt, job, attempt, retry=job.attempts > 0)
     errors: list[dict[str, Any]] = []
     outcomes: dict[str, int] = defaultdict(int)
     runs = 0
@@ -385,7 +424,7 @@ def _run(
             # the database was away: long enough, perhaps, for this worker to be judged
             # dead and the job taken by another; a run again then only repeats its work
             _check_current(rt, job_id, attempt)
-            tracker = _Progress(rt, job_id, attempt)
+            tracker = _Progress(rt, job, attempt, retry=True)
         results, report = _ingest(rt, job, files, tracker, attempt)
         lost = [r.error for r in results if isinstance(r.error, DatabaseUnavailableError)]
         if lost and runs < ATTEMPTS:
@@ -399,7 +438,11 @@ def _run(
         # a run after a lost one finds what that one stored: it counts as this job's work
         retry = job.attempts > 0 or runs > 1
         tracker.docs = len(results)
-        tracker.chunks = report.chunks
+        # the chunks of every document the summary counts as this job's (stored by this
+        # run or an earlier one): the finished job's figures add up
+        tracker.chunks = sum(
+            job_chunks(r.status, r.document, r.chunks, job, retry=retry) for r in results
+        )
         changed = [r.error for r in results if isinstance(r.error, SchemaMismatchError)]
         if changed:
             raise changed[0]  # a document refused by the changed schema: the job goes back
@@ -475,6 +518,7 @@ def _ingest(
     module's text gives (documents written whole, unchanged ones left)."""
     _check_collection_at_start(rt, job)
     report = IngestReport(collection=job.collection)
+    tracker.follow(report)
     with staging.staging_area(rt.settings) as area:
         # a document written (or deleted: its tombstone) by a request answered after
         # this job was accepted is newer than the job's: the job leaves it (superseded),

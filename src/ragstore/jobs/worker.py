@@ -306,7 +306,11 @@ async def _run(
     staging.check_writable(settings)
     # the runtime opens nothing before rt.db: the port is still bound before anything else
     built: list[procrastinate.App] = []  # the queue's app, once built (its pool's figures)
-    with Runtime(settings) as rt, serving_metrics(settings, rt, lambda: next(iter(built), None)):
+    with (
+        Runtime(settings) as rt,
+        serving_metrics(settings, rt, lambda: next(iter(built), None)),
+        contextlib.ExitStack() as stops,
+    ):
         db = rt.db  # checks the server and the schema before taking any job
         if rt.read_only:
             # a worker writes (its registration, every job): on a standby procrastinate's
@@ -315,7 +319,12 @@ async def _run(
                 f"{db.where} is a hot standby (read-only); a worker stores documents: point "
                 "RAGSTORE_DATABASE_URL at the primary"
             )
-        staging.sweep(settings)  # files a killed worker or server left
+        # files a killed worker or server left: at once, then every minute until the worker
+        # stops (as the API server does). Swept at the start only, a machine running only
+        # workers kept a killed worker's staged files, the uploaded text, until a restart
+        sweeper = staging.Sweeper(settings)
+        sweeper.start()
+        stops.callback(sweeper.stop)
         stopping = asyncio.Event()
         changed: list[SchemaMismatchError] = []
         running_loop = asyncio.get_running_loop()

@@ -137,8 +137,9 @@ def sweep(settings: Settings) -> int:
     """Remove the staging files a process that was killed left (SIGKILL, out of memory,
     the machine gone): those of an area whose lock no live process holds
     (:meth:`StagingArea._hold_lock`), and those of no area at all, once unchanged for
-    :data:`SWEEP_AFTER_S` (a file or lock just made is left); how many files. Run as the
-    server and each worker start, and in a running server every minute (:class:`Sweeper`).
+    :data:`SWEEP_AFTER_S` (a file or lock just made is left); how many files. Run by the
+    server and each worker as they start and every :data:`SWEEP_AFTER_S` while they run
+    (:class:`Sweeper`).
 
     A request or job removes its files when it ends, whatever its outcome; killed, it
     left them, with the uploaded text, in the data folder for good: also after the
