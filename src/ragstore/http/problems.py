@@ -51,6 +51,7 @@ PROBLEMS: dict[type[e.RagstoreError], Problem] = {
     e.MethodNotAllowedError: Problem(405, "Method not allowed"),
     e.NotReadyError: Problem(503, "Not ready"),
     e.SearchTimeoutError: Problem(504, "Search timed out"),
+    e.AnswerTooLargeError: Problem(422, "Answer too large"),
     e.InputError: Problem(422, "Invalid input"),
     e.PathNotFoundError: Problem(422, "Path not found"),
     e.FileUnreadableError: Problem(422, "File unreadable"),
