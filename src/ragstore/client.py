@@ -94,7 +94,14 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 # answered errors that pass with time, for a call that may be sent again whatever became
 # of the first send (a read, an upsert); a proxy's 502/503/504 besides
 _PASSING = frozenset(
-    {"database_unavailable", "replica_behind", "statement_cancelled", "not_ready", "rate_limited"}
+    {
+        "database_unavailable",
+        "replica_behind",
+        "statement_cancelled",
+        "not_ready",
+        "overloaded",
+        "rate_limited",
+    }
 )
 _BACKOFF_FIRST_S = 0.5
 _BACKOFF_MOST_S = 8.0

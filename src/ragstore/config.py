@@ -263,6 +263,15 @@ class Settings(BaseSettings):
         description="Seconds a connection may take to send a whole request head, counted "
         "from when it opened or its last response ended; then it is closed.",
     )
+    queue_wait_s: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="Seconds a request waits for one of the server's worker threads "
+        "while every one is busy; then it is answered 503 overloaded (Retry-After) and not "
+        "run. Only the waits for a thread count, never a request body arriving; /healthz "
+        "and /readyz are never shed. 0 = wait without limit.",
+    )
     max_connections: int = Field(
         1024,
         ge=1,

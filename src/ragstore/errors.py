@@ -300,6 +300,17 @@ class NotReadyError(RagstoreError):
     exit_code = 69
 
 
+class OverloadedError(RetryLater, RagstoreError):
+    """A request that waited ``RAGSTORE_QUEUE_WAIT_S`` for one of the server's worker
+    threads (every one busy) and was answered without being run (``api/shed.py``): a
+    client that waits on a saturated server gives up long before its turn comes, and
+    the work done then is for no one. ``retry_after`` seconds is the hint sent."""
+
+    code = "overloaded"
+    http_status = 503
+    exit_code = 75  # EX_TEMPFAIL
+
+
 class SearchTimeoutError(RagstoreError):
     """A search statement ran past ``RAGSTORE_SEARCH_TIMEOUT_S`` and PostgreSQL ended it (504)."""
 

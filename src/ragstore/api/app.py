@@ -37,6 +37,7 @@ from ragstore.api.routes import (
     texts,
 )
 from ragstore.api.routing import ReadRoutingMiddleware
+from ragstore.api.shed import QueueWaitMiddleware
 from ragstore.api.slashes import install_relative_slash_redirects
 from ragstore.auth import KeyStore, RateLimiter
 from ragstore.config import Settings
@@ -113,6 +114,8 @@ def install_middleware(app: FastAPI, settings: Settings, *, secure: bool = True)
         )
     if guards_loopback(settings, secure):
         app.add_middleware(LoopbackGuardMiddleware)  # DNS rebinding, cross-site posts
+    # outside every middleware that waits for a worker thread: their waits are bounded too
+    app.add_middleware(QueueWaitMiddleware, wait_s=settings.queue_wait_s)
     app.add_middleware(CrashMiddleware)  # a crash's 500, under the headers and the log
     app.add_middleware(SecurityHeadersMiddleware)  # CSP, no framing, no sniffing
     install_observability(app, settings)  # metrics, access log, GET /metrics

@@ -15,10 +15,10 @@ import procrastinate
 from fastapi import Depends, Path, Request
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
+from ragstore.api.shed import before_work
 from ragstore.auth import SCOPES, ApiKey, KeyStore, RateLimiter
 from ragstore.errors import InputError
 from ragstore.http.bearer import bearer_token
@@ -36,7 +36,10 @@ class ApiState:
     queue: procrastinate.App
 
 
-def get_state(request: Request) -> ApiState:
+async def get_state(request: Request) -> ApiState:
+    """The app's state. ``async``, as :func:`get_runtime`: FastAPI runs a plain ``def``
+    dependency on a worker thread, so every request, /healthz and /readyz too, waited
+    behind the busy threads for these two lookups (api/shed.py)."""
     state: ApiState = request.app.state.ragstore
     return state
 
@@ -44,7 +47,7 @@ def get_state(request: Request) -> ApiState:
 State = Annotated[ApiState, Depends(get_state)]
 
 
-def get_runtime(state: State) -> Runtime:
+async def get_runtime(state: State) -> Runtime:
     return state.runtime
 
 
@@ -108,7 +111,7 @@ async def _caller(
     del credentials  # declared for the OpenAPI document; read as the middleware reads it
     token = bearer_token(request.scope.get("headers", ()))
     # the key check may hash and reads the database: off the event loop
-    caller = await run_in_threadpool(authenticate, state.keys, state.limiter, token, client)
+    caller = await before_work(authenticate, state.keys, state.limiter, token, client)
     request.state.principal = caller  # errors.py words a 404 for what it may see
     return caller
 

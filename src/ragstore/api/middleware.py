@@ -10,12 +10,12 @@ import re
 import uuid
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragstore._requests import IDEMPOTENCY_SUPPORT_HEADER
 from ragstore.api.deps import ApiState, authenticate, route_path, route_scope
 from ragstore.api.errors import crash_response
+from ragstore.api.shed import before_work
 from ragstore.errors import (
     InputError,
     RagstoreError,
@@ -269,7 +269,7 @@ class AuthBeforeBodyMiddleware:
         state: dict[str, Any] = scope.setdefault("state", {})
         try:
             token = bearer_token(scope.get("headers", ()))
-            caller = await run_in_threadpool(authenticate, api.keys, api.limiter, token, client)
+            caller = await before_work(authenticate, api.keys, api.limiter, token, client)
             state["principal"] = caller
             # the route's scope (and collection) too: a key without them was answered 403
             # only once FastAPI had read and parsed the whole body

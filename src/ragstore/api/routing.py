@@ -29,10 +29,12 @@ from psycopg_pool import PoolTimeout
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ragstore.api import shed
 from ragstore.api.deps import route_path
+from ragstore.api.shed import before_work
 from ragstore.db import lsn, routing
 from ragstore.db.errors import translated
-from ragstore.errors import RagstoreError, ReadOnlyError, ReplicaBehindError
+from ragstore.errors import OverloadedError, RagstoreError, ReadOnlyError, ReplicaBehindError
 from ragstore.http.problems import send_problem
 from ragstore.runtime import Runtime
 
@@ -109,7 +111,7 @@ class ReadRoutingMiddleware:
             return
         rt: Runtime = state.runtime
         try:
-            read_only = await run_in_threadpool(lambda: rt.read_only)
+            read_only = await before_work(lambda: rt.read_only)
             if job_read and read_only:
                 # a read-only server shows its standby's job rows: a job accepted by the
                 # primary (its 202's position sent back) is not there until replayed, and
@@ -118,7 +120,12 @@ class ReadRoutingMiddleware:
             on_primary = kind == "read" and self._on_primary(scope)
             min_lsn = self._min_lsn(scope) if kind == "read" and not on_primary else None
         except RagstoreError as exc:  # database down, bad header: the route answers it
-            if isinstance(exc, ReadOnlyError) or kind == "write" or exc.http_status < 500:
+            # (not a request shed for want of a thread: it would only wait again there)
+            if (
+                isinstance(exc, ReadOnlyError | OverloadedError)
+                or kind == "write"
+                or exc.http_status < 500
+            ):
                 await send_problem(scope, send, exc)
                 return
             await self.app(scope, receive, send)
@@ -166,7 +173,7 @@ class ReadRoutingMiddleware:
         if min_lsn is not None:
             wait = rt.settings.replica_wait_s
             try:
-                caught_up = await run_in_threadpool(_replayed, rt, min_lsn, wait)
+                caught_up = await before_work(_replayed, rt, min_lsn, wait)
             except RagstoreError as exc:
                 await send_problem(scope, send, exc)
                 return
@@ -187,6 +194,11 @@ class ReadRoutingMiddleware:
     async def _write(self, rt: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_with_lsn(message: Message) -> None:
             position: str | None = None
+            if message["type"] == "http.response.start":
+                if shed.was_shed():  # not run: no position, and the 503 not held up
+                    await send(message)
+                    return
+                shed.work_done()  # it ran: its position is read, however busy the threads
             if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
                 position = await run_in_threadpool(written_lsn, rt, scope["path"])
             elif message["type"] == "http.response.start" and message["status"] not in _RAN_NOT:
@@ -215,7 +227,7 @@ class ReadRoutingMiddleware:
         *,
         on_primary: bool = False,
     ) -> None:
-        router = await run_in_threadpool(lambda: rt.router)
+        router = await before_work(lambda: rt.router)
         if not router.has_replicas:
             await self.app(scope, receive, send)
             return

@@ -104,6 +104,36 @@ _ADDRESS_COUNTS: weakref.WeakKeyDictionary[ServerState, dict[str, int]] = (
 )
 
 
+class _Tally:
+    """A warning about connections the server cut off, written at most once per
+    :data:`REFUSAL_LOG_EVERY_S` with how many there were since the last one, as for the
+    connections refused over a cap. Each was logged on its own: a burst of 200 slow
+    clients wrote 200 lines at once, burying the rest of the log."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message  # its %d: how many connections
+        self.count = 0
+        self.logged: float | None = None  # time.monotonic() of the last line
+
+    def happened(self) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if self.logged is None or now - self.logged >= REFUSAL_LOG_EVERY_S:
+            log.warning(self.message, self.count)
+            self.count = 0
+            self.logged = now
+
+
+_SLOW_BODIES = _Tally(
+    f"closed %d connection(s) whose request body arrived slower than "
+    f"{BODY_MIN_BYTES_PER_S} bytes/s (RAGSTORE_HEADER_TIMEOUT_S)"
+)
+_SLOW_READERS = _Tally(
+    f"dropped %d connection(s) whose client took its answer slower than "
+    f"{BODY_MIN_BYTES_PER_S} bytes/s (RAGSTORE_HEADER_TIMEOUT_S)"
+)
+
+
 class ServeConfig(uvicorn.Config):
     """uvicorn's ``Config`` with the head limits on it: worker processes receive the config
     pickled, so the limits travel with it (a class attribute set at run time would not)."""
@@ -387,11 +417,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if now < self.write_deadline:
             self.write_timer = self.loop.call_at(self.write_deadline, self._write_check)
             return
-        log.warning(
-            "dropped a connection whose client took its answer slower than %d bytes/s "
-            "(RAGSTORE_HEADER_TIMEOUT_S)",
-            BODY_MIN_BYTES_PER_S,
-        )
+        _SLOW_READERS.happened()
         self.transport.abort()
 
     def on_response_complete(self) -> None:
@@ -431,11 +457,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if now < self.body_deadline:
             self.body_timer = self.loop.call_at(self.body_deadline, self._body_check)
             return
-        log.warning(
-            "closed a connection whose request body arrived slower than %d bytes/s "
-            "(RAGSTORE_HEADER_TIMEOUT_S)",
-            BODY_MIN_BYTES_PER_S,
-        )
+        _SLOW_BODIES.happened()
         self.transport.close()
 
     # the size of a head: bytes that arrive without the parser finishing anything

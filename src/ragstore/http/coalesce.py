@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -57,8 +57,17 @@ class Coalesced(Generic[T]):
     request the run may answer (see the module doc). An exception is an answer too: a
     database that is down is not asked again by each of the requests waiting on it."""
 
-    def __init__(self, fn: Callable[[], T], *, fresh_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        fn: Callable[[], T],
+        *,
+        fresh_s: float = 0.0,
+        run: Callable[[Callable[[], T]], Awaitable[T]] = run_in_threadpool,
+    ) -> None:
+        """``run`` runs ``fn`` on a thread: Starlette's pool unless told otherwise (the
+        readiness checks have threads of their own, ``api/shed.py``)."""
         self._fn = fn
+        self._run = run
         self.fresh_s = fresh_s
         self.runs = 0  # runs started (tests count them)
         self._last: _Run[T] | None = None  # the latest finished run
@@ -92,7 +101,7 @@ class Coalesced(Generic[T]):
 
     async def _execute(self, run: _Run[T]) -> T:
         try:
-            return await run_in_threadpool(self._fn)
+            return await self._run(self._fn)
         finally:
             if self._running is run:
                 self._running = None

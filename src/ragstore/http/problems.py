@@ -50,6 +50,7 @@ PROBLEMS: dict[type[e.RagstoreError], Problem] = {
     e.HeadersTooLargeError: Problem(431, "Request headers too large"),
     e.MethodNotAllowedError: Problem(405, "Method not allowed"),
     e.NotReadyError: Problem(503, "Not ready"),
+    e.OverloadedError: Problem(503, "Server overloaded"),
     e.SearchTimeoutError: Problem(504, "Search timed out"),
     e.AnswerTooLargeError: Problem(422, "Answer too large"),
     e.InputError: Problem(422, "Invalid input"),

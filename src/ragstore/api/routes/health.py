@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
 
 from ragstore._requests import MAX_UPLOAD_FILES
 from ragstore.api.deps import ApiState, Principal, Rt, State
 from ragstore.api.errors import public_detail
 from ragstore.api.errors_doc import responses
+from ragstore.api.shed import on_probe_thread
 from ragstore.db import migrations, repository
 from ragstore.db.database import CheckConnection, is_full
 from ragstore.db.errors import translated
@@ -196,7 +196,8 @@ def readiness(request: Request, rt: Runtime) -> Coalesced[_Checked]:
     state = request.app.state
     shared: Coalesced[_Checked] | None = getattr(state, "ragstore_readiness", None)
     if shared is None:
-        shared = Coalesced(lambda: _check(rt), fresh_s=READY_FRESH_S)
+        # on threads of its own: a probe answers at once while searches hold every other
+        shared = Coalesced(lambda: _check(rt), fresh_s=READY_FRESH_S, run=on_probe_thread)
         state.ragstore_readiness = shared
     return shared
 
@@ -217,7 +218,7 @@ async def readyz(rt: Rt, state: State, request: Request) -> Readiness:
     one collection); anonymous probes get the checks and their counts."""
     checked = await readiness(request, rt).get()
     viewer = (
-        await run_in_threadpool(_viewer, state, request)
+        await on_probe_thread(lambda: _viewer(state, request))
         if state.keys is not None
         else Principal(None)
     )
