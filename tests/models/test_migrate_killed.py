@@ -28,7 +28,7 @@ from ragstore.db.models import upsert_model
 from ragstore.embedding.registry import DEFAULT_MODEL, TRUNCATED_MODEL, resolve_spec
 from ragstore.ingest import ingest_paths
 from ragstore.modelops import rechunk
-from ragstore.modelops.specs import model_spec
+from ragstore.modelops.migrate import migrate
 from ragstore.runtime import Runtime
 from ragstore.search import search
 from tests.conftest import run_cli
@@ -81,9 +81,10 @@ def _kill_when(
         )
     try:
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None and not ready():
+        while not ready():
+            assert proc.poll() is None, f"the command ended before it was killed: {log.read_text()}"
+            assert time.monotonic() < deadline, "the command never got where it is to be killed"
             time.sleep(0.01)
-        assert proc.poll() is None, f"the command ended before it was killed: {log.read_text()}"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -94,20 +95,27 @@ def _kill_when(
     return proc
 
 
-def _waiting_on_a_lock(url: str) -> bool:
+SWITCHING = "UPDATE embedding_spaces SET status = 'active'%"  # spaces.activate's 2nd write
+
+
+def _switching(url: str) -> bool:
+    """A backend waits for a lock in the switch's activation of the new space: inside its
+    transaction, after its checks and after it retired the old space."""
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
             " AND datname = current_database() AND wait_event_type = 'Lock'"
+            " AND query LIKE %s",
+            (SWITCHING,),
         ).fetchone()
     return bool(row and row[0])
 
 
 @contextmanager
-def _row_held(url: str, coll_id: int) -> Iterator[None]:
-    """The collection's row held FOR UPDATE: a switch waits for it."""
+def _space_held(url: str, space_id: int) -> Iterator[None]:
+    """The space's row held FOR UPDATE: a switch to it waits as it activates it."""
     with psycopg.connect(url) as conn:
-        conn.execute("SELECT 1 FROM collections WHERE id = %s FOR UPDATE", (coll_id,))
+        conn.execute("SELECT 1 FROM embedding_spaces WHERE id = %s FOR UPDATE", (space_id,))
         yield
         conn.rollback()
 
@@ -205,19 +213,23 @@ def test_a_migration_killed_as_it_switches_keeps_the_old_model_and_switches_when
     url = cli_env["RAGSTORE_DATABASE_URL"]
     coll_name = "killed-switch"
     ingest_paths(rt, [_write(tmp_path / "c", 40)], coll_name)
-    rt.embedder(model_spec(rt, TRUNCATED_MODEL))
-    coll = rt.collection(coll_name)
-    old_key = coll.model.key
-    with _row_held(url, coll.id):
+    old = rt.collection(coll_name)
+    new = migrate(rt, coll_name, TRUNCATED_MODEL, switch=False)  # filled: only the switch left
+    assert not new.remaining
+    with _space_held(url, new.space_id):
         _kill_when(
             settings,
             ["models", "migrate", "-c", coll_name, "--to", TRUNCATED_MODEL],
             tmp_path / "m.log",
-            lambda: _waiting_on_a_lock(url),
+            lambda: _switching(url),
         )
     _gone(url)
-    coll = rt.collection(coll_name)
-    assert coll.model.key == old_key
+    assert rt.collection(coll_name).model.key == old.model.key
+    with rt.db.connection() as conn:  # the old space's retirement was rolled back with it
+        assert [(s.id, s.status) for s in spaces.list_spaces(conn, old.id)] == [
+            (old.space_id, "active"),
+            (new.space_id, "building"),
+        ]
     assert _hits(rt, coll_name) == 5
     _check_clean(capsys, coll_name)
     capsys.readouterr()
@@ -227,18 +239,17 @@ def test_a_migration_killed_as_it_switches_keeps_the_old_model_and_switches_when
     _check_clean(capsys, coll_name)
 
     # and a rollback killed as it switches back changes nothing; run again, it rolls back
-    coll = rt.collection(coll_name)
-    with _row_held(url, coll.id):
+    with _space_held(url, old.space_id):
         _kill_when(
             settings,
             ["models", "rollback", "-c", coll_name],
             tmp_path / "r.log",
-            lambda: _waiting_on_a_lock(url),
+            lambda: _switching(url),
         )
     _gone(url)
     assert rt.collection(coll_name).model.key == resolve_spec(TRUNCATED_MODEL).key
     _check_clean(capsys, coll_name)
     assert run_cli("models", "rollback", "-c", coll_name) == 0
-    assert rt.collection(coll_name).model.key == old_key
+    assert rt.collection(coll_name).model.key == old.model.key
     assert _hits(rt, coll_name) == 5
     _check_clean(capsys, coll_name)

@@ -101,16 +101,16 @@ def test_killed_postmaster_fails_fast_then_comes_back(
     embedded.release(data_dir)  # and this process is no longer a user
 
 
-def _wait_held(admin: psycopg.Connection[tuple[object, ...]], n: int) -> None:
-    """Wait until ``n`` backends of the database wait on a lock."""
+def _wait_held(admin: psycopg.Connection[tuple[object, ...]], n: int) -> bool:
+    """Wait until ``n`` backends of the database wait on a lock; whether none is a delete."""
     deadline = time.monotonic() + 60
     while True:
-        row = admin.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        held = admin.execute(
+            "SELECT query FROM pg_stat_activity WHERE datname = current_database()"
             " AND wait_event_type = 'Lock'"
-        ).fetchone()
-        if row is not None and int(str(row[0])) >= n:
-            return
+        ).fetchall()
+        if len(held) >= n:
+            return not any(str(q).lstrip().upper().startswith("DELETE") for (q,) in held)
         assert time.monotonic() < deadline, "the writers were not held by the lock"
         time.sleep(0.05)
 
@@ -135,12 +135,14 @@ def test_writes_in_flight_when_the_postmaster_is_killed_are_whole_or_absent(
     acked = threading.Semaphore(0)  # one release per write answered 2xx
 
     def write(h: httpx.Client, wid: int) -> None:
+        stored = ""  # the text batch this writer sent last, when answered 2xx
         for i in itertools.count():
             if stop.is_set():
                 return
             key = f"w{wid}-{i}"
-            # one writer uploads, the other adds text batches and deletes them again
-            op = "upload" if wid == 0 else ("texts", "delete")[i % 2]
+            # one writer uploads, the other adds text batches and deletes those stored
+            # again (one that failed keeps both texts, to be found whole or absent)
+            op = "upload" if wid == 0 else "delete" if stored else "texts"
             if op == "upload":
                 r = h.post(
                     "/v1/collections/c/documents/upload",
@@ -152,10 +154,11 @@ def test_writes_in_flight_when_the_postmaster_is_killed_are_whole_or_absent(
                     "/v1/collections/c/texts",
                     json={"texts": texts, "ids": [f"{key}-a", f"{key}-b"]},
                 )
-            else:  # the text batch this writer sent just before
-                key = f"w{wid}-{i - 1}-a"
+            else:
+                key = f"{stored}-a"
                 r = h.post("/v1/collections/c/texts/delete", json={"ids": [key]})
             answers.append((op, key, r))
+            stored = key if op == "texts" and r.is_success else ""
             if r.is_success:
                 acked.release()
             else:  # as a client told Retry-After would, if not for as long
@@ -173,7 +176,8 @@ def test_writes_in_flight_when_the_postmaster_is_killed_are_whole_or_absent(
             try:
                 wait_acked(2)
                 # both writers held inside their transactions (an upload's rows written,
-                # its vectors' COPY waiting) when the postmaster dies
+                # its vectors' COPY waiting; a text batch, not a delete) when the
+                # postmaster dies
                 with psycopg.connect(conninfo, autocommit=True) as admin:
                     table = admin.execute(
                         "SELECT s.table_name FROM collections c JOIN embedding_spaces s"
@@ -181,8 +185,11 @@ def test_writes_in_flight_when_the_postmaster_is_killed_are_whole_or_absent(
                     ).fetchone()
                     assert table is not None
                     holder = psycopg.connect(conninfo)
-                    holder.execute(f"LOCK TABLE {table[0]} IN EXCLUSIVE MODE")
-                    _wait_held(admin, 2)
+                    while True:
+                        holder.execute(f"LOCK TABLE {table[0]} IN EXCLUSIVE MODE")
+                        if _wait_held(admin, 2):
+                            break
+                        holder.rollback()  # let the delete through, hold the next batch
                 pid = _postmaster(data_dir / "pg")
                 os.kill(pid, signal.SIGKILL)
                 psutil.Process(pid).wait(timeout=10) if psutil.pid_exists(pid) else None
@@ -222,7 +229,7 @@ def test_writes_in_flight_when_the_postmaster_is_killed_are_whole_or_absent(
         for op, key, r in answers:
             if op != "texts":
                 continue
-            pair = {f"{key}-a", f"{key}-b"} - tried
+            pair = {f"{key}-a", f"{key}-b"} - tried  # a failed batch: both
             if r.is_success:
                 assert pair <= stored, (key, r.text)
             else:
