@@ -54,6 +54,28 @@ SERVER_SIDE = (
     "ragstore.observability",
 )
 
+# the database layer is below every service and surface: it imports none of them (its
+# own neighbours: the domain values, the settings, errors, metrics, the path grammar)
+ABOVE_DB = (
+    "ragstore.search",
+    "ragstore.ingest",
+    "ragstore.imports",
+    "ragstore.modelops",
+    "ragstore.jobs",
+    "ragstore.api",
+    "ragstore.http",
+    "ragstore.cli",
+    "ragstore.console",
+    "ragstore.integrations",
+    "ragstore.store",
+    "ragstore.client",
+    "ragstore._requests",
+    "ragstore.uploads",
+    "ragstore.runtime",
+    "ragstore.backup",
+    "ragstore.integrity",
+)
+
 # (importer, imported): why it may
 EXCEPTIONS: dict[tuple[str, str], str] = {}
 
@@ -132,6 +154,11 @@ def test_nothing_below_the_job_queue_imports_it() -> None:
 
 def test_the_shared_layers_import_no_surface() -> None:
     assert not _breaches(SHARED, SURFACES)
+
+
+def test_the_database_layer_imports_nothing_above_it() -> None:
+    # field indexes took the filters' path grammar from search: now in metadata_paths.py
+    assert not _breaches(("ragstore.db",), ABOVE_DB)
 
 
 def test_the_client_imports_no_server_side() -> None:
