@@ -5,8 +5,9 @@ server started without keys, and search, ingest and the Store imported the job q
 package to name uploaded documents; the database layer took the filters' path grammar
 from search, ingest took constants from the search and import services, the server's body
 limit a header from the client's module, and /metrics the job queue's pool: each such
-reach made one layer's change another's break. Every import is counted, at module level or inside a function, ``TYPE_CHECKING``
-ones too. An exception is listed in :data:`EXCEPTIONS` with its reason, or not at all.
+reach made one layer's change another's break. Every import is counted, at module level
+or inside a function, ``TYPE_CHECKING`` ones too. An exception is listed in
+:data:`EXCEPTIONS` with its reason, or not at all.
 """
 
 from __future__ import annotations
