@@ -944,9 +944,9 @@ def upload(
 
 # What one upload may hold: the server's RAGSTORE_MAX_UPLOAD_BYTES (50 MiB by default,
 # config.py ``max_upload_bytes``) and 1000 files (``wire.MAX_UPLOAD_FILES``, the multipart
-# parser's). A larger upload is sent in several requests within both; a server
-# set to a lower byte limit answers 413, which stores nothing, and the request is sent
-# again in halves. A part's boundary and headers cost about 200 bytes besides its name.
+# parser's). A larger upload is sent in several requests within both; a server set to a
+# lower byte limit answers 413, which stores nothing, and the request is sent again in
+# halves. A part's boundary and headers cost about 200 bytes besides its name.
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 _PART_OVERHEAD = 256
 
