@@ -13,9 +13,11 @@ from ragstore.db import field_indexes
 from ragstore.db.field_indexes import FieldIndex, parse_field
 from ragstore.errors import InputError, InvalidFilterError
 from ragstore.integrations.backend import metadata_field
+from ragstore.metadata_paths import BUILTIN_FIELDS
 from ragstore.runtime import Runtime
 from ragstore.search import compile_filter, search
 from ragstore.search.fields import describe_fields
+from ragstore.search.filters import BUILTINS
 from tests.search_helpers import Doc, make_collection, write_docs
 
 COLL = "dotted-keys"
@@ -123,3 +125,10 @@ def test_a_framework_key_too_long_once_escaped_is_refused_not_read_nested() -> N
     with pytest.raises(InvalidFilterError, match="at most 256 characters"):
         compile_filter({metadata_field(key): 1})
     assert compile_filter({metadata_field("v1.2"): 1}).params["w0"] == ["v1.2"]
+
+
+def test_the_path_grammar_knows_every_built_in() -> None:
+    # a built-in the grammar (metadata_paths.py) does not name would be taken as a metadata
+    # path: indexed (db/field_indexes.py) and named bare (field_name) where a filter reads
+    # the column instead
+    assert tuple(BUILTINS) == BUILTIN_FIELDS

@@ -2,9 +2,12 @@
 
 MCP and the worker's metrics port imported the HTTP API's package for the guards of a
 server started without keys, and search, ingest and the Store imported the job queue's
-package to name uploaded documents: each such reach made one surface's change another's
-break. Every import is counted, at module level or inside a function, ``TYPE_CHECKING``
-ones too. An exception is listed in :data:`EXCEPTIONS` with its reason, or not at all.
+package to name uploaded documents; the database layer took the filters' path grammar
+from search, ingest took constants from the search and import services, the server's body
+limit a header from the client's module, and /metrics the job queue's pool: each such
+reach made one layer's change another's break. Every import is counted, at module level
+or inside a function, ``TYPE_CHECKING`` ones too. An exception is listed in
+:data:`EXCEPTIONS` with its reason, or not at all.
 """
 
 from __future__ import annotations
@@ -54,8 +57,81 @@ SERVER_SIDE = (
     "ragstore.observability",
 )
 
+# the database layer is below every service and surface: it imports none of them (its
+# own neighbours: the domain values, the settings, errors, metrics, the path grammar)
+ABOVE_DB = (
+    "ragstore.search",
+    "ragstore.ingest",
+    "ragstore.imports",
+    "ragstore.modelops",
+    "ragstore.jobs",
+    "ragstore.api",
+    "ragstore.http",
+    "ragstore.cli",
+    "ragstore.console",
+    "ragstore.integrations",
+    "ragstore.store",
+    "ragstore.client",
+    "ragstore._requests",
+    "ragstore.uploads",
+    "ragstore.runtime",
+    "ragstore.backup",
+    "ragstore.integrity",
+)
+
+# ingest is below the services built on it: an import stages its vectors through it and
+# the sections evaluation ingests its corpus, so it imports neither (their constants it
+# needed live in the layers below: models.py, db/documents.py)
+ABOVE_INGEST = (
+    "ragstore.search",
+    "ragstore.imports",
+    "ragstore.backup",
+    "ragstore.integrity",
+    "ragstore.store",
+    "ragstore.api",
+    "ragstore.cli",
+    "ragstore.console",
+    "ragstore.integrations",
+)
+
+# the services and what they stand on: the shared layers import none of them
+SERVICES = (
+    "ragstore.search",
+    "ragstore.ingest",
+    "ragstore.imports",
+    "ragstore.modelops",
+    "ragstore.jobs",
+    "ragstore.backup",
+    "ragstore.integrity",
+    "ragstore.store",
+    "ragstore.runtime",
+    "ragstore.db",
+)
+# besides the client itself, only the CLI (its commands sent to a server) imports it
+CLIENT_USERS = (*CLIENT, "ragstore.cli")
+
+# observability is cross-cutting: the surfaces hand it their figures (the API its job queue's
+# pool, a worker its own), it reads only the database's and the caches' of its own accord
+ABOVE_OBSERVABILITY = (
+    "ragstore.jobs",
+    "ragstore.search",
+    "ragstore.ingest",
+    "ragstore.imports",
+    "ragstore.modelops",
+    "ragstore.store",
+    "ragstore.api",
+    "ragstore.cli",
+    "ragstore.console",
+    "ragstore.integrations",
+    "ragstore.client",
+    "ragstore._requests",
+)
+
 # (importer, imported): why it may
-EXCEPTIONS: dict[tuple[str, str], str] = {}
+EXCEPTIONS: dict[tuple[str, str], str] = {
+    # the package's public names (``ragstore.Client``), loaded on first access
+    ("ragstore", "ragstore.client"): "the package exports the client",
+}
 
 
 def _under(name: str, prefixes: tuple[str, ...]) -> bool:
@@ -134,8 +210,35 @@ def test_the_shared_layers_import_no_surface() -> None:
     assert not _breaches(SHARED, SURFACES)
 
 
+def test_the_database_layer_imports_nothing_above_it() -> None:
+    # field indexes took the filters' path grammar from search: now in metadata_paths.py
+    assert not _breaches(("ragstore.db",), ABOVE_DB)
+
+
+def test_ingest_imports_no_service_above_it() -> None:
+    # ingest/texts.py read VECTOR_ONLY_PROVIDER from search.service and the tsvector
+    # bounds from imports.service
+    assert not _breaches(("ragstore.ingest",), ABOVE_INGEST)
+
+
 def test_the_client_imports_no_server_side() -> None:
     assert not _breaches(CLIENT, SERVER_SIDE)
+
+
+def test_no_server_side_imports_the_client() -> None:
+    # the body limit (http/limits.py) and the API's middleware read the wire's headers from
+    # the client's module: both sides read them from ragstore.wire now
+    assert not _breaches(("ragstore",), CLIENT, but=CLIENT_USERS)
+
+
+def test_the_shared_layers_import_no_service() -> None:
+    # what the HTTP surfaces share and the upload names are below every service
+    assert not _breaches(SHARED, SERVICES)
+
+
+def test_observability_reaches_into_no_service() -> None:
+    # /metrics imported the job queue for its pool's figures: the API gives them now
+    assert not _breaches(("ragstore.observability",), ABOVE_OBSERVABILITY)
 
 
 def test_every_exception_is_still_needed() -> None:

@@ -36,6 +36,11 @@ from ragstore.errors import (
 )
 from ragstore.interrupts import deferred
 from ragstore.models import COLLECTION_NAME
+from ragstore.wire import (
+    IDEMPOTENCY_HEADER,
+    MAX_UPLOAD_FILES,
+    UPLOAD_LIMIT_HEADER,
+)
 
 T = TypeVar("T")
 Upload = Path | str | tuple[str, bytes]
@@ -45,17 +50,6 @@ Upload = Path | str | tuple[str, bytes]
 # default, config.py ``max_request_bytes``). The clients send a longer list in several
 # requests within both (the Store batches too); a server set to a lower byte limit answers
 # 413, which stores nothing, and the request is sent again in halves.
-# An upload (or a document's text) over the server's RAGSTORE_BACKGROUND_INGEST_BYTES is
-# queued as a job (202) even when not asked to be: sent again after its answer was lost
-# (an "upsert" is), it queued a second job storing the same documents. Sent with this
-# header, fresh per send and the same on its retries, the server answers a request sent
-# again with the job the first one queued (``jobs.service.submit_ingest``).
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-# Sent ("1") on every answer of a server that honours IDEMPOTENCY_HEADER (revision 0036 on;
-# api/middleware.py ``RequestIdMiddleware``). An older server ignored the key, and a
-# background upload sent to it again after its answer was lost queued a second job: the
-# clients send one again only once an earlier answer of the server carried this header.
-IDEMPOTENCY_SUPPORT_HEADER = "RAGStore-Idempotency"
 MAX_ITEMS_PER_REQUEST = 10_000
 MAX_REQUEST_BYTES = 1024 * 1024
 
@@ -949,13 +943,11 @@ def upload(
 
 
 # What one upload may hold: the server's RAGSTORE_MAX_UPLOAD_BYTES (50 MiB by default,
-# config.py ``max_upload_bytes``) and 1000 files (the multipart parser's ``max_files``,
-# which FastAPI keeps). A larger upload is sent in several requests within both; a server
-# set to a lower byte limit answers 413, which stores nothing, and the request is sent
-# again in halves. A part's boundary and headers cost about 200 bytes besides its name.
+# config.py ``max_upload_bytes``) and 1000 files (``wire.MAX_UPLOAD_FILES``, the multipart
+# parser's). A larger upload is sent in several requests within both; a server set to a
+# lower byte limit answers 413, which stores nothing, and the request is sent again in
+# halves. A part's boundary and headers cost about 200 bytes besides its name.
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
-UPLOAD_LIMIT_HEADER = "RAGStore-Max-Upload-Bytes"  # a 413's (http/limits.py)
-MAX_UPLOAD_FILES = 1000
 _PART_OVERHEAD = 256
 
 # statuses that refuse a request for what it is, not for its file: a one-file request so

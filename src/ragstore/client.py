@@ -37,6 +37,7 @@ from ragstore.errors import (
     RagstoreError,
 )
 from ragstore.uploads.names import name_path
+from ragstore.wire import IDEMPOTENCY_SUPPORT_HEADER, LSN_HEADER
 
 __all__ = ["AsyncClient", "Client", "error_from_problem"]
 
@@ -205,9 +206,6 @@ class _Retrying:
         return error
 
 
-LSN_HEADER = "RAGStore-LSN"  # ragstore.db.lsn.HEADER (not imported: the client stays light)
-
-
 class _WritePosition:
     """Read-your-writes: the WAL position of this client's last write (``RAGStore-LSN``),
     sent back on later requests so a read a replica serves already shows that write. Copy
@@ -241,7 +239,7 @@ class _WritePosition:
 
 class _KeyedWrites:
     """Whether the server honours ``Idempotency-Key``: said by the last answer, which
-    says ``RAGStore-Idempotency: 1`` (:data:`ragstore._requests.IDEMPOTENCY_SUPPORT_HEADER`)
+    says ``RAGStore-Idempotency: 1`` (:data:`ragstore.wire.IDEMPOTENCY_SUPPORT_HEADER`)
     when it does. Until one says so a background upload that got no answer is not sent
     again: an older server ignored the key and queued a second job. A client whose first
     request was such an upload did not know it yet, and that upload was not sent again: a
@@ -260,7 +258,7 @@ class _KeyedWrites:
     _keys_asked: bool = False
 
     def _note_keys(self, response: httpx.Response) -> None:
-        said = response.headers.get(calls.IDEMPOTENCY_SUPPORT_HEADER, "").strip() == "1"
+        said = response.headers.get(IDEMPOTENCY_SUPPORT_HEADER, "").strip() == "1"
         if self.keys_honoured and not said:
             self._keys_asked = False  # another server answers: asked again when it matters
         self.keys_honoured = said

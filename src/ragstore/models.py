@@ -83,6 +83,12 @@ class Chunk:
         return f"{self.context}\n{self.text}" if self.context else self.text
 
 
+# The provider of a pinned model whose vectors ragstore holds but cannot run (the model an
+# import declared, `ragstore import`): its collections answer vector queries only, and
+# nothing is embedded with it.
+VECTOR_ONLY_PROVIDER = "imported"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A pinned embedding model: everything that decides which vectors it produces."""

@@ -21,7 +21,6 @@ import psycopg
 import pytest
 
 from ragstore import Client
-from ragstore._requests import IDEMPOTENCY_SUPPORT_HEADER
 from ragstore.auth import KeyStore
 from ragstore.config import Settings
 from ragstore.console.security import BASE_HEADERS
@@ -29,6 +28,7 @@ from ragstore.errors import SearchTimeoutError
 from ragstore.http import limits
 from ragstore.runtime import Runtime
 from ragstore.search import search
+from ragstore.wire import IDEMPOTENCY_SUPPORT_HEADER
 from tests.api.conftest import running_server, with_
 from tests.conftest import run_cli
 from tests.search_helpers import waiting_searches

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -52,6 +53,7 @@ from ragstore.http.limits import BodyLimitMiddleware
 from ragstore.http.listen import stop_with_parent
 from ragstore.jobs import build_queue
 from ragstore.observability.http import install_observability
+from ragstore.observability.metrics import JobQueuePoolMetrics
 from ragstore.profiles import get_settings, served_on_loopback
 from ragstore.runtime import Runtime
 from ragstore.uploads import staging
@@ -94,6 +96,21 @@ def guards_loopback(settings: Settings, secure: bool) -> bool:
     return not secure and served_on_loopback(settings)
 
 
+def _queue_pool_metrics(app: FastAPI) -> JobQueuePoolMetrics:
+    """The collector of the API's own job-queue pool (``ragstore_job_queue_pool_*``: the
+    synchronous connector it defers jobs on, four connections), read at each scrape while
+    the queue is open. It was served by a worker's metrics port alone: requests that
+    queued for one of the API's four queue connections to defer their jobs showed
+    nowhere. Each server process has its own: a scrape reports the process it reached."""
+    from ragstore.jobs.queue import queue_pool
+
+    def pool() -> Any:
+        state = getattr(app.state, "ragstore", None)
+        return queue_pool(getattr(state, "queue", None))
+
+    return JobQueuePoolMetrics(pool)
+
+
 def install_middleware(app: FastAPI, settings: Settings, *, secure: bool = True) -> None:
     """Every middleware of the app, outermost last. Add metrics/logging middleware here."""
     # innermost: an upload's parts as sent, whose text the form parser garbles (forms.py)
@@ -118,7 +135,8 @@ def install_middleware(app: FastAPI, settings: Settings, *, secure: bool = True)
     app.add_middleware(QueueWaitMiddleware, wait_s=settings.queue_wait_s)
     app.add_middleware(CrashMiddleware)  # a crash's 500, under the headers and the log
     app.add_middleware(SecurityHeadersMiddleware)  # CSP, no framing, no sniffing
-    install_observability(app, settings)  # metrics, access log, GET /metrics
+    # metrics, access log, GET /metrics (with the figures of this app's job queue pool)
+    install_observability(app, settings, extra=(_queue_pool_metrics(app),))
     app.add_middleware(RequestIdMiddleware)
 
 

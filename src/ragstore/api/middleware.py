@@ -12,7 +12,6 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ragstore._requests import IDEMPOTENCY_SUPPORT_HEADER
 from ragstore.api.deps import ApiState, authenticate, route_path, route_scope
 from ragstore.api.errors import crash_response
 from ragstore.api.shed import before_work
@@ -25,6 +24,7 @@ from ragstore.http.bearer import bearer_token
 from ragstore.http.limits import DRAIN_MAX_BYTES, UPLOAD_SUFFIX, refuse_and_drain
 from ragstore.http.problems import problem_response
 from ragstore.validation import repeated_key
+from ragstore.wire import IDEMPOTENCY_SUPPORT_HEADER
 
 _GOOD_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _KEYS_HONOURED = IDEMPOTENCY_SUPPORT_HEADER.lower().encode()

@@ -37,10 +37,10 @@ from ragstore.db.errors import translated
 from ragstore.errors import OverloadedError, RagstoreError, ReadOnlyError, ReplicaBehindError
 from ragstore.http.problems import send_problem
 from ragstore.runtime import Runtime
+from ragstore.wire import READ_FROM_HEADER
 
 log = logging.getLogger("ragstore.api")
 
-READ_FROM = "RAGStore-Read-From"
 LSN_READ_ATTEMPTS = 3  # a write's position is read up to this many times ...
 LSN_READ_RETRY_S = 0.1  # ... this long apart (doubled each time)
 # the wait for a pooled connection to read it on, not the pool timeout: under a full pool
@@ -273,7 +273,7 @@ class ReadRoutingMiddleware:
                     where = "replica" if route.on_replica else "primary"
                     message["headers"] = [
                         *message.get("headers", []),
-                        (READ_FROM.lower().encode(), where.encode()),
+                        (READ_FROM_HEADER.lower().encode(), where.encode()),
                     ]
             if dropped:
                 return

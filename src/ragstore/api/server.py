@@ -531,9 +531,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Write ``exc``'s problem (unless a response is under way: then only disconnect)
         and close the connection. A request whose app has not answered yet (its body was
         the unreadable part) is cut off first, so no answer of its own follows ours."""
-        from ragstore._requests import IDEMPOTENCY_SUPPORT_HEADER
         from ragstore.console.security import BASE_HEADERS
         from ragstore.http.problems import PROBLEM_JSON, problem_body
+        from ragstore.wire import IDEMPOTENCY_SUPPORT_HEADER
 
         cycle = self.cycle
         if cycle is None or cycle.response_complete or not cycle.response_started:

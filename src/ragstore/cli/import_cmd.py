@@ -20,10 +20,12 @@ def _mark(ok: bool) -> str:
 
 
 def print_plan(plan: ImportPlan) -> None:
+    from ragstore.models import VECTOR_ONLY_PROVIDER
+
     spec = plan.spec
     usable = (
         "text and vector queries"
-        if spec.provider != "imported"
+        if spec.provider != VECTOR_ONLY_PROVIDER
         else "vector queries only (ragstore cannot load this model)"
     )
     console().print(

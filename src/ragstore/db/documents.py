@@ -249,13 +249,24 @@ def _build_memory(conn: Conn, memory: str | None) -> None:
         )
 
 
+# the text search configuration of a collection without a ``ts_config`` setting: the
+# chunks' ``ts_config`` column default, which the chunk trigger falls back to
+NEW_COLLECTION_TS_CONFIG = "english"
+# A text's tsvector takes at most about 5 bytes per byte of text (hyphenated words: the
+# compound and each part, with their positions), so one under 64 KB cannot reach the 1 MB
+# PostgreSQL allows; a longer one is asked of the server (an import's texts, and those
+# stored whole with a caller's vector).
+TSVECTOR_CHECK_BYTES = 64 * 1024
+
+
 def ts_config_name(conn: Conn, collection_id: int) -> str:
     """The text search configuration the chunk trigger gives this collection's chunks, by
-    name: its ``ts_config`` setting, else the column default (english)."""
+    name: its ``ts_config`` setting, else the column default
+    (:data:`NEW_COLLECTION_TS_CONFIG`)."""
     row = conn.execute(
-        "SELECT coalesce((settings->>'ts_config')::regconfig, 'english'::regconfig)::text"
+        "SELECT coalesce((settings->>'ts_config')::regconfig, %s::regconfig)::text"
         " FROM collections WHERE id = %s",
-        (collection_id,),
+        (NEW_COLLECTION_TS_CONFIG, collection_id),
     ).fetchone()
     if row is None:
         raise InputError(f"collection id {collection_id} does not exist")

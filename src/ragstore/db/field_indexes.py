@@ -44,6 +44,7 @@ from psycopg import sql
 
 from ragstore.db.errors import translated
 from ragstore.errors import InputError, InvalidFilterError, RagstoreError
+from ragstore.metadata_paths import BUILTIN_FIELDS, SCOPES, join_path, metadata_path
 from ragstore.validation import problem_in
 
 if TYPE_CHECKING:
@@ -79,8 +80,6 @@ class FieldIndex:
     @property
     def field(self) -> str:
         """The path as a filter names it, a dot within a key escaped (``version\\.major``)."""
-        from ragstore.search.filters import join_path
-
         return join_path(self.keys)
 
     def name(self, table: str) -> str:
@@ -115,8 +114,6 @@ def typed_value(metadata: sql.Composable, keys: tuple[str, ...], kind: str) -> s
 def parse_field(field: str, kind: str) -> FieldIndex:
     """The field to index, checked: a dot-separated metadata path (no built-in field, no
     ``chunk.``/``document.`` prefix: both tables are indexed) and a known kind."""
-    from ragstore.search.filters import BUILTINS, metadata_path
-
     if kind not in KINDS:
         raise InputError(f"unknown field type {kind!r}: use one of {', '.join(KINDS)}")
     found = problem_in(field)
@@ -132,7 +129,7 @@ def parse_field(field: str, kind: str) -> FieldIndex:
         raise InputError(
             f"invalid metadata field {field!r}: no filter could name it; {exc.message}"
         ) from None
-    if field in BUILTINS or keys[0] in ("chunk", "document"):
+    if field in BUILTIN_FIELDS or keys[0] in SCOPES:
         raise InputError(
             f"{field!r} is not a metadata path: give the path as a filter reads it bare "
             "(e.g. 'year'); both the documents' and the chunks' values are indexed"

@@ -15,8 +15,9 @@ from typing import Any
 import psycopg
 
 from ragstore.errors import InputError
+from ragstore.wire import LSN_HEADER
 
-HEADER = "RAGStore-LSN"
+HEADER = LSN_HEADER  # the header the positions travel in (ragstore.wire)
 # the header's value on a write whose position could not be read after its commit: a read
 # that sends it back is served by the primary (a replica cannot be shown to have the write)
 ON_PRIMARY = "primary"

@@ -15,9 +15,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ragstore._requests import UPLOAD_LIMIT_HEADER
 from ragstore.errors import RagstoreError, RequestTooLargeError, UnsupportedContentEncodingError
 from ragstore.http.problems import problem_response
+from ragstore.wire import REQUEST_LIMIT_HEADER, UPLOAD_LIMIT_HEADER
 
 # How much of a refused body is read and dropped after its 413, so the client finishes
 # sending and reads the answer (see refuse_and_drain): more, or longer, and it is cut off.
@@ -104,8 +104,6 @@ async def _drop_body(receive: Receive, max_bytes: int) -> None:
             return
 
 
-# on a 413: the limit that refused it (the Client reads the upload one: it is defined there)
-REQUEST_LIMIT_HEADER = "RAGStore-Max-Request-Bytes"
 UPLOAD_SUFFIX = "/documents/upload"  # the one route that takes files (api/routes/documents.py)
 
 

@@ -67,11 +67,10 @@ from ragstore.imports.verify import (
 )
 from ragstore.ingest import staging
 from ragstore.ingest.staging import StagedVectors, discard_staged
-from ragstore.models import Chunk, ChunkType, ModelSpec
+from ragstore.models import VECTOR_ONLY_PROVIDER, Chunk, ChunkType, ModelSpec
 from ragstore.runtime import Runtime
 from ragstore.validation import problem_in
 
-IMPORTED_PROVIDER = "imported"
 DISTANCES = ("cosine", "l2", "ip")
 
 # (stage, done, total); the stages: read, backup, documents, index, checksum, parity and
@@ -221,7 +220,7 @@ def check_declared_model(
     embedded again in one call and each must agree with its own vector to
     ``MODEL_CHECK_MIN_COSINE``. Records without a text cannot be checked, and an
     ``imported`` model cannot be loaded: both are said in the result."""
-    if spec.provider == IMPORTED_PROVIDER:
+    if spec.provider == VECTOR_ONLY_PROVIDER:
         return "not checked: ragstore cannot load this model"
     if trust:
         return "not checked: --trust-vectors"
@@ -328,7 +327,7 @@ def declared_spec(
     if not 1 <= dimension <= 16000:
         raise InputError(f"{named('dimension')} must be between 1 and 16000, got {dimension}")
     return ModelSpec(
-        IMPORTED_PROVIDER,
+        VECTOR_ONLY_PROVIDER,
         name.strip(),
         revision.strip() or "imported",
         dimension,
@@ -347,27 +346,20 @@ def _existing_ids(conn: psycopg.Connection[Any], collection_id: int, ids: list[s
     return found
 
 
-# A text's tsvector takes at most about 5 bytes per byte of text (hyphenated words: the
-# compound and each part, with their positions), so one under 64 KB cannot reach the 1 MB
-# PostgreSQL allows; a longer one is asked of the server.
-TSVECTOR_CHECK_BYTES = 64 * 1024
-NEW_COLLECTION_TS_CONFIG = "english"  # the chunks' column default (documents.ts_config_name)
-
-
 def unindexable_texts(
     conn: psycopg.Connection[Any], config: str, records: list[Record]
 ) -> set[int]:
     """The indices of the records whose text is too large for the full-text index under
     ``config`` (``to_tsvector`` over PostgreSQL's 1 MB): each record is one chunk, and such
     a text failed the whole import at its write, naming no record and past every policy.
-    Only texts of ``TSVECTOR_CHECK_BYTES`` or more are sent, one statement each, in a
-    savepoint; one the database could not take anyway (a NUL) is left to validation."""
+    Only texts of ``documents.TSVECTOR_CHECK_BYTES`` or more are sent, one statement each,
+    in a savepoint; one the database could not take anyway (a NUL) is left to validation."""
     found: set[int] = set()
     for index, rec in enumerate(records):
         text = rec.text
-        if text is None or len(text) * 4 < TSVECTOR_CHECK_BYTES:
+        if text is None or len(text) * 4 < documents.TSVECTOR_CHECK_BYTES:
             continue
-        if len(text.encode("utf-8", "surrogatepass")) < TSVECTOR_CHECK_BYTES:
+        if len(text.encode("utf-8", "surrogatepass")) < documents.TSVECTOR_CHECK_BYTES:
             continue
         if problem_in(text) is not None:
             continue
@@ -408,7 +400,7 @@ def plan_import(
     spec = _with_the_sources_distance(rt, spec, source, opts)
     existing: set[str] = set()
     exists = False
-    config = NEW_COLLECTION_TS_CONFIG
+    config = documents.NEW_COLLECTION_TS_CONFIG
     with rt.db.connection() as conn, translated(f"looking up collection {opts.collection!r}"):
         try:
             coll = repository.get_collection(conn, opts.collection)

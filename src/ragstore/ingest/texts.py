@@ -33,11 +33,10 @@ from ragstore.errors import CollectionNotFoundError, EmptyDocumentError, InputEr
 from ragstore.ingest.service import created_for_this_write
 from ragstore.modelops.fanout import building_vectors
 from ragstore.modelops.specs import find_model
-from ragstore.models import Chunk, ChunkType
+from ragstore.models import VECTOR_ONLY_PROVIDER, Chunk, ChunkType
 from ragstore.observability import metrics
 from ragstore.parsing import parse_bytes
 from ragstore.runtime import Runtime
-from ragstore.search.service import VECTOR_ONLY_PROVIDER
 from ragstore.validation import (
     a_type,
     check_texts,
@@ -335,21 +334,21 @@ def _refuse_unindexable(
     (``to_tsvector`` over PostgreSQL's 1 MB) under the collection's text search
     configuration (``coll`` None: the one a new collection gets). Left to the write, the
     error named no text ("string is too long for tsvector") and the batches before it
-    were already stored. Only texts of ``TSVECTOR_CHECK_BYTES`` or more are asked of the
-    server, one statement each, in a savepoint."""
-    from ragstore.imports.service import NEW_COLLECTION_TS_CONFIG, TSVECTOR_CHECK_BYTES
-
+    were already stored. Only texts of ``documents.TSVECTOR_CHECK_BYTES`` or more are asked
+    of the server, one statement each, in a savepoint."""
     long = [
         i
         for i, text in enumerate(texts)
-        if len(text) * 4 >= TSVECTOR_CHECK_BYTES
-        and len(text.encode("utf-8", "surrogatepass")) >= TSVECTOR_CHECK_BYTES
+        if len(text) * 4 >= documents.TSVECTOR_CHECK_BYTES
+        and len(text.encode("utf-8", "surrogatepass")) >= documents.TSVECTOR_CHECK_BYTES
     ]
     if not long:
         return
     with rt.db.connection() as conn, translated("checking texts for the full-text index"):
         config = (
-            NEW_COLLECTION_TS_CONFIG if coll is None else documents.ts_config_name(conn, coll.id)
+            documents.NEW_COLLECTION_TS_CONFIG
+            if coll is None
+            else documents.ts_config_name(conn, coll.id)
         )
         for i in long:
             try:

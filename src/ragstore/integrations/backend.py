@@ -12,7 +12,7 @@ from contextlib import suppress
 from typing import Any, Protocol
 
 from ragstore.errors import CollectionNotFoundError, ConflictError, ModelMismatchError
-from ragstore.search.filters import escape_key, field_name
+from ragstore.metadata_paths import escape_key, field_name
 
 
 class Backend(Protocol):
@@ -142,10 +142,11 @@ def metadata_field(key: str) -> str:
     node's or LangChain document's own ``source`` or ``page`` (the loaders' usual keys)
     compared ragstore's column (the text id, the chunk's page) instead, so other nodes
     were returned and deleted. A key starting with ``$`` (read bare as an operator) is
-    named the same way (filters.py's ``field_name``, for a key seen in documents), and a
-    key holding a dot is escaped (``v1.2``: ``v1\\.2``), where it was read as the nested
-    path ``v1`` -> ``2``. A key no filter can name (empty, or too long once escaped) is
-    still escaped, so that the filter refuses it rather than reading a nested path."""
+    named the same way (metadata_paths.py's ``field_name``, for a key seen in documents),
+    and a key holding a dot is escaped (``v1.2``: ``v1\\.2``), where it was read as the
+    nested path ``v1`` -> ``2``. A key no filter can name (empty, or too long once
+    escaped) is still escaped, so that the filter refuses it rather than reading a nested
+    path."""
     return field_name((key,), "document") or escape_key(key)
 
 

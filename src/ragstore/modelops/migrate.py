@@ -38,14 +38,13 @@ from ragstore.embedding.registry import tokenizer_identity
 from ragstore.errors import ConflictError, InputError, MigrationStateError
 from ragstore.modelops import rechunk
 from ragstore.modelops.specs import find_model
-from ragstore.models import ModelSpec
+from ragstore.models import VECTOR_ONLY_PROVIDER, ModelSpec
 from ragstore.runtime import Runtime
 
 Progress = Callable[[int, int], None]  # (chunks with a vector in the new space, total)
 
 MAX_PASSES = 20
 MIN_SELF_RECALL = 0.5
-VECTOR_ONLY_PROVIDER = "imported"  # ragstore.search.service.VECTOR_ONLY_PROVIDER
 
 
 @dataclass

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
+from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -172,26 +174,7 @@ def _render(app: Any) -> bytes:
             lambda: rt.db.checking(), full=is_full, data_dir=rt.settings.data_dir
         )
         app.state.ragstore_db_collector = collector
-    return metrics.render(collector, _queue_pool_metrics(app))
-
-
-def _queue_pool_metrics(app: Any) -> metrics.JobQueuePoolMetrics:
-    """The collector of the API's own job-queue pool (``ragstore_job_queue_pool_*``: the
-    synchronous connector it defers jobs on, four connections), read at each scrape while
-    the queue is open. It was served by a worker's metrics port alone: requests that
-    queued for one of the API's four queue connections to defer their jobs showed
-    nowhere. Each server process has its own: a scrape reports the process it reached."""
-    collector = getattr(app.state, "ragstore_queue_collector", None)
-    if collector is None:
-        from ragstore.jobs.queue import queue_pool
-
-        def pool() -> Any:
-            state = getattr(app.state, "ragstore", None)
-            return queue_pool(getattr(state, "queue", None))
-
-        collector = metrics.JobQueuePoolMetrics(pool)
-        app.state.ragstore_queue_collector = collector
-    return collector
+    return metrics.render(collector, *getattr(app.state, "ragstore_extra_metrics", ()))
 
 
 async def _require_key(request: Request) -> None:
@@ -223,9 +206,16 @@ async def _require_key(request: Request) -> None:
     key.require("metrics")
 
 
-def install_observability(app: Any, settings: Any) -> None:
-    """Logging from the settings, the metrics middleware and ``GET /metrics`` on ``app``."""
+def install_observability(app: Any, settings: Any, *, extra: Sequence[Collector] = ()) -> None:
+    """Logging from the settings, the metrics middleware and ``GET /metrics`` on ``app``.
+
+    ``extra``: collectors of the app's own that each scrape reads besides the registry's
+    (the API gives its job queue's pool, ``ragstore_job_queue_pool_*``), as a worker's
+    metrics port takes its own (``serve_process_metrics``): the surface that holds a
+    resource hands its figures over, and observability reaches into no service."""
     from ragstore import __version__
+
+    app.state.ragstore_extra_metrics = tuple(extra)
 
     configure_logging(
         settings.log_level, log_format=settings.log_format, log_queries=settings.log_queries

@@ -11,8 +11,8 @@ latest :data:`SAMPLE` documents (through the index on ``created_at``) and
 older documents or rare chunks carry can be missed; the answer says how many of each were
 read.
 
-Each path is listed by the field a filter must name to read it (filters.py's
-:func:`~ragstore.search.filters.field_name`): a metadata key named like a built-in
+Each path is listed by the field a filter must name to read it (the grammar's
+:func:`~ragstore.metadata_paths.field_name`): a metadata key named like a built-in
 (``source``, a loader's usual key) as ``document.source`` where documents carry it and
 ``chunk.source`` where only chunks do, since a filter on ``source`` reads the built-in
 column.
@@ -30,8 +30,9 @@ from ragstore.chunking.recipe import CHUNKER_KEYS
 from ragstore.db import field_indexes
 from ragstore.db.errors import translated
 from ragstore.db.repository import Collection
+from ragstore.metadata_paths import field_name
 from ragstore.models import ChunkType
-from ragstore.search.filters import field_name, json_type
+from ragstore.search.filters import json_type
 
 if TYPE_CHECKING:
     from ragstore.runtime import Runtime

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -49,11 +49,16 @@ from psycopg.types.json import Jsonb
 
 from ragstore.db.field_indexes import CASTS, FieldIndex, typed, typed_value
 from ragstore.errors import InvalidFilterError
+from ragstore.metadata_paths import (
+    FIELD_OPERATORS,
+    LOGICAL_OPERATORS,
+    names_operator,
+    split_path,
+)
 from ragstore.models import ChunkType
 from ragstore.validation import (
     INT32_MAX,
     INT32_MIN,
-    MAX_KEY_CHARS,
     check_int_range,
     check_value,
     loads_json,
@@ -61,10 +66,7 @@ from ragstore.validation import (
 
 COMPARISONS = {"$eq": "=", "$ne": "<>", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 RANGES = ("$gt", "$gte", "$lt", "$lte")
-FIELD_OPERATORS = ("$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte", "$exists")
-LOGICAL_OPERATORS = ("$and", "$or", "$not")
 MAX_DEPTH = 32
-MAX_PATH_LENGTH = MAX_KEY_CHARS
 # The planner's cost grows faster than linearly with a statement's conditions: 2,000 ANDed
 # keys plan in about a second, 20,000 (300 kB of JSON, under the request limit) kept two
 # backends busy for minutes. These bounds keep a filter's statement within a second.
@@ -221,7 +223,7 @@ def _field_probes(field: str, value: Any, indexed: frozenset[FieldIndex]) -> lis
     for prefix in ("chunk.", "document."):
         if field.startswith(prefix):
             scope, path = prefix[:-1], field[len(prefix) :]
-    keys = _split_path(path)
+    keys = split_path(path)
     ranged = _range_probes(scope, keys, field, value, indexed)
     if any(_ARRAY_INDEX.fullmatch(k) for k in keys):
         return ranged  # #> may step into an array there, where containment would not match
@@ -564,13 +566,13 @@ class _Compiler:
                 ]
             )
         if field.startswith("chunk."):
-            path = self.bind(_split_path(field[len("chunk.") :]), "text[]")
+            path = self.bind(split_path(field[len("chunk.") :]), "text[]")
             expr: sql.Composable = sql.SQL("(c.metadata #> {})").format(path)
         elif field.startswith("document."):
-            path = self.bind(_split_path(field[len("document.") :]), "text[]")
+            path = self.bind(split_path(field[len("document.") :]), "text[]")
             expr = sql.SQL("(d.metadata #> {})").format(path)
         else:
-            path = self.bind(_split_path(field), "text[]")
+            path = self.bind(split_path(field), "text[]")
             expr = sql.SQL("coalesce(c.metadata #> {p}, d.metadata #> {p})").format(p=path)
         return _and(
             [
@@ -634,118 +636,6 @@ class _Compiler:
                 self.bind(_builtin_value(field, builtin, op, operand), builtin.cast),
             )
         raise _unknown_operator(field, op)
-
-
-def names_operator(key: str) -> bool:
-    """Whether a filter reads ``key`` (a key of a filter object) as an operator, never as a
-    field: a key that starts with ``$``. The one rule, so that nothing else (an index of a
-    field, db/field_indexes.py) takes a name that no filter could address."""
-    return key.startswith("$")
-
-
-def metadata_path(field: str) -> list[str]:
-    """The keys of the metadata path ``field`` as a filter names it (a key of a filter
-    object), or InvalidFilterError when no filter could name that field: one that starts
-    with ``$`` (read as an operator) or is no dot-separated path of non-empty keys (a dot
-    within a key escaped, ``version\\.major``)."""
-    if names_operator(field):
-        raise InvalidFilterError(
-            f"invalid filter path {field!r}: a key starting with '$' is read as an operator "
-            f"({', '.join(LOGICAL_OPERATORS + FIELD_OPERATORS)}), never as a field; "
-            "name the metadata key without a leading '$' (e.g. 'price')"
-        )
-    return _split_path(field)
-
-
-def field_name(keys: Sequence[str], scope: str) -> str | None:
-    """The field by which a filter names the metadata path ``keys`` seen in the metadata
-    of ``scope`` (``document`` or ``chunk``): the dotted path where a bare path reads it,
-    else the path under ``scope.``; None where no filter can name it at all.
-
-    A bare path equal to a built-in's name (``source``, ``page``) reads the built-in
-    column, one whose first key starts with ``$`` is read as an operator, and one whose
-    first key is ``chunk`` or ``document`` (``document.x``) as a prefixed path, so those
-    are named ``document.PATH`` or ``chunk.PATH``, which read the metadata key itself. A
-    key holding a dot or a backslash is escaped (:func:`join_path`: ``v1\\.2``). An empty
-    key cannot be named: ``a..b`` is refused, not read as a key ``""``."""
-    path = join_path(keys)
-    if not keys or any(not k for k in keys) or len(path) > MAX_PATH_LENGTH:
-        return None
-    if path in BUILTINS or names_operator(path) or (len(keys) > 1 and keys[0] in _SCOPES):
-        return f"{scope}.{path}"
-    return path
-
-
-def escape_key(key: str) -> str:
-    """``key`` as one key of a filter's dotted path: each backslash doubled and each dot
-    escaped (``version.major`` -> ``version\\.major``), so that the dot is read as part of
-    the key rather than as the step into a nested object."""
-    return key.replace("\\", "\\\\").replace(".", "\\.")
-
-
-def join_path(keys: Sequence[str]) -> str:
-    """The dotted path of ``keys`` as a filter names it, each key escaped (the inverse of
-    the filter's own reading of a path)."""
-    return ".".join(escape_key(k) for k in keys)
-
-
-_SCOPES = ("chunk", "document")
-
-
-def _split_path(field: str) -> list[str]:
-    """The keys of the dotted path ``field``. A dot separates keys; a backslash escapes the
-    character after it, a dot (``version\\.major``: the one key ``version.major``) or a
-    backslash (``\\\\``), so that a metadata key holding a dot can be named. Before the
-    escape such a key could not be filtered at all: ``version.major`` read the key
-    ``version``, then ``major``. A backslash before anything else, or at the end, is
-    refused rather than guessed at."""
-    if len(field) > MAX_PATH_LENGTH:
-        raise _bad_path(field)
-    parts: list[str] = []
-    key: list[str] = []
-    i = 0
-    while i < len(field):
-        char = field[i]
-        if char == "\\":
-            escaped = field[i + 1 : i + 2]
-            if escaped not in (".", "\\"):
-                raise _bad_escape(field, escaped)
-            key.append(escaped)
-            i += 2
-            continue
-        if char == ".":
-            parts.append("".join(key))
-            key = []
-        else:
-            key.append(char)
-        i += 1
-    parts.append("".join(key))
-    if any(not p for p in parts):
-        raise _bad_path(field)
-    return parts
-
-
-def _bad_path(field: str) -> InvalidFilterError:
-    return InvalidFilterError(
-        f"invalid filter path {field!r}: use dot-separated, non-empty "
-        f"keys of at most {MAX_PATH_LENGTH} characters (e.g. "
-        "'author.name'; a dot within a key is escaped: 'version\\.major')"
-    )
-
-
-def _bad_escape(field: str, escaped: str) -> InvalidFilterError:
-    """The error for a backslash in ``field`` before ``escaped`` (neither a dot nor a
-    backslash; empty at the end), with the path as it was likely meant: every backslash
-    that escapes nothing doubled, a literal backslash."""
-    found = f"a backslash before {escaped!r}" if escaped else "a lone backslash at its end"
-    meant = re.sub(r"\\(\\|\.)|\\", lambda m: m.group(0) if m.group(1) else "\\\\", field)
-    return InvalidFilterError(
-        # the path unquoted by repr(), which doubles each backslash: the fix would look
-        # like the mistake
-        f"invalid filter path '{field}': {found}; in a path a backslash escapes a dot "
-        "within a key (\\.) or a backslash (\\\\), nothing else, e.g. version\\.major for "
-        f"the key 'version.major'; for a key holding a backslash write {meant}"
-    )
 
 
 def _operators(field: str, value: Any) -> list[tuple[str, Any]]:

@@ -67,7 +67,7 @@ from ragstore.db.errors import translated
 from ragstore.db.field_indexes import FieldIndex
 from ragstore.db.repository import Collection
 from ragstore.errors import ConflictError, InputError, ModelError, SearchTimeoutError
-from ragstore.models import Hit
+from ragstore.models import VECTOR_ONLY_PROVIDER, Hit
 from ragstore.observability import metrics
 from ragstore.runtime import Runtime
 from ragstore.search import bm25, mmr, single
@@ -96,7 +96,6 @@ HYBRID_FULLTEXT_EXACT = 20
 # them (~100 ms each). Above it, those index scans find enough passing chunks soon.
 EXACT_FILTER_CHUNKS = 2_000
 
-VECTOR_ONLY_PROVIDER = "imported"  # pins of models ragstore holds vectors of but cannot run
 _iterative: WeakKeyDictionary[Database, bool] = WeakKeyDictionary()
 _session_ef: WeakKeyDictionary[Any, int] = WeakKeyDictionary()  # connection -> its ef_search
 

@@ -9,7 +9,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from ragstore._requests import MAX_UPLOAD_FILES
 from ragstore.api.deps import ApiState, Principal, Rt, State
 from ragstore.api.errors import public_detail
 from ragstore.api.errors_doc import responses
@@ -29,6 +28,7 @@ from ragstore.http.coalesce import Coalesced
 from ragstore.observability import metrics
 from ragstore.runtime import Runtime
 from ragstore.schemas import Health, Limits, Readiness, ReplicaPublic
+from ragstore.wire import MAX_UPLOAD_FILES
 
 log = logging.getLogger("ragstore.api")
 
