@@ -188,7 +188,7 @@ _fallback: IO[str] | None = None
 
 def _stderr_fallback() -> IO[str]:
     """Where log lines go in a process Python started without stderr (fd 2 closed at its
-    start: ``python -m ragstore.api 2>&-``, a service manager, uvicorn importing the app;
+    start: ``uvicorn --factory ragstore.api.app:create_app 2>&-``, a service manager;
     the CLI's ``main`` fills fd 2 itself): ``sys.stderr`` is None, and every line was
     dropped without a word, though fd 2 may have been opened since (a service wrapper
     putting its log file there).
