@@ -135,6 +135,8 @@ def test_help_shows_readable_placeholders_not_python_types(
         ["models", "migrate"],
         ["collections", "create"],
         ["documents", "list"],
+        ["jobs", "list"],
+        ["jobs", "show"],
     ):
         assert run_cli(*command, "--help") == 0
         out = capsys.readouterr().out

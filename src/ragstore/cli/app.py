@@ -81,6 +81,7 @@ def _register() -> None:
         eval_cmd,
         import_cmd,
         ingest_cmd,
+        jobs_cmd,
         keys_cmd,
         mcp_cmd,
         models_cmd,
@@ -95,6 +96,7 @@ def _register() -> None:
     app.add_typer(models_cmd.app, name="models")
     app.add_typer(collections_cmd.app, name="collections")
     app.add_typer(documents_cmd.app, name="documents")
+    app.add_typer(jobs_cmd.app, name="jobs")
     ingest_cmd.register(app)
     search_cmd.register(app)
     eval_cmd.register(app)

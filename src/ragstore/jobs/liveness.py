@@ -48,6 +48,8 @@ from ragstore.db.jobs import GIVE_BACK, KEEP_ALIVE, keep_alive_args
 
 log = logging.getLogger("ragstore.jobs")
 
+QUEUE = "ingest"  # the procrastinate queue of ragstore's jobs (re-exported by jobs.queue)
+
 # a worker's lock key is the int4 pair (WORKER_LOCKS, its id): apart from int8 keys
 WORKER_LOCKS = 0x5257_4B52  # "RWKR"
 

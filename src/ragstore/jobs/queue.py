@@ -13,11 +13,11 @@ from typing import Any
 import procrastinate
 
 from ragstore.errors import SchemaMismatchError
+from ragstore.jobs.liveness import QUEUE as QUEUE  # defined there, a leaf the readers import
 from ragstore.jobs.liveness import LiveJobManager
 from ragstore.jobs.runner import JobBusy, SchemaChanged, run_job
 from ragstore.runtime import Runtime
 
-QUEUE = "ingest"
 INGEST_TASK = "ragstore.ingest"
 
 BUSY_RETRY_S = 5  # a job whose row an earlier attempt's transaction holds: again this late

@@ -32,7 +32,6 @@ from ragstore.api import forms
 from ragstore.api.deps import CollectionName, Principal, ReadAccess, RowId, Rt, State, WriteAccess
 from ragstore.api.errors import public_detail
 from ragstore.api.errors_doc import responses
-from ragstore.api.routes.jobs import job_public
 from ragstore.db import catalog
 from ragstore.db.errors import translated
 from ragstore.errors import (
@@ -46,6 +45,7 @@ from ragstore.errors import (
 from ragstore.ingest.documents import NewDocument, add_documents
 from ragstore.ingest.service import created_for_this_write, stops_ingest
 from ragstore.jobs import JobFile, submit_ingest
+from ragstore.jobs.reading import job_public
 from ragstore.paging import decode_cursor, encode_cursor, split_page
 from ragstore.runtime import Runtime
 from ragstore.schemas import DocumentCreate, DocumentPublic, DocumentsPublic, JobPublic
