@@ -294,7 +294,7 @@ _MEASURE = """
 import sys, tracemalloc
 from pathlib import Path
 from ragstore import Client
-import ragstore.uploads.names, ragstore.ingest.files  # imported before measuring
+import ragstore.uploads.names, ragstore.files  # imported before measuring
 paths = sorted(Path(sys.argv[2]).iterdir())
 with Client(sys.argv[1]) as client:
     client.health()
