@@ -30,7 +30,7 @@ import numpy as np
 from ragstore.chunking import chunk_document
 from ragstore.config import Settings
 from ragstore.embedding.registry import load_embedder, resolve_spec
-from ragstore.ingest.files import discover
+from ragstore.files import discover
 from ragstore.parsing import parse_bytes
 
 

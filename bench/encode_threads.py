@@ -18,7 +18,7 @@ from pathlib import Path
 from ragstore.chunking import chunk_document
 from ragstore.embedding.local import set_threads
 from ragstore.embedding.registry import load_embedder, resolve_spec
-from ragstore.ingest.files import discover
+from ragstore.files import discover
 from ragstore.parsing import parse_bytes
 
 

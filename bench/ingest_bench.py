@@ -25,8 +25,8 @@ from ragstore.chunking import chunk_document
 from ragstore.config import Settings
 from ragstore.embedding.base import Embedder
 from ragstore.embedding.registry import resolve_spec
+from ragstore.files import discover
 from ragstore.ingest import ingest_paths
-from ragstore.ingest.files import discover
 from ragstore.parsing import parse_bytes
 from ragstore.runtime import Runtime
 from ragstore.search import search

@@ -57,6 +57,26 @@ SERVER_SIDE = (
     "ragstore.observability",
 )
 
+# the services, and the domain modules only they use: the HTTP client loads none of them.
+# A folder's walk and the suffixes it takes are below both sides (files.py, formats.py):
+# the client's upload of a folder imported ingest/files.py, so the ingest service, the
+# database layer, the embedders and the parsers were loaded by a user of a thin client
+SERVICE_PACKAGES = (
+    "ragstore.ingest",
+    "ragstore.parsing",
+    "ragstore.chunking",
+    "ragstore.embedding",
+    "ragstore.search",
+    "ragstore.imports",
+    "ragstore.modelops",
+    "ragstore.jobs",
+    "ragstore.backup",
+    "ragstore.integrity",
+    "ragstore.store",
+    "ragstore.runtime",
+    "ragstore.db",
+)
+
 # the database layer is below every service and surface: it imports none of them (its
 # own neighbours: the domain values, the settings, errors, metrics, the path grammar)
 ABOVE_DB = (
@@ -223,6 +243,43 @@ def test_ingest_imports_no_service_above_it() -> None:
 
 def test_the_client_imports_no_server_side() -> None:
     assert not _breaches(CLIENT, SERVER_SIDE)
+
+
+def test_the_client_imports_no_service() -> None:
+    # _requests.py walked a folder and named an unreadable file with ingest/files.py
+    assert not _breaches(CLIENT, SERVICE_PACKAGES)
+
+
+def _loaded_by(start: tuple[str, ...]) -> dict[str, str | None]:
+    """Every module of src/ragstore that importing ``start`` can load, directly or through
+    others (a module's packages too), each with the module that imports it. The package
+    root is not followed: its names are loaded on first access (``ragstore.Store``)."""
+    graph: dict[str, set[str]] = {}
+    for importer, imported, _ in imports():
+        graph.setdefault(importer, set()).add(imported)
+    followed = set(graph) - {"ragstore"}
+    via: dict[str, str | None] = dict.fromkeys(start)
+    todo = list(start)
+    while todo:
+        module = todo.pop()
+        for imported in graph.get(module, ()):
+            parts = imported.split(".")
+            for name in [".".join(parts[:i]) for i in range(2, len(parts) + 1)]:
+                if name not in via and (name in followed or _under(name, SERVICE_PACKAGES)):
+                    via[name] = module
+                    todo.append(name)
+    return via
+
+
+def test_nothing_the_client_loads_is_a_service() -> None:
+    # not only the client's own imports: what it stands on (files.py, formats.py, wire.py,
+    # validation.py, ...) must not pull a service in either, or a user of the client
+    # loads the parsers again one module further down
+    via = _loaded_by(CLIENT)
+    assert "ragstore.validation" in via  # the graph was followed
+    assert not sorted(
+        f"{name} (imported by {via[name]})" for name in via if _under(name, SERVICE_PACKAGES)
+    )
 
 
 def test_no_server_side_imports_the_client() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ragstore.errors import FileTooLargeError
-from ragstore.ingest.files import read_bounded
+from ragstore.files import read_bounded
 
 
 class _Growing(type(Path())):  # type: ignore[misc]
@@ -74,7 +74,7 @@ def test_a_file_written_during_the_read_is_read_again_with_its_own_stat(
     was read (seen by its status on the open file, after the read) is read again. The
     status used to be looked up by name after the parse, so a file changed in between
     got the new ``modified_at`` with the old content (or half of each)."""
-    from ragstore.ingest import files
+    from ragstore import files
 
     f = tmp_path / "w.md"
     f.write_bytes(b"old " * 10)
@@ -101,8 +101,8 @@ def test_a_file_written_during_the_read_is_read_again_with_its_own_stat(
 def test_a_file_that_never_stops_changing_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from ragstore import files
     from ragstore.errors import FileUnreadableError
-    from ragstore.ingest import files
 
     f = tmp_path / "busy.md"
     f.write_bytes(b"x")

@@ -218,7 +218,7 @@ def test_a_source_that_cannot_be_looked_at_is_not_called_gone(tmp_path: Path) ->
     """Only a source known to be absent is vanished (and pruned): one whose path cannot be
     looked at (here a name too long for the file system; a folder without search
     permission is the same for a non-root user) is not, and raises nothing."""
-    from ragstore.ingest.files import gone_from_disk
+    from ragstore.files import gone_from_disk
 
     (tmp_path / "here.md").write_text("x")
     (tmp_path / "file").write_text("x")
@@ -270,7 +270,7 @@ def test_sync_prunes_a_file_replaced_by_a_link_or_a_pipe(
 
 
 def test_a_stored_file_replaced_by_a_link_or_not_a_file_is_gone(tmp_path: Path) -> None:
-    from ragstore.ingest.files import gone_from_disk
+    from ragstore.files import gone_from_disk
 
     tmp_path = tmp_path.resolve()  # a stored source is a real path
     (tmp_path / "real.md").write_text("x")

@@ -34,6 +34,15 @@ from ragstore.errors import (
     all_error_classes,
     invalid_collection_name,
 )
+from ragstore.files import (
+    LINK_OUTSIDE_FOLDER,
+    discover,
+    link_outside_detail,
+    not_ingestible,
+    stat_mode,
+    unlisted_error,
+    unreadable,
+)
 from ragstore.interrupts import deferred
 from ragstore.models import COLLECTION_NAME
 from ragstore.wire import (
@@ -812,8 +821,6 @@ class StreamedFile:
                     raise FileUnreadableError(f"{path}: not a regular file")
                 f.read(1)
         except OSError as exc:
-            from ragstore.ingest.files import unreadable  # imported only on failure
-
             raise unreadable(path, exc) from None
         self.size = st.st_size
         self._mtime = st.st_mtime_ns
@@ -865,8 +872,6 @@ class StreamedFile:
                 self._file.close()
                 self._file, self._read_all = None, True
         except OSError as exc:  # an I/O error: the error Store.ingest raises for it
-            from ragstore.ingest.files import unreadable
-
             self.close()
             error = unreadable(self.path, exc)
             error.changed_source = self  # type: ignore[attr-defined]
@@ -1224,20 +1229,10 @@ def ingest_plan(
     """Files, and the files under folders, uploaded and ingested (:func:`upload_plan`: in
     as many requests as the server's limits need).
 
-    A folder is walked as ``ragstore ingest`` walks it (``ingest.files.discover``: supported
-    suffixes, no hidden files, no link leading out of it), each file named by its path
-    below the folder. The answer gains ``skipped``: the links not followed.
+    A folder is walked as ``ragstore ingest`` walks it (:func:`ragstore.files.discover`:
+    supported suffixes, no hidden files, no link leading out of it), each file named by its
+    path below the folder. The answer gains ``skipped``: the links not followed.
     """
-    # the ingest package is slow to import
-    from ragstore.ingest.files import (
-        LINK_OUTSIDE_FOLDER,
-        discover,
-        link_outside_detail,
-        not_ingestible,
-        stat_mode,
-        unlisted_error,
-    )
-
     # one path given bare is that path, as Store.ingest takes it, not its characters
     # ("notes.md" was "n", "o", ..., and "." the whole working directory)
     given = [paths] if isinstance(paths, (str, Path)) else paths

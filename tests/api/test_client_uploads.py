@@ -294,7 +294,8 @@ _MEASURE = """
 import sys, tracemalloc
 from pathlib import Path
 from ragstore import Client
-import ragstore.uploads.names, ragstore.ingest.files  # imported before measuring
+# what the upload imports, imported before measuring (validation.py loads numpy)
+import ragstore.uploads.names, ragstore.files, ragstore.validation
 paths = sorted(Path(sys.argv[2]).iterdir())
 with Client(sys.argv[1]) as client:
     client.health()

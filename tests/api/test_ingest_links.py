@@ -12,8 +12,8 @@ import pytest
 
 from ragstore import Client, Store
 from ragstore.config import Settings
+from ragstore.files import discover
 from ragstore.ingest import ingest_paths
-from ragstore.ingest.files import discover
 from ragstore.runtime import Runtime
 
 SECRET = "The launch code of the reactor is swordfish."

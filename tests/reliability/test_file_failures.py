@@ -60,7 +60,7 @@ def test_an_unreadable_file_is_not_called_missing(rt: Runtime, tmp_path: Path) -
 
 
 def test_oserror_labels() -> None:
-    from ragstore.ingest.service import unreadable
+    from ragstore.files import unreadable
 
     path = Path("/data/x.md")
     assert (

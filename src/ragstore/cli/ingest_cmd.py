@@ -97,7 +97,7 @@ def _print_report(report: IngestReport) -> None:
         if o.status == "skipped":
             err.print(f"  [yellow]skipped[/] {escape(printable(f'[{o.code}] {o.error}'))}")
     if not report.outcomes:
-        from ragstore.parsing import supported_suffixes
+        from ragstore.formats import supported_suffixes
 
         err.print(
             "  no files to ingest: folders are searched for supported suffixes only "

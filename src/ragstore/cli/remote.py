@@ -115,7 +115,7 @@ def upload_names(paths: list[Path], files: list[Path]) -> dict[Path, str]:
     """The name each file is uploaded under: a folder's files keep their path below the
     folder (prefixed with its name), a file named directly its base name. A path that
     cannot be looked at is no folder here (``Path.is_dir()`` raised on it: discover)."""
-    from ragstore.ingest.files import stat_mode
+    from ragstore.files import stat_mode
 
     names: dict[Path, str] = {}
     roots = [p.resolve() for p in paths if stat.S_ISDIR(stat_mode(p))]
@@ -184,7 +184,7 @@ def _read_batch(
     batch of its own) took its size in memory, more while the body was built."""
     from ragstore._requests import StreamedFile
     from ragstore.errors import DecodeError, FileUnreadableError
-    from ragstore.ingest.files import printable
+    from ragstore.files import printable
 
     parts: list[tuple[str, StreamedFile]] = []
     for f in batch:
@@ -248,7 +248,7 @@ def ingest_remote(
     """Upload ``paths`` (files and folders) to the server, a batch per request; a batch
     the server refuses is retried file by file so that each failure names its file."""
     from ragstore.errors import RagstoreError
-    from ragstore.ingest.files import (
+    from ragstore.files import (
         LINK_OUTSIDE_FOLDER,
         discover,
         link_outside_detail,

@@ -20,7 +20,7 @@ from fastapi.templating import Jinja2Templates
 from ragstore import __version__
 from ragstore.console.security import CONSOLE_PREFIX
 from ragstore.embedding.registry import DEFAULT_MODEL, TRUNCATED_MODEL
-from ragstore.parsing import supported_suffixes
+from ragstore.formats import supported_suffixes
 from ragstore.schemas import NAME_PATTERN
 
 HERE = Path(__file__).resolve().parent

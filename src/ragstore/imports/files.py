@@ -61,11 +61,11 @@ def _first(obj: dict[str, Any], keys: tuple[str, ...]) -> tuple[str | None, Any]
 
 def _must_exist(path: Path) -> None:
     """PathNotFoundError for nothing at ``path``, and the error an ingest gives a link to
-    nothing, a link that loops or a pipe (:func:`ragstore.ingest.files.not_ingestible`):
+    nothing, a link that loops or a pipe (:func:`ragstore.files.not_ingestible`):
     a FIFO named ``x.jsonl`` was opened and the import waited for a writer forever, and a
     looping link was said to be "no such file". A folder is left to the reader's open,
     which names it."""
-    from ragstore.ingest.files import not_ingestible, printable
+    from ragstore.files import not_ingestible, printable
 
     if not (path.is_file() or path.is_dir()):
         raise not_ingestible(path, printable(str(path)))
@@ -76,9 +76,9 @@ def _utf8_lines(path: Path, *, csv_file: bool = False) -> Iterator[str]:
     write them); a file in another encoding is :class:`ImportSourceError` naming the line
     and byte, not a ``UnicodeDecodeError`` from deep inside the import. A file that cannot
     be read (permissions, an I/O error) is the error an ingest gives it
-    (:func:`ragstore.ingest.files.unreadable`), not the ``OSError`` traceback it was.
+    (:func:`ragstore.files.unreadable`), not the ``OSError`` traceback it was.
     ``csv_file``: the file is a CSV one, for the error naming a line over the limit."""
-    from ragstore.ingest.files import unreadable
+    from ragstore.files import unreadable
 
     try:
         yield from _decoded_lines(path, csv_file=csv_file)

@@ -48,7 +48,7 @@ def detect_format(source: str) -> str:
         return "postgres"
     path = Path(source)
     if not path.exists():
-        from ragstore.ingest.files import not_ingestible, printable
+        from ragstore.files import not_ingestible, printable
 
         # a link that loops or leads nowhere named as such, not as "no such file"
         raise not_ingestible(path, printable(source))

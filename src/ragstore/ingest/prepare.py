@@ -29,7 +29,7 @@ from ragstore.errors import (
     FileTooLargeError,
     RagstoreError,
 )
-from ragstore.ingest.files import read_with_stat, unreadable
+from ragstore.files import read_with_stat, unreadable
 from ragstore.models import Chunk, ParsedDocument
 from ragstore.parsing import detect_format
 from ragstore.parsing.language import detect_language

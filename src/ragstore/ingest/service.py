@@ -41,8 +41,7 @@ from ragstore.errors import (
     RagstoreError,
     ReadOnlyError,
 )
-from ragstore.ingest import prepare, staging
-from ragstore.ingest.files import (
+from ragstore.files import (
     LINK_OUTSIDE_FOLDER,
     discover,
     gone_from_disk,
@@ -53,7 +52,7 @@ from ragstore.ingest.files import (
     sync_scopes,
     unlisted_error,
 )
-from ragstore.ingest.files import unreadable as unreadable  # where callers found it
+from ragstore.ingest import prepare, staging
 from ragstore.ingest.heap import long_lived_set_aside
 from ragstore.ingest.staging import StagedVectors, discard_staged
 from ragstore.modelops.fanout import building_vectors

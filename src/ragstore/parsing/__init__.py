@@ -4,6 +4,6 @@ Each format has its own module and a well-kept parser library behind it; this mo
 picks the parser from the file name and the content.
 """
 
-from ragstore.parsing.registry import detect_format, parse_bytes, supported_suffixes
+from ragstore.parsing.registry import detect_format, parse_bytes
 
-__all__ = ["detect_format", "parse_bytes", "supported_suffixes"]
+__all__ = ["detect_format", "parse_bytes"]

@@ -19,40 +19,9 @@ from pygments.lexers import get_lexer_by_name
 from pygments.token import Comment, Keyword, Name, String, Token
 from pygments.util import ClassNotFound
 
+from ragstore.formats import CODE_SUFFIXES
 from ragstore.models import Block, ChunkType, ParsedDocument
 
-# suffix -> Pygments lexer alias (also the language name stored in metadata)
-CODE_SUFFIXES: dict[str, str] = {
-    ".py": "python",
-    ".pyi": "python",
-    ".js": "javascript",
-    ".mjs": "javascript",
-    ".cjs": "javascript",
-    ".jsx": "javascript",
-    ".ts": "typescript",
-    ".tsx": "typescript",
-    ".go": "go",
-    ".rs": "rust",
-    ".java": "java",
-    ".kt": "kotlin",
-    ".scala": "scala",
-    ".c": "c",
-    ".h": "c",
-    ".cc": "cpp",
-    ".cpp": "cpp",
-    ".cxx": "cpp",
-    ".hpp": "cpp",
-    ".cs": "csharp",
-    ".swift": "swift",
-    ".rb": "ruby",
-    ".php": "php",
-    ".sql": "sql",
-    ".sh": "bash",
-    ".bash": "bash",
-    ".zsh": "bash",
-    ".lua": "lua",
-    ".r": "r",
-}
 _SHEBANGS = {
     "python": "python",
     "python3": "python",

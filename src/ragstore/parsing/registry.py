@@ -18,8 +18,9 @@ from ragstore.errors import (
     BinaryFileError,
     CorruptDocumentError,
 )
+from ragstore.formats import SUFFIXES, supported_suffixes
 from ragstore.models import ParsedDocument
-from ragstore.parsing.code import CODE_SUFFIXES, language_from_shebang, parse_code
+from ragstore.parsing.code import language_from_shebang, parse_code
 from ragstore.parsing.decode import decode_text, empty_error, looks_binary, mostly_controls
 from ragstore.parsing.docx import parse_docx
 from ragstore.parsing.epub import parse_epub
@@ -33,24 +34,6 @@ from ragstore.parsing.text import parse_plain, parse_text
 TextParser = Callable[[str, str], ParsedDocument]
 BytesParser = Callable[[bytes, str], ParsedDocument]
 
-SUFFIXES: dict[str, str] = {
-    ".md": "markdown",
-    ".markdown": "markdown",
-    ".mdown": "markdown",
-    ".txt": "text",
-    ".text": "text",
-    ".rst": "text",
-    "": "text",
-    ".html": "html",
-    ".htm": "html",
-    ".xhtml": "html",
-    ".pdf": "pdf",
-    ".docx": "docx",
-    ".epub": "epub",
-    ".pptx": "pptx",
-    ".ipynb": "notebook",
-    **{suffix: "code" for suffix in CODE_SUFFIXES},
-}
 TEXT_PARSERS: dict[str, TextParser] = {
     "markdown": parse_markdown,
     "text": parse_text,
@@ -75,10 +58,6 @@ _HTML_START = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _ZIP_MAGIC = b"PK\x03\x04"
-
-
-def supported_suffixes() -> set[str]:
-    return {s for s in SUFFIXES if s}
 
 
 def sniff_format(data: bytes) -> str | None:

@@ -4,6 +4,13 @@ Explicit files are taken as given, folders are walked for known suffixes; a file
 never read past ``max_file_bytes`` (plus one byte to notice it is longer), so a file
 that is huge, or grows while it is read, cannot take the process's memory with it.
 
+Both sides of the wire walk a folder alike: ``ragstore ingest`` (the ingest service) and
+the HTTP client's uploads (``_requests.py``, the CLI's ``--server``), and both name an
+unreadable or not ingestible path with the same error. So this module stands below both,
+on the standard library, :mod:`ragstore.errors` and the suffix table
+(:mod:`ragstore.formats`) only: it was ``ragstore.ingest.files``, and the client's upload
+of a folder loaded the ingest service, the database layer and the parsers with it.
+
 A folder's walk stays inside the folder: it does not descend into linked folders
 (``os.walk``'s default) and it passes over a linked file whose target lies outside.
 Followed, such a link pulled files from elsewhere into the collection (a link to
@@ -22,7 +29,7 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from ragstore.errors import FileTooLargeError, FileUnreadableError, InputError, PathNotFoundError
-from ragstore.parsing import supported_suffixes
+from ragstore.formats import supported_suffixes
 
 
 class Discovered(NamedTuple):
