@@ -294,6 +294,12 @@ def test_a_large_float_in_metadata_reads_back_as_the_float_it_was(http: httpx.Cl
     got = {k: r.json()["data"][0]["metadata"][k] for k in meta}
     assert got == meta
     assert [type(v) for v in got.values()] == [float, float, int, int]
+    # a search hit's metadata is read from JSON text by the search itself: the same reader
+    body = {"query": "omega float", "k": 1, "mode": "fulltext"}
+    r = http.post(f"/v1/collections/{COLL}/search", json=body)
+    hit = r.json()["data"][0]
+    assert {k: hit["metadata"][k] for k in meta} == meta, hit["metadata"]
+    assert [type(hit["metadata"][k]) for k in meta] == [float, float, int, int]
     again = {"texts": ["omega again"], "ids": ["f2"], "metadatas": [got]}
     r = http.post(f"/v1/collections/{COLL}/texts", json=again)
     assert r.status_code == 201, r.text[:300]

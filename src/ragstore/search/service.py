@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-import json
 import numbers
 import os
 import threading
@@ -62,7 +61,7 @@ from psycopg.pq import TransactionStatus
 
 from ragstore.db import field_indexes, spaces
 from ragstore.db.cancel import cancellable
-from ragstore.db.database import Database
+from ragstore.db.database import Database, stored_json
 from ragstore.db.errors import translated
 from ragstore.db.field_indexes import FieldIndex
 from ragstore.db.repository import Collection
@@ -1100,7 +1099,7 @@ def _hit(r: tuple[Any, ...], coll: Collection, p: SearchParams) -> Hit:
         section_path=list(r[6]),
         ordinal=int(r[7]),
         page=r[8],
-        metadata=json.loads(r[9]),  # JSON text: _with_rows, single.pool_sql
+        metadata=stored_json(r[9]),  # JSON text (_with_rows, single.pool_sql), read as stored JSON
         score=float(r[10]),
         explain=explain,
         section_score=None if r[15] is None else float(r[15]),
