@@ -104,6 +104,8 @@ _PASSING = frozenset(
         "rate_limited",
     }
 )
+# answered errors of a request the server did not run: any call is sent again after them
+_NOT_RUN = frozenset({"rate_limited", "not_ready", "overloaded"})
 _BACKOFF_FIRST_S = 0.5
 _BACKOFF_MOST_S = 8.0
 
@@ -159,10 +161,12 @@ class _Retrying:
     the answered errors that pass with time (``_PASSING``; a proxy's 502/503/504). Any
     call, a "write" too, is retried only where the server provably did not take it:
     nothing sent (no connection), ``rate_limited`` (429: counted before the request is
-    read, ``auth/ratelimit.py``) or ``not_ready`` (503: a connection past the cap, not
-    read, or a server not ready). Waits grow from 0.5 s, doubling to 8 s, with jitter;
-    a ``Retry-After`` is waited instead; all waits of one request together stay within
-    ``max_retry_wait`` seconds: one that would not is not waited, the error raised."""
+    read, ``auth/ratelimit.py``), ``not_ready`` (503: a connection past the cap, not
+    read, or a server not ready) or ``overloaded`` (503: shed before any of it ran,
+    ``api/shed.py``; a write so answered was raised at once). Waits grow from 0.5 s,
+    doubling to 8 s, with jitter; a ``Retry-After`` is waited instead; all waits of one
+    request together stay within ``max_retry_wait`` seconds: one that would not is not
+    waited, the error raised."""
 
     def __init__(self, retries: int, max_wait: float, effect: str) -> None:
         self.left = retries
@@ -187,7 +191,7 @@ class _Retrying:
         return seconds
 
     def _passes(self, error: RagstoreError) -> bool:
-        if getattr(error, "nothing_sent", False) or error.code in ("rate_limited", "not_ready"):
+        if getattr(error, "nothing_sent", False) or error.code in _NOT_RUN:
             return True
         if self.effect == "write":
             return False

@@ -269,8 +269,9 @@ class Settings(BaseSettings):
         le=3600,
         description="Seconds a request waits for one of the server's worker threads "
         "while every one is busy; then it is answered 503 overloaded (Retry-After) and not "
-        "run. Only the waits for a thread count, never a request body arriving; /healthz "
-        "and /readyz are never shed. 0 = wait without limit.",
+        "run. Only the waits for a thread count, never a request body arriving (nor an "
+        "upload's files written to disk as they arrive); /healthz and /readyz are never "
+        "shed, and they and /metrics have threads of their own. 0 = wait without limit.",
     )
     max_connections: int = Field(
         1024,

@@ -80,6 +80,12 @@ class Runtime:
         return self._db
 
     @property
+    def opened_read_only(self) -> bool | None:
+        """:attr:`read_only` if this runtime has opened the primary, else None (never opens
+        it): an attribute read the event loop may make, where opening would block it."""
+        return self._read_only if self._db is not None else None
+
+    @property
     def opened_router(self) -> routing.ReadRouter | None:
         """The read router if this runtime has made it, else None (never makes it): for
         its replicas' pool figures, which a scrape must not create."""

@@ -8,15 +8,18 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import anyio.to_thread
 import httpx
+from anyio import CapacityLimiter
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
+from ragstore import Client
 from ragstore.api import shed
 from ragstore.api.app import create_app
 from ragstore.config import Settings
@@ -25,66 +28,217 @@ from tests.api.conftest import running_server, with_
 WAIT_S = 30.0  # a bound on each wait for the server, never reached when all is well
 
 
+UPLOAD = b"x" * (2 * 1024 * 1024)  # over 1 MB: Starlette's form parser spools it to disk
+
+
+class Server:
+    """The real app, its thread pool cut to one thread by ``hold`` (a request holding it
+    till ``free``), with routes of the tests' own: ``ran`` lists the work they did."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.ran: list[str] = []
+        self.holding = threading.Event()
+        self.release = threading.Event()
+        self.parsed = threading.Event()  # /form?gated: its form parsed
+        self.gate = threading.Event()  # /form?gated: its work may start
+        self._holder: threading.Thread | None = None
+
+    def hold(self) -> None:
+        self._holder = threading.Thread(
+            target=lambda: httpx.get(f"{self.url}/hold", timeout=WAIT_S)
+        )
+        self._holder.start()
+        assert self.holding.wait(WAIT_S)
+
+    def free(self) -> None:
+        """The thread given back, and the holder answered: the thread is free again."""
+        self.release.set()
+        if self._holder is not None:
+            self._holder.join(WAIT_S)
+            assert not self._holder.is_alive()
+
+    def waiting(self) -> int:
+        """How many waits for the app's worker threads the server has now."""
+        answer = httpx.get(f"{self.url}/waiting", timeout=WAIT_S)
+        assert answer.status_code == 200, answer.text
+        return int(answer.json())
+
+
 @contextmanager
-def one_busy_thread(settings: Settings, ran: list[str]) -> Iterator[tuple[str, threading.Event]]:
-    """The real app, its thread pool cut to one thread, held by a request till the end
-    (or till the event yielded is set)."""
-    app = create_app(with_(settings, auth="off", queue_wait_s=0.2))
-    holding = threading.Event()
-    release = threading.Event()
+def serving(settings: Settings) -> Iterator[Server]:
+    app = create_app(
+        with_(settings, auth="off", queue_wait_s=0.2, max_request_bytes=4 * len(UPLOAD))
+    )
+    server = Server("")
 
     @app.get("/hold")
     async def hold() -> str:
         anyio.to_thread.current_default_thread_limiter().total_tokens = 1
 
         def block() -> str:
-            holding.set()
-            release.wait(WAIT_S)
+            server.holding.set()
+            server.release.wait(WAIT_S)
             return "held"
 
         return await run_in_threadpool(block)
 
     @app.get("/work")
     def work() -> str:  # a plain def: FastAPI runs it on a worker thread
-        ran.append("work")
+        server.ran.append("work")
         return "done"
 
+    @app.get("/waiting")
+    async def waiting() -> int:
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        return limiter.statistics().tasks_waiting
+
+    @app.post("/form")
+    async def form(request: Request, gated: bool = False) -> str:
+        # its file written to disk on worker threads as it comes (closed after the work,
+        # as FastAPI closes an upload's)
+        async with request.form():
+            server.parsed.set()
+            if gated:  # on threads of no limiter the app's requests wait for
+                await anyio.to_thread.run_sync(server.gate.wait, WAIT_S, limiter=CapacityLimiter(1))
+
+            def ingest() -> str:
+                server.ran.append("form")
+                return "stored"
+
+            return await run_in_threadpool(ingest)
+
     with running_server(settings, app) as url:
-        holder = threading.Thread(target=lambda: httpx.get(f"{url}/hold", timeout=WAIT_S))
-        holder.start()
+        server.url = url
         try:
-            assert holding.wait(WAIT_S)
-            yield url, release
+            yield server
         finally:
-            release.set()
-            holder.join(WAIT_S)
+            server.release.set()
+            server.gate.set()
+            if server._holder is not None:
+                server._holder.join(WAIT_S)
+
+
+@contextmanager
+def one_busy_thread(settings: Settings) -> Iterator[Server]:
+    """:func:`serving`, its one worker thread held till the end (or ``free``)."""
+    with serving(settings) as server:
+        server.hold()
+        yield server
 
 
 def test_a_request_that_waits_too_long_for_a_thread_is_answered_503_and_never_runs(
     settings: Settings,
 ) -> None:
-    ran: list[str] = []
-    with one_busy_thread(settings, ran) as (url, release):
-        shed_answer = httpx.get(f"{url}/work", timeout=WAIT_S)
+    with one_busy_thread(settings) as server:
+        shed_answer = httpx.get(f"{server.url}/work", timeout=WAIT_S)
         assert shed_answer.status_code == 503
         assert shed_answer.headers["content-type"].startswith("application/problem+json")
         assert shed_answer.json()["code"] == "overloaded"
         assert "RAGSTORE_QUEUE_WAIT_S" in shed_answer.json()["detail"]
         assert shed_answer.headers["retry-after"] == "1"
-        release.set()  # the thread free again: the next request runs, the shed one did not
-        assert httpx.get(f"{url}/work", timeout=WAIT_S).text == '"done"'
-        metrics = httpx.get(f"{url}/metrics", timeout=WAIT_S).text
+        server.free()  # the thread free again: the next request runs, the shed one did not
+        assert httpx.get(f"{server.url}/work", timeout=WAIT_S).text == '"done"'
+        metrics = httpx.get(f"{server.url}/metrics", timeout=WAIT_S).text
     assert 'ragstore_errors_total{code="overloaded"}' in metrics
-    assert ran == ["work"]
+    assert server.ran == ["work"]
 
 
-def test_the_probes_answer_while_every_worker_thread_is_held(settings: Settings) -> None:
-    with one_busy_thread(settings, []) as (url, _):
-        health = httpx.get(f"{url}/healthz", timeout=WAIT_S)
+def test_the_probes_and_the_metrics_answer_while_every_worker_thread_is_held(
+    settings: Settings,
+) -> None:
+    with one_busy_thread(settings) as server:
+        health = httpx.get(f"{server.url}/healthz", timeout=WAIT_S)
         assert health.status_code == 200
-        ready = httpx.get(f"{url}/readyz", timeout=WAIT_S)
+        ready = httpx.get(f"{server.url}/readyz", timeout=WAIT_S)
         assert ready.status_code == 200, ready.text
         assert ready.json()["checks"]["database"] == "ok"
+        # /metrics waited behind the held thread without limit
+        scraped = httpx.get(f"{server.url}/metrics", timeout=WAIT_S)
+        assert scraped.status_code == 200
+        assert "ragstore_http_requests_total" in scraped.text
+
+
+def test_a_read_shed_before_its_route_is_answered_503_overloaded(settings: Settings) -> None:
+    # the first read makes the read router on a thread (ReadRoutingMiddleware): shed there,
+    # it escaped to the crash handler, answered 500 internal_error, which no client retries
+    with one_busy_thread(settings) as server:
+        answer = httpx.get(f"{server.url}/v1/collections", timeout=WAIT_S)
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["code"] == "overloaded"
+    assert answer.headers["retry-after"] == "1"
+
+
+def test_an_upload_arriving_is_never_shed(settings: Settings) -> None:
+    # its file over 1 MB is written to disk on the app's threads as it comes: those waits
+    # were bounded, and an upload was answered 503 while its body arrived
+    with one_busy_thread(settings) as server:
+        answers: list[httpx.Response] = []
+        sender = threading.Thread(
+            target=lambda: answers.append(
+                httpx.post(f"{server.url}/form", files={"f": ("a.md", UPLOAD)}, timeout=WAIT_S)
+            )
+        )
+        sender.start()
+        while not answers and server.waiting() == 0:  # its body's write waits for the thread
+            time.sleep(0.05)
+        # a request that came later waited its RAGSTORE_QUEUE_WAIT_S and was shed: the
+        # upload's wait, bounded, would have run out first
+        assert httpx.get(f"{server.url}/work", timeout=WAIT_S).status_code == 503
+        server.free()
+        sender.join(WAIT_S)
+    assert [a.status_code for a in answers] == [200], answers[0].text
+    assert server.ran == ["form"]
+
+
+def test_an_uploads_work_is_shed_after_its_body_arrived(settings: Settings) -> None:
+    # the first write of its file to disk marked its work as started: its ingest then
+    # waited for a thread without limit
+    with serving(settings) as server:
+        answers: list[httpx.Response] = []
+        sender = threading.Thread(
+            target=lambda: answers.append(
+                httpx.post(
+                    f"{server.url}/form?gated=true", files={"f": ("a.md", UPLOAD)}, timeout=WAIT_S
+                )
+            )
+        )
+        sender.start()
+        assert server.parsed.wait(WAIT_S)  # its body arrived, written on the free threads
+        server.hold()
+        server.gate.set()  # its work now waits for the held thread
+        sender.join(WAIT_S)
+    assert [a.status_code for a in answers] == [503]
+    assert answers[0].json()["code"] == "overloaded"
+    assert server.ran == []
+
+
+class _Watching(httpx.HTTPTransport):
+    """httpx's own transport, noting each answer's status; the first 503 frees the
+    server's held thread (``free``), so the request sent again can run."""
+
+    def __init__(self, free: Callable[[], None]) -> None:
+        super().__init__()
+        self.free = free
+        self.statuses: list[int] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        self.statuses.append(response.status_code)
+        if response.status_code == 503:
+            self.free()
+        return response
+
+
+def test_the_client_sends_any_call_shed_again(settings: Settings) -> None:
+    # a shed request never ran: a write too is safe to send again (it was raised at once)
+    with one_busy_thread(settings) as server:
+        watching = _Watching(server.free)
+        with Client(server.url, transport=watching, retries=3, max_retry_wait=20) as client:
+            client.create_collection("shed", model="their-model@1", dimension=2)
+            names = [c["name"] for c in client.list_collections()]
+    assert watching.statuses[:2] == [503, 201]
+    assert names.count("shed") == 1
 
 
 def test_the_shedding_limiter_is_installed_on_the_servers_loop(settings: Settings) -> None:

@@ -111,7 +111,9 @@ class ReadRoutingMiddleware:
             return
         rt: Runtime = state.runtime
         try:
-            read_only = await before_work(lambda: rt.read_only)
+            read_only = rt.opened_read_only
+            if read_only is None:  # the database not open yet: opened on a thread
+                read_only = await before_work(lambda: rt.read_only)
             if job_read and read_only:
                 # a read-only server shows its standby's job rows: a job accepted by the
                 # primary (its 202's position sent back) is not there until replayed, and
@@ -227,7 +229,13 @@ class ReadRoutingMiddleware:
         *,
         on_primary: bool = False,
     ) -> None:
-        router = await before_work(lambda: rt.router)
+        router = rt.opened_router
+        if router is None:  # made on the first read (it opens the replicas' pools)
+            try:
+                router = await before_work(lambda: rt.router)
+            except RagstoreError as exc:  # shed (overloaded), or the pools not opened
+                await send_problem(scope, send, exc)
+                return
         if not router.has_replicas:
             await self.app(scope, receive, send)
             return

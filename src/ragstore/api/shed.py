@@ -1,5 +1,4 @@
-"""A bounded wait for a worker thread (``RAGSTORE_QUEUE_WAIT_S``), and threads of their own
-for the readiness probe.
+"""A bounded wait for a worker thread (``RAGSTORE_QUEUE_WAIT_S``).
 
 The app's blocking work (sync routes, the key check, a search's embedding and statements)
 runs on anyio's worker threads, at most 40 at once (its default limiter); a request finding
@@ -11,13 +10,18 @@ clients still waiting queued behind it. Only the connection caps bounded the que
 Now each such wait of a request is bounded: a request whose work has not got a thread
 within ``RAGSTORE_QUEUE_WAIT_S`` is answered 503 ``overloaded`` with ``Retry-After`` and
 never runs (it counts in ``ragstore_errors_total{code="overloaded"}``). Only the waits for
-a thread count, never a slow upload's body arriving. Once the request's work has started
+a thread count, never a request body arriving: not even an upload's, whose files over 1 MB
+Starlette's form parser writes to disk on worker threads as their bytes come
+(:meth:`QueueWaitMiddleware._arriving`); those writes wait as long as it takes, and the
+upload's work (its ingest) is still to come, its wait bounded. Once the request's work has started
 on a thread, its later waits (the answer's validation, a write's position for
 read-your-writes) are not bounded: the work is done, and a 503 would say it was not. The
 waits before it (the key check, a routed read's checks: :func:`before_work`) are bounded
-and leave it to come. ``/healthz`` and ``/readyz`` are never shed, and /readyz's checks run
-on threads of their own (:func:`on_probe_thread`), so a busy server still answers its load
-balancer at once instead of behind the searches.
+and leave it to come. A request shed by any of them is answered 503 ``overloaded`` here
+(:class:`QueueWaitMiddleware`), whichever middleware or route waited. ``/healthz`` and
+``/readyz`` are never shed, and /readyz's and /metrics' checks run on threads of their own
+(:func:`ragstore.http.probes.on_probe_thread`), so a busy server still answers its load
+balancer and its scraper at once instead of behind the searches.
 
 anyio offers no public way to bound the wait for its default limiter (sync routes and
 dependencies are run by FastAPI and Starlette with it): :func:`install` wraps the running
@@ -38,11 +42,11 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 from anyio import CapacityLimiter, CapacityLimiterStatistics
-from anyio.lowlevel import RunVar
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragstore.errors import OverloadedError
+from ragstore.http.problems import send_problem
 
 log = logging.getLogger("ragstore.api")
 
@@ -50,8 +54,7 @@ T = TypeVar("T")
 
 PROBES = frozenset({"/healthz", "/readyz"})
 """Paths never shed: a load balancer must tell a busy server from a dead one."""
-PROBE_THREADS = 4
-"""Worker threads of the readiness probe's own (its checks are shared: one at a time)."""
+_MULTIPART = b"multipart/form-data"
 
 
 @dataclass
@@ -61,6 +64,9 @@ class _Admission:
     wait_s: float
     started: bool = False  # its work got a thread: later waits are not bounded
     shed: bool = False  # a wait ran out: answered 503 overloaded, nothing of it run
+    # an upload's body chunk is being written to disk (the form parser's spool): its waits
+    # are the body arriving, neither bounded nor the work's start
+    arriving: bool = False
 
 
 _ADMISSION: contextvars.ContextVar[_Admission | None] = contextvars.ContextVar(
@@ -69,7 +75,8 @@ _ADMISSION: contextvars.ContextVar[_Admission | None] = contextvars.ContextVar(
 _BEFORE_WORK: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "ragstore_before_work", default=False
 )
-_probe_limiter: RunVar[CapacityLimiter] = RunVar("ragstore_probe_limiter")
+# threads a shed request took past the limit, in this task (see SheddingLimiter.__aenter__)
+_PAST_LIMIT: contextvars.ContextVar[int] = contextvars.ContextVar("ragstore_past_limit", default=0)
 _warned = False
 
 
@@ -85,6 +92,13 @@ class SheddingLimiter(CapacityLimiter):
         self._inner = inner
 
     async def __aenter__(self) -> None:
+        admission = _ADMISSION.get()
+        if admission is not None and admission.shed:
+            # answered 503 already: what it still runs is its cleanup (an upload's files
+            # spooled to disk closed), at once and past the limit, or it waited for the
+            # load it was shed for, the 503 with it, or failed and left the files open
+            _PAST_LIMIT.set(_PAST_LIMIT.get() + 1)
+            return
         await self.acquire()
 
     async def __aexit__(
@@ -93,6 +107,10 @@ class SheddingLimiter(CapacityLimiter):
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> None:
+        past = _PAST_LIMIT.get()
+        if past:  # anyio enters and leaves a limiter in the same task, one at a time
+            _PAST_LIMIT.set(past - 1)
+            return
         self.release()
 
     async def acquire(self) -> None:
@@ -103,7 +121,7 @@ class SheddingLimiter(CapacityLimiter):
 
     async def _bounded(self, acquire: Callable[[], Awaitable[None]]) -> None:
         admission = _ADMISSION.get()
-        if admission is None or admission.started:
+        if admission is None or admission.started or admission.arriving:
             await acquire()
             return
         with anyio.move_on_after(admission.wait_s) as waited:
@@ -192,11 +210,61 @@ class QueueWaitMiddleware:
             await self.app(scope, receive, send)
             return
         install()
-        token = _ADMISSION.set(_Admission(self.wait_s))
+        admission = _Admission(self.wait_s)
+        token = _ADMISSION.set(admission)
+        answered = False
+
+        async def watching_send(message: Message) -> None:
+            nonlocal answered
+            answered = answered or message["type"] == "http.response.start"
+            await send(message)
+
+        content_type = dict(scope.get("headers", ())).get(b"content-type", b"")
+        if content_type.lower().startswith(_MULTIPART):
+            receive = self._arriving(admission, receive)
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, watching_send)
+        except OverloadedError as exc:
+            # shed where no one answers it: a middleware's wait (a routed read's router,
+            # say) was answered 500 internal_error, which no client retries
+            if answered:
+                raise
+            await send_problem(scope, send, exc)
         finally:
             _ADMISSION.reset(token)
+
+    @staticmethod
+    def _arriving(admission: _Admission, receive: Receive) -> Receive:
+        """``receive``, the request's waits for a thread between a body chunk and the next
+        ask for one marked as the body's arrival.
+
+        Starlette's form parser writes an upload's file over 1 MB to disk on a worker
+        thread as each chunk comes. Those waits were bounded: a large upload was shed
+        while its body arrived, and one that was not had its work marked started by the
+        first write, so its ingest waited for a thread without limit. The last chunk is
+        handed on as if more were to come, then an empty last one: its writes are made
+        before the body is seen to end. (A reader that stops asking before the end leaves
+        its later waits unbounded, as they were before waits were bounded at all.)"""
+        held: Message | None = None
+
+        async def marked() -> Message:
+            nonlocal held
+            admission.arriving = False
+            if held is not None:
+                message, held = held, None
+                return message
+            message = await receive()
+            if message["type"] != "http.request":
+                return message
+            if not message.get("more_body", False):
+                if not message.get("body"):
+                    return message  # the end: the waits after it are the work's
+                held = {"type": "http.request", "body": b"", "more_body": False}
+                message = {**message, "more_body": True}
+            admission.arriving = True
+            return message
+
+        return marked
 
 
 async def before_work(fn: Callable[..., T], *args: Any) -> T:
@@ -221,18 +289,3 @@ def was_shed() -> bool:
     """Whether the request was answered 503 ``overloaded`` (none of its work ran)."""
     admission = _ADMISSION.get()
     return admission is not None and admission.shed
-
-
-def probe_limiter() -> CapacityLimiter:
-    """The readiness probe's own worker threads (per event loop)."""
-    try:
-        return _probe_limiter.get()
-    except LookupError:
-        limiter = CapacityLimiter(PROBE_THREADS)
-        _probe_limiter.set(limiter)
-        return limiter
-
-
-async def on_probe_thread(fn: Callable[[], T]) -> T:
-    """``fn()`` on one of the probe's threads: never behind the requests holding the app's."""
-    return await anyio.to_thread.run_sync(fn, limiter=probe_limiter())

@@ -24,10 +24,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ragstore.http.probes import on_probe_thread
+from ragstore.http.problems import PROBLEM_JSON
 from ragstore.observability import metrics
 from ragstore.observability.logging import bind_request, configure_logging, get_logger
 
-PROBLEM_JSON = b"application/problem+json"
+_PROBLEM_TYPE = PROBLEM_JSON.encode()
 _MAX_PROBLEM_BYTES = 64 * 1024
 log = get_logger("ragstore.http")
 
@@ -78,7 +80,7 @@ class ObservabilityMiddleware:
             if message["type"] == "http.response.start":
                 status = int(message["status"])
                 ctype = dict(message.get("headers", [])).get(b"content-type", b"")
-                is_problem = ctype.startswith(PROBLEM_JSON)
+                is_problem = ctype.startswith(_PROBLEM_TYPE)
             elif (
                 message["type"] == "http.response.body"
                 and is_problem
@@ -144,12 +146,17 @@ def _rendering(app: Any) -> Any:
     loopback and no per-key rate limit bounds it, so a flood of scrapes held a thread and
     a connection each. One rendering runs at a time now, and a scrape takes one started
     after it came (never an older answer: a counter it reads counts every request it
-    follows)."""
+    follows).
+
+    On the probes' threads (:mod:`ragstore.http.probes`): on anyio's, a scrape of a server
+    whose every thread a load held waited behind that load without limit (its rendering
+    made in a context of its own, where no ``RAGSTORE_QUEUE_WAIT_S`` bounds it), and
+    showed nothing of the load while it lasted."""
     from ragstore.http.coalesce import Coalesced
 
     shared = getattr(app.state, "ragstore_metrics", None)
     if shared is None:
-        shared = Coalesced(lambda: _render(app), fresh_s=0.0)
+        shared = Coalesced(lambda: _render(app), fresh_s=0.0, run=on_probe_thread)
         app.state.ragstore_metrics = shared
     return shared
 
@@ -186,9 +193,8 @@ async def _require_key(request: Request) -> None:
 
     The key must not be limited to a collection: the metrics name every collection (and
     count its chunks), so a key of one collection learnt the others' names here, which
-    the API's listings, 404s and job reads keep from it (403 ``forbidden`` now)."""
-    from starlette.concurrency import run_in_threadpool
-
+    the API's listings, 404s and job reads keep from it (403 ``forbidden`` now). The key is
+    checked on a probe's thread too, as the rendering is made (:func:`_rendering`)."""
     from ragstore.profiles import served_on_loopback
 
     state = getattr(request.app.state, "ragstore", None)
@@ -202,7 +208,7 @@ async def _require_key(request: Request) -> None:
 
     token = bearer_token(request.scope.get("headers", ()))
     client = request.client.host if request.client else ""
-    key = await run_in_threadpool(keys.authenticate, token, client)
+    key = await on_probe_thread(lambda: keys.authenticate(token, client))
     key.require("metrics")
 
 

@@ -12,7 +12,6 @@ from fastapi import APIRouter, Request
 from ragstore.api.deps import ApiState, Principal, Rt, State
 from ragstore.api.errors import public_detail
 from ragstore.api.errors_doc import responses
-from ragstore.api.shed import on_probe_thread
 from ragstore.db import migrations, repository
 from ragstore.db.database import CheckConnection, is_full
 from ragstore.db.errors import translated
@@ -25,6 +24,7 @@ from ragstore.errors import (
 )
 from ragstore.http.bearer import bearer_token
 from ragstore.http.coalesce import Coalesced
+from ragstore.http.probes import on_probe_thread
 from ragstore.observability import metrics
 from ragstore.runtime import Runtime
 from ragstore.schemas import Health, Limits, Readiness, ReplicaPublic
