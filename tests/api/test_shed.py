@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import anyio.to_thread
 import httpx
+import pytest
 from anyio import CapacityLimiter
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
@@ -169,15 +170,26 @@ def test_a_read_shed_before_its_route_is_answered_503_overloaded(settings: Setti
     assert answer.headers["retry-after"] == "1"
 
 
-def test_an_upload_arriving_is_never_shed(settings: Settings) -> None:
+def _upload(url: str, second_type: bool) -> httpx.Response:
+    """A multipart upload of ``UPLOAD``; ``second_type``: a second ``Content-Type`` after the
+    multipart one (the first is the one Starlette's form parser reads)."""
+    with httpx.Client(timeout=WAIT_S) as client:
+        request = client.build_request("POST", url, files={"f": ("a.md", UPLOAD)})
+        if second_type:
+            extra = [(b"content-type", b"text/plain")]
+            request.headers = httpx.Headers(list(request.headers.raw) + extra)
+        return client.send(request)
+
+
+@pytest.mark.parametrize("second_type", [False, True])
+def test_an_upload_arriving_is_never_shed(settings: Settings, second_type: bool) -> None:
     # its file over 1 MB is written to disk on the app's threads as it comes: those waits
-    # were bounded, and an upload was answered 503 while its body arrived
+    # were bounded, and an upload was answered 503 while its body arrived (with a second
+    # Content-Type too: the shedding read the last header, the form parser the first)
     with one_busy_thread(settings) as server:
         answers: list[httpx.Response] = []
         sender = threading.Thread(
-            target=lambda: answers.append(
-                httpx.post(f"{server.url}/form", files={"f": ("a.md", UPLOAD)}, timeout=WAIT_S)
-            )
+            target=lambda: answers.append(_upload(f"{server.url}/form", second_type))
         )
         sender.start()
         while not answers and server.waiting() == 0:  # its body's write waits for the thread

@@ -43,6 +43,7 @@ import anyio
 import anyio.to_thread
 from anyio import CapacityLimiter, CapacityLimiterStatistics
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragstore.errors import OverloadedError
@@ -219,7 +220,9 @@ class QueueWaitMiddleware:
             answered = answered or message["type"] == "http.response.start"
             await send(message)
 
-        content_type = dict(scope.get("headers", ())).get(b"content-type", b"")
+        # the first Content-Type, as Starlette's form parser and FormBytesMiddleware read it
+        # (a dict of the headers kept the last: a second one hid an upload from the wrapper)
+        content_type = Headers(scope=scope).get("content-type", "").encode("latin-1")
         if content_type.lower().startswith(_MULTIPART):
             receive = self._arriving(admission, receive)
         try:

@@ -65,7 +65,8 @@ class Coalesced(Generic[T]):
         run: Callable[[Callable[[], T]], Awaitable[T]] = run_in_threadpool,
     ) -> None:
         """``run`` runs ``fn`` on a thread: Starlette's pool unless told otherwise (the
-        readiness checks have threads of their own, ``api/shed.py``)."""
+        readiness checks and ``/metrics`` have threads of their own,
+        :mod:`ragstore.http.probes`)."""
         self._fn = fn
         self._run = run
         self.fresh_s = fresh_s
