@@ -22,6 +22,7 @@ from ragstore.cli.output import (
     echo_json,
     err_console,
     escape,
+    print_more,
     print_table,
     printable,
 )
@@ -196,13 +197,9 @@ def list_cmd(
         # only when a row follows: a page exactly full printed a line to an empty page.
         # The next page of this listing: without its --source-prefix the hint listed every
         # document after the id, and without its --limit pages of another size
-        hint = ["ragstore", "documents", "list", "-c", name]
-        if source_prefix is not None:
-            hint += ["--source-prefix", source_prefix]
-        if limit != DEFAULT_LIMIT:
-            hint += ["--limit", str(limit)]
-        hint += ["--after", str(rows[-1]["id"])]
-        err_console().print(f"more: {escape(shlex.join(hint))}")
+        sized = str(limit) if limit != DEFAULT_LIMIT else None
+        options = {"--source-prefix": source_prefix, "--limit": sized}
+        print_more(["ragstore", "documents", "list", "-c", name], options, rows[-1]["id"])
 
 
 @app.command("show")

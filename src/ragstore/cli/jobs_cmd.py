@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 from datetime import UTC, datetime
 from typing import Any
 
 import typer
 
-from ragstore.cli.output import console, echo_json, err_console, escape, print_table
+from ragstore.cli.output import console, echo_json, escape, print_more, print_table
 
 app = typer.Typer(help="Background ingest jobs: list, show.", no_args_is_help=True)
 
@@ -174,15 +173,9 @@ def list_cmd(
         [_row(j, now) for j in rows],
     )
     if page.get("next_cursor"):  # the next page of this listing, its filters kept
-        hint = ["ragstore", "jobs", "list"]
-        if status is not None:
-            hint += ["--status", status]
-        if collection is not None:
-            hint += ["-c", collection]
-        if limit != DEFAULT_LIMIT:
-            hint += ["--limit", str(limit)]
-        hint += ["--after", str(rows[-1]["id"])]
-        err_console().print(f"more: {escape(shlex.join(hint))}")
+        sized = str(limit) if limit != DEFAULT_LIMIT else None
+        options = {"--status": status, "-c": collection, "--limit": sized}
+        print_more(["ragstore", "jobs", "list"], options, rows[-1]["id"])
 
 
 @app.command("show")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -82,6 +83,19 @@ def print_table(columns: list[str], rows: list[list[str]]) -> None:
     for row in rows:
         table.add_row(*(escape(printable(cell)) for cell in row))
     console().print(table)
+
+
+def print_more(command: list[str], options: dict[str, str | None], after: object) -> None:
+    """The ``more:`` line (standard error) after a listing's full page: the command for its
+    next page, each of ``options`` given a value kept, then ``--after`` the last row's id.
+    A hint without the listing's filters listed other rows, and without its ``--limit``
+    pages of another size."""
+    words = list(command)
+    for flag, value in options.items():
+        if value is not None:
+            words += [flag, value]
+    words += ["--after", str(after)]
+    err_console().print(f"more: {escape(shlex.join(words))}")
 
 
 def print_error(exc: RagstoreError) -> None:
