@@ -46,6 +46,46 @@ def test_a_healthy_collection_passes(
     assert "ok: nothing to repair" in capsys.readouterr().out
 
 
+def test_the_header_says_how_many_chunks_are_headings(
+    rt: Runtime, tmp_path: Path, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # headings have no vector by design: "N chunks" beside "N - h vectors, 0 chunks without
+    # one" read as h vectors missing
+    doc = tmp_path / "guide.md"
+    doc.write_text(
+        "# Espresso guide\n\nHow to care for an espresso machine, week by week.\n\n"
+        "## Descaling\n\nDescale the boiler every month with citric acid.\n\n"
+        "## Grinding\n\nGrind fresh beans just before pulling each shot.\n\n"
+        "### Burrs\n\nClean the burrs with rice tablets when the grind drifts.\n",
+        encoding="utf-8",
+    )
+    assert not ingest_paths(rt, [doc], "headed").failed
+    coll = rt.collection("headed")
+    with rt.db.connection() as conn:
+        row = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE chunk_type = 'heading')"
+            " FROM chunks WHERE collection_id = %s",
+            (coll.id,),
+        ).fetchone()
+    assert row is not None
+    chunks, headings = row
+    assert headings >= 2 and chunks > headings  # the file's headings are chunks of their own
+
+    capsys.readouterr()
+    assert run_cli("db", "check", "--collection", "headed") == 0
+    out = capsys.readouterr().out
+    assert (
+        f"collection headed: {chunks} chunks ({headings} headings, which have no vector)\n" in out
+    ), out
+    assert f": {chunks - headings} vectors, 0 chunks without one, 0 stray" in out, out
+
+    assert run_cli("db", "check", "--collection", "headed", "--json") == 0
+    (state,) = json.loads(capsys.readouterr().out)["collections"]
+    assert (state["chunks"], state["headings"]) == (chunks, headings)
+    (space,) = state["spaces"]
+    assert (space["vectors"], space["missing"]) == (chunks - headings, 0)
+
+
 def test_every_disagreement_is_found_and_repaired(
     rt: Runtime, tmp_path: Path, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -141,7 +141,7 @@ def _ids(ids: Sequence[str], what: str = "ids") -> list[str]:
     """``ids`` as the list of strings the Store takes (:func:`ragstore.validation.id_list`):
     a bare string was sent as its characters (``delete_texts(c, "abc")`` deleted the texts
     "a", "b" and "c")."""
-    from ragstore.validation import id_list  # numpy: loaded once a call names ids
+    from ragstore.validation import id_list
 
     return id_list(ids, what)
 

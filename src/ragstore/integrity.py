@@ -68,7 +68,10 @@ class SpaceState:
 class CollectionState:
     name: str
     shadow: bool
-    chunks: int
+    chunks: int  # every chunk, headings included
+    # the chunks that are headings: structure, not search targets, so they have no vector
+    # by design (models.Chunk.embeddable): a whole space holds chunks - headings vectors
+    headings: int = 0
     spaces: list[SpaceState] = field(default_factory=list)
     bm25: dict[str, Any] = field(default_factory=dict)
 
@@ -268,7 +271,8 @@ def _read_collection(
     """What the collection's rows say, in one snapshot."""
     integrity.snapshot(conn)
     integrity.lock_space(conn, coll.table)  # before the snapshot: one table across a swap
-    state = CollectionState(coll.name, coll.shadow, integrity.chunk_count(conn, coll.id))
+    chunks, headings = integrity.chunk_count(conn, coll.id)
+    state = CollectionState(coll.name, coll.shadow, chunks, headings)
     space_list = spaces.list_spaces(conn, coll.id)
     for space in space_list:
         active = space.id == coll.space_id

@@ -15,14 +15,19 @@ import math
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence, Set, Sized
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any
 
 from ragstore.errors import EmptyDocumentError, InputError
 
-FLOAT32_MAX = float(np.finfo(np.float32).max)
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+# NumPy is imported only by the one check that needs it (float32_array): the HTTP client
+# runs these checks on every call that names ids, a limit or metadata, and loaded NumPy
+# (~90 ms, tens of MB) into a thin client that never touches an array.
+# float(np.finfo(np.float32).max), written out so that reading it needs no NumPy
+FLOAT32_MAX = 3.4028234663852886e38
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -181,9 +186,11 @@ def _not_json(value: Any, where: str) -> str:
     kind = type(value).__name__
     hint = _JSON_HINTS.get(kind)
     if hint is None:
+        # a NumPy scalar can only exist once NumPy is loaded: look, don't import
+        numpy = sys.modules.get("numpy")
         hint = (
             "give a Python number or bool (value.item())"
-            if isinstance(value, np.generic)
+            if numpy is not None and isinstance(value, numpy.generic)
             else "give a string, number, boolean, None, list or dict"
         )
     shown = repr(value)
@@ -438,6 +445,8 @@ def float32_array(values: Any, what: str) -> npt.NDArray[np.float32]:
     as 0.5, so ``Store.add_texts(vectors=[[True] * 384])`` stored a vector nobody meant,
     where the HTTP API (strict JSON numbers) and ``import`` refuse them.
     """
+    import numpy as np  # here, not at the top: see FLOAT32_MAX
+
     try:
         raw = np.asarray(values)
         if raw.dtype.kind not in "iuf":  # bool, str, bytes, object (not numbers, or huge)

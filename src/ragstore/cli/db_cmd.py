@@ -433,7 +433,16 @@ def check(
     else:
         for c in report.collections:
             name = c.name + (" (shadow)" if c.shadow else "")
-            typer.echo(f"collection {name}: {c.chunks:,} chunks")
+            # headings have no vector by design: said, or "1,440 chunks" beside "1,350
+            # vectors, 0 chunks without one" read as 90 vectors missing
+            headings = (
+                f" ({c.headings:,} headings, which have no vector)"
+                if c.headings > 1
+                else " (1 heading, which has no vector)"
+                if c.headings
+                else ""
+            )
+            typer.echo(f"collection {name}: {c.chunks:,} chunks{headings}")
             for s in c.spaces:
                 missing = "" if s.missing is None else f", {s.missing:,} chunks without one"
                 index = "HNSW index" if s.index else "no index"

@@ -60,11 +60,15 @@ def collection_ids(conn: Conn) -> list[int]:
     return [int(r[0]) for r in conn.execute("SELECT id FROM collections ORDER BY id")]
 
 
-def chunk_count(conn: Conn, collection_id: int) -> int:
+def chunk_count(conn: Conn, collection_id: int) -> tuple[int, int]:
+    """The collection's chunks, and how many of them are headings (which get no vector:
+    a check's header names both, or its count read as that many vectors missing)."""
     row = conn.execute(
-        "SELECT count(*) FROM chunks WHERE collection_id = %s", (collection_id,)
+        "SELECT count(*), count(*) FILTER (WHERE c.chunk_type = 'heading')"
+        " FROM chunks c WHERE c.collection_id = %s",
+        (collection_id,),
     ).fetchone()
-    return int(row[0]) if row else 0
+    return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
 def missing_vectors(conn: Conn, table: str, collection_id: int) -> int:
