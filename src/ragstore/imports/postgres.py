@@ -74,6 +74,16 @@ def _id_expr(column: str, type_name: str) -> sql.Composable:
     a timestamp or date ``infinity`` refused the whole table as one Python cannot hold.
     A NaN id is kept as ``NaN``: PostgreSQL holds NaN equal to itself, so it is an id the
     source looks its row up by (``WHERE id = 'NaN'``)."""
+    if type_name in ("json", "jsonb"):
+        # a number as the source's text of it (``#>>``), given as a JSON string: read as
+        # a Python number, json's ``1e20`` became the id 100000000000000000000 and ``1.0``
+        # the id ``1``, ids no SQL on the source (``WHERE id #>> '{}' = ...``) matches.
+        # A string is read as it is, and an object, a list or a boolean for to_id to refuse
+        to_json = "to_jsonb" if type_name == "jsonb" else "to_json"
+        typeof = "jsonb_typeof" if type_name == "jsonb" else "json_typeof"
+        return sql.SQL(
+            "CASE WHEN {t}({c}) = 'number' THEN {j}({c} #>> '{{}}') ELSE {c} END"
+        ).format(t=sql.SQL(typeof), j=sql.SQL(to_json), c=sql.Identifier(column))
     if type_name in UNCAST_ID_TYPES or type_name.endswith("[]"):
         return sql.Identifier(column)
     return sql.SQL("{}::text").format(sql.Identifier(column))
