@@ -13,7 +13,8 @@ the server in one result.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -74,9 +75,98 @@ def _id_expr(column: str, type_name: str) -> sql.Composable:
     a timestamp or date ``infinity`` refused the whole table as one Python cannot hold.
     A NaN id is kept as ``NaN``: PostgreSQL holds NaN equal to itself, so it is an id the
     source looks its row up by (``WHERE id = 'NaN'``)."""
+    if type_name in ("json", "jsonb"):
+        # a number as the source's text of it (``#>>``), given as a JSON string: read as
+        # a Python number, json's ``1e20`` became the id 100000000000000000000 and ``1.0``
+        # the id ``1``, ids no SQL on the source (``WHERE id #>> '{}' = ...``) matches.
+        # A string is read as it is, and an object, a list or a boolean for to_id to refuse
+        to_json = "to_jsonb" if type_name == "jsonb" else "to_json"
+        typeof = "jsonb_typeof" if type_name == "jsonb" else "json_typeof"
+        return sql.SQL(
+            "CASE WHEN {t}({c}) = 'number' THEN {j}({c} #>> '{{}}') ELSE {c} END"
+        ).format(t=sql.SQL(typeof), j=sql.SQL(to_json), c=sql.Identifier(column))
     if type_name in UNCAST_ID_TYPES or type_name.endswith("[]"):
         return sql.Identifier(column)
     return sql.SQL("{}::text").format(sql.Identifier(column))
+
+
+def _meta_expr(column: str, type_name: str) -> tuple[sql.Composable, Callable[[Any], Any]]:
+    """A metadata column as selected, and what makes its value the one stored.
+
+    Dates and times are ISO 8601 text, as JSON writes them (``to_jsonb``): a
+    ``timestamptz`` in UTC (``2024-01-02T01:04:05.5+00:00``), so that a range filter,
+    which compares strings byte by byte, orders them as time does whatever the source's
+    time zone; a ``timestamp`` ``2024-01-02T03:04:05``, a ``date`` ``2024-01-02``, an
+    ``interval`` a duration (``P1DT2H``). Read as Python values they were Python's
+    spelling (``2024-01-02 03:04:05+00:00``, an interval ``1 day, 2:00:00`` and a month
+    as 30 days), and an ``infinity`` one refused the whole table; ``infinity``,
+    ``-infinity`` and years BC are PostgreSQL's own text, as ISO 8601 has no form of
+    them. An array of them is the JSON array PostgreSQL writes of it, a ``timestamptz``
+    one's elements in UTC too."""
+    column_id = sql.Identifier(column)
+    base = type_name.removesuffix("[]")
+    timely = base == "date" or base.startswith(("timestamp", "time ", "time(", "interval"))
+    if not timely:
+        return column_id, _same
+    utc = base.startswith("timestamp") and base.endswith("with time zone")
+    if type_name.endswith("[]") and utc:
+        # each element in UTC (a multidimensional array as the session's zone writes it)
+        return sql.SQL(
+            "CASE WHEN {c} IS NULL THEN NULL WHEN array_ndims({c}) > 1 THEN to_jsonb({c})"
+            " ELSE to_jsonb(ARRAY(SELECT e AT TIME ZONE 'UTC' FROM unnest({c})"
+            " WITH ORDINALITY AS u(e, n) ORDER BY n)) END"
+        ).format(c=column_id), _utc_each
+    if type_name.endswith("[]"):
+        return sql.SQL("to_jsonb({})").format(column_id), _same
+    if utc:
+        return sql.SQL("to_jsonb({} AT TIME ZONE 'UTC') #>> '{{}}'").format(column_id), _utc
+    if base.startswith("interval"):
+        fields = sql.SQL(", ").join(
+            sql.SQL("extract({} from {})").format(sql.SQL(field), column_id)
+            for field in ("year", "month", "day", "hour", "minute", "second")
+        )
+        return sql.SQL(
+            "CASE WHEN isfinite({c}) THEN concat_ws(' ', {f}) ELSE {c}::text END"
+        ).format(c=column_id, f=fields), _iso_duration
+    return sql.SQL("to_jsonb({}) #>> '{{}}'").format(column_id), _same
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _utc(value: str | None) -> str | None:
+    """A UTC timestamp's ISO 8601 text with its offset, ``+00:00``, where it has one."""
+    if value and value[0].isdigit() and not value.endswith(" BC"):
+        return value + "+00:00"
+    return value
+
+
+def _utc_each(value: Any) -> Any:
+    """:func:`_utc` of each timestamp of a one-dimensional array."""
+    if not isinstance(value, list) or any(isinstance(v, list) for v in value):
+        return value
+    return [_utc(v) if isinstance(v, str) else v for v in value]
+
+
+def _iso_duration(value: str | None) -> str | None:
+    """An interval's fields (years, months, days, hours, minutes, seconds, each with its
+    own sign, as PostgreSQL keeps them) as the ISO 8601 duration PostgreSQL writes with
+    ``IntervalStyle`` ``iso_8601``: ``P1Y2M3DT4H5M6.5S``, ``P-1M2D``, ``PT0S``."""
+    parts = value.split(" ") if value else []
+    if len(parts) != 6:
+        return value  # NULL, or an infinite interval (PostgreSQL 17): its own text
+    years, months, days, hours, minutes = (int(Decimal(p)) for p in parts[:5])
+    seconds = format(Decimal(parts[5]).normalize(), "f")
+    date = "".join(f"{n}{unit}" for n, unit in ((years, "Y"), (months, "M"), (days, "D")) if n)
+    clock = "".join(
+        f"{n}{unit}"
+        for n, unit in ((hours, "H"), (minutes, "M"), (seconds, "S"))
+        if n not in (0, "0", "-0")
+    )
+    if not (date or clock):
+        return "PT0S"
+    return "P" + date + ("T" + clock if clock else "")
 
 
 class PostgresTableSource:
@@ -266,12 +356,13 @@ class PostgresTableSource:
             text_expr: sql.Composable = (
                 _as_text(text_col, columns[text_col]) if text_col else sql.SQL("NULL::text")
             )
+            meta_reads = [_meta_expr(c, columns[c]) for c in meta_cols]
             fields = sql.SQL(", ").join(
                 [
                     _id_expr(id_col, columns[id_col]),
                     text_expr,
                     vec_expr,
-                    *[sql.Identifier(c) for c in meta_cols],
+                    *[expr for expr, _ in meta_reads],
                 ]
             )
             stmt = sql.SQL("SELECT {} FROM {}").format(fields, qualified)
@@ -279,15 +370,16 @@ class PostgresTableSource:
             for row in self._rows(conn, stmt):
                 where = f"{self.table} row id={row[0]}"
                 vector = to_vector(self._vector(row[2], kind, where), where)
+                values = [read(v) for (_, read), v in zip(meta_reads, row[3:], strict=True)]
                 if single_meta:
-                    raw = row[3]
+                    raw = values[0]
                     meta = (
                         raw
                         if isinstance(raw, dict)
                         else ({} if raw is None else {meta_cols[0]: raw})
                     )
                 else:
-                    meta = {c: v for c, v in zip(meta_cols, row[3:], strict=True) if v is not None}
+                    meta = {c: v for c, v in zip(meta_cols, values, strict=True) if v is not None}
                 yield Record(to_id(row[0], where), to_text(row[1], where), vector, json_safe(meta))
 
     def _rows(

@@ -123,6 +123,14 @@ def to_id(value: Any, where: str = "") -> str | None:
     if value is None:
         return None
     _refuse_structured(value, "id", where)
+    if isinstance(value, float) and not math.isfinite(value):
+        # Python's JSON reader takes a JSONL ``"id": NaN``: it was stored as the id
+        # ``nan``, no id the source has and no JSON one, and each NaN a distinct record
+        spelled = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        raise ImportSourceError(
+            f"{where or 'a record'}: the id is {spelled}, which is no JSON value and no "
+            f'id; give the id as a string ("{spelled}", or the id the record has)'
+        )
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     text = str(value)
