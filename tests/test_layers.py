@@ -13,6 +13,7 @@ or inside a function, ``TYPE_CHECKING`` ones too. An exception is listed in
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -302,3 +303,93 @@ def test_every_exception_is_still_needed() -> None:
     # an exception whose import is gone is struck from the list, not kept "just in case"
     found = {(a, b) for a, b, _ in imports()}
     assert all(pair in found for pair in EXCEPTIONS), sorted(set(EXCEPTIONS) - found)
+
+
+# SQL is the database layer's (db/): services call its functions (ARCHITECTURE.md, "Who
+# owns which table"). A module elsewhere that holds SQL text, or composes statements with
+# psycopg.sql, is named here with why, or not at all: the job queue's liveness statements,
+# a runner's check of its collection, MCP's read of api_keys and a few session settings sat
+# in services (now db/queue.py, db/jobs.py, auth/keys.py, db/session.py, ...)
+SQL_OUTSIDE_DB: dict[str, str] = {
+    "ragstore.search.service": "search composes its statements per query (plan, filters, "
+    "index choice, the executor's settings): see ARCHITECTURE.md, 'Layers'",
+    "ragstore.search.filters": "the filter compiler: a filter's tree compiled to SQL",
+    "ragstore.search.bm25": "the BM25 statement builders, composed per query",
+    "ragstore.search.single": "one mode's page of hits around a composed candidate list",
+    "ragstore.auth.keys": "api_keys' own store module beside db/ (a self-contained feature)",
+    "ragstore.backup": "pg_dump/pg_restore's scripts and the catalog reads around them, "
+    "one feature with its own tool's SQL",
+    "ragstore.imports.postgres": "reads another store's tables (LangChain, LlamaIndex, "
+    "pgvector): SQL for a foreign schema, not ragstore's",
+}
+
+# a string that starts as a statement does (an English sentence naming a verb in capitals
+# does not: "DELETE" alone is an HTTP method)
+_SQL_TEXT = re.compile(
+    r"\s*(SELECT|WITH|INSERT\s+INTO|UPDATE\s+\S+\s+SET|DELETE\s+FROM|SET|LOCK\s+TABLE"
+    r"|CREATE|DROP|ALTER|TRUNCATE|VACUUM|ANALYZE|COPY|LISTEN|NOTIFY|DO\s+\$\w*\$)\s+\S"
+)
+
+
+def _holds_sql(node: ast.AST) -> bool:
+    """Whether ``node`` is SQL text (a string, or an f-string's piece, that starts as a
+    statement) or an import of psycopg's statement composition."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return _SQL_TEXT.match(node.value) is not None
+    if isinstance(node, ast.ImportFrom):
+        return node.module == "psycopg.sql" or (
+            node.module == "psycopg" and any(a.name == "sql" for a in node.names)
+        )
+    if isinstance(node, ast.Import):
+        return any(a.name == "psycopg.sql" for a in node.names)
+    return False
+
+
+def sql_holders() -> dict[str, list[int]]:
+    """Every module of src/ragstore (the migrations aside) holding SQL, with the lines."""
+    found: dict[str, list[int]] = {}
+    for path in sorted((SRC / "ragstore").rglob("*.py")):
+        if "alembic" in path.parts:
+            continue
+        name, _ = _module(path)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        lines = sorted({getattr(n, "lineno", 0) for n in ast.walk(tree) if _holds_sql(n)})
+        if lines:
+            found[name] = lines
+    return found
+
+
+def test_sql_text_is_told_from_prose() -> None:
+    # the scan below passes vacuously if it tells nothing apart
+    said = [
+        "SELECT 1",
+        "\nWITH own AS (SELECT id FROM t)",
+        "UPDATE ingest_jobs SET status = 'queued'",
+        "DELETE FROM procrastinate_workers",
+        "SET idle_session_timeout = 0",
+        "LOCK TABLE emb_1 IN ACCESS SHARE MODE",
+    ]
+    prose = ["DELETE", "SELECT", "another session can be ended with SELECT pg_cancel_backend"]
+    assert all(_holds_sql(ast.Constant(s)) for s in said)
+    assert not any(_holds_sql(ast.Constant(s)) for s in prose)
+
+
+def test_the_sql_scan_reads_the_database_layer() -> None:
+    found = sql_holders()
+    assert {"ragstore.db.jobs", "ragstore.db.queue", "ragstore.db.documents"} <= set(found)
+
+
+def test_no_sql_outside_the_database_layer() -> None:
+    # a new statement in a service, a surface or an integration goes into db/ (a function
+    # with its types and docstring), or into SQL_OUTSIDE_DB with its reason
+    outside = {
+        f"{name}:{','.join(map(str, lines))}"
+        for name, lines in sql_holders().items()
+        if not _under(name, ("ragstore.db",)) and name not in SQL_OUTSIDE_DB
+    }
+    assert not sorted(outside)
+
+
+def test_every_sql_exception_is_still_needed() -> None:
+    found = sql_holders()
+    assert all(name in found for name in SQL_OUTSIDE_DB), sorted(set(SQL_OUTSIDE_DB) - set(found))

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from ragstore.db import documents, field_indexes, integrity, repository, spaces
+from ragstore.db import session as db_session
 from ragstore.db.errors import translated
 from ragstore.errors import DatabaseUnavailableError
 from ragstore.ingest import staging
@@ -376,10 +377,7 @@ def _check_field_indexes(rt: Runtime, report: CheckReport, repair: bool) -> None
     ):
         incomplete, unlabelled = field_indexes.broken(conn)
         if repair:  # the session's: each build or drop is transactions of its own
-            conn.execute(
-                "SELECT set_config('lock_timeout', %s, false)",
-                (f"{max(1, round(limit * 1000))}ms",),
-            )
+            db_session.set_lock_timeout(conn, f"{max(1, round(limit * 1000))}ms", local=False)
         # the unlabelled first: a field's index left unlabelled under its own name (a
         # build killed between its CREATE and its label) was dropped after the field's
         # rebuild had made it again under that name, and the repair said repaired

@@ -243,6 +243,14 @@ def _refused(key_id: str, why: str) -> AuthenticationError:
     )
 
 
+def is_live(conn: Any, key_id: int) -> bool:
+    """Whether the key of row id ``key_id`` is still there and not revoked: one indexed
+    read, for a holder that checked the key once and keeps using it (an MCP server over
+    stdio)."""
+    row = conn.execute("SELECT revoked_at FROM api_keys WHERE id = %s", (key_id,)).fetchone()
+    return row is not None and row[0] is None
+
+
 def _mark_used(conn: Any, key_id: int) -> None:
     """Record a key's first verified use in this process (``last_used_at``), where the
     database takes writes.

@@ -259,6 +259,14 @@ NEW_COLLECTION_TS_CONFIG = "english"
 TSVECTOR_CHECK_BYTES = 64 * 1024
 
 
+def check_tsvector(conn: Conn, config: str, text: str) -> None:
+    """Compute ``text``'s tsvector under configuration ``config`` on the server:
+    ``psycopg.errors.ProgramLimitExceeded`` where it is over PostgreSQL's 1 MB (a text
+    longer than :data:`TSVECTOR_CHECK_BYTES`, checked before it is stored: the chunk
+    trigger's failure would end a whole write). Run it in a savepoint of its own."""
+    conn.execute("SELECT to_tsvector(%s::regconfig, %s) IS NULL", (config, text))
+
+
 def ts_config_name(conn: Conn, collection_id: int) -> str:
     """The text search configuration the chunk trigger gives this collection's chunks, by
     name: its ``ts_config`` setting, else the column default

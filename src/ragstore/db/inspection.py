@@ -9,7 +9,7 @@ shared tables' sizes; each embedding space has tables of its own, sized exactly.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg import sql
@@ -158,3 +158,34 @@ def database_collation(conn: Conn) -> tuple[str, bool]:
     assert row is not None
     provider, name = str(row[0]), str(row[1])
     return name, orders_bytes(provider, name)
+
+
+def document_metadata_sample(conn: Conn, collection_id: int, limit: int) -> list[Any]:
+    """The metadata of the collection's ``limit`` newest documents (ties, one write's, in
+    order): the sample ``search/fields.py`` describes a collection's fields from."""
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT metadata FROM documents WHERE collection_id = %s"
+            " ORDER BY created_at DESC, id LIMIT %s",  # ties (one write): in order
+            (collection_id, limit),
+        )
+    ]
+
+
+def chunk_metadata_sample(
+    conn: Conn, collection_id: int, limit: int, *, without: list[str]
+) -> tuple[int, list[Any]]:
+    """(chunks scanned, the metadata of those carrying any) of at most ``limit`` of the
+    collection's chunks, the keys ``without`` (the chunker's own) left out.
+
+    The chunks come through (collection_id, content_hash): in effect a random sample of a
+    bounded size (most carry nothing of their own: a search for those would scan them
+    all); only those that carry something come back, in one row."""
+    row = conn.execute(
+        "SELECT count(*), coalesce(jsonb_agg(m) FILTER (WHERE m <> '{}'::jsonb), '[]')"
+        " FROM (SELECT metadata - %s::text[] AS m FROM chunks"
+        " WHERE collection_id = %s LIMIT %s) c",
+        (without, collection_id, limit),
+    ).fetchone()
+    return (int(str(row[0])), cast(list[Any], row[1])) if row else (0, [])

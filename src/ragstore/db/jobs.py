@@ -106,6 +106,19 @@ def hold_collection(conn: Conn, collection: str) -> None:
         )
 
 
+def collection_predates(conn: Conn, job: JobRecord) -> bool | None:
+    """Whether the live collection of ``job``'s name was made no later than the job
+    (True), after it (False: the name's collection was deleted and made again since), or
+    is not there (None). A worker checks it before it ingests the job's documents
+    (``jobs.runner``): a model switch that moves the name to another row keeps the
+    creation time."""
+    row = conn.execute(
+        "SELECT created_at <= %s FROM collections WHERE name = %s AND shadow_of IS NULL",
+        (job.created_at, job.collection),
+    ).fetchone()
+    return None if row is None else bool(row[0])
+
+
 # the advisory-lock space (first int4) of the requests queueing a job under one
 # idempotency key (:func:`job_for_key`)
 IDEMPOTENCY_LOCKS = 0x5249_444B  # "RIDK"

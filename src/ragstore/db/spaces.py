@@ -372,6 +372,13 @@ def _heap_bytes(conn: Conn, table: str) -> int:
     return int(row[0]) if row and row[0] is not None else 0
 
 
+def table_gone(conn: Conn, table: str) -> bool:
+    """Whether the space's table ``table`` is gone: its collection deleted, or its model
+    rolled back and pruned, while the caller worked on it."""
+    row = conn.execute("SELECT to_regclass(quote_ident(%s)) IS NULL", (table,)).fetchone()
+    return row is not None and bool(row[0])
+
+
 def has_index(conn: Conn, table: str) -> bool:
     return _exists(conn, f"{table}_hnsw")
 

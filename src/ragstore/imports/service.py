@@ -365,7 +365,7 @@ def unindexable_texts(
             continue
         try:
             with conn.transaction():
-                conn.execute("SELECT to_tsvector(%s::regconfig, %s) IS NULL", (config, text))
+                documents.check_tsvector(conn, config, text)
         except psycopg.errors.ProgramLimitExceeded:
             found.add(index)
     return found

@@ -1054,9 +1054,7 @@ def _build_index(rt: Runtime, coll: repository.Collection, bulk: BulkLoad | None
     wait_s = None if bulk is not None else INDEX_CHECK_POOL_WAIT_S
     try:
         with rt.db.connection(wait_s=wait_s) as conn, translated(f"indexing {coll.table}"):
-            gone = conn.execute("SELECT to_regclass(quote_ident(%s)) IS NULL", (coll.table,))
-            row = gone.fetchone()
-            if row is not None and row[0]:
+            if spaces.table_gone(conn, coll.table):
                 # the collection was deleted (or its model rolled back) while this ingest
                 # ran: no table is left to index, and what the ingest wrote went with it.
                 # Checked, it raised "embedding table 'emb_1' does not exist" (an input

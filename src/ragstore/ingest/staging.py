@@ -38,6 +38,7 @@ import numpy as np
 import psycopg
 
 from ragstore.db import documents, repository, spaces
+from ragstore.db import session as db_session
 from ragstore.db.errors import translated
 from ragstore.errors import DatabaseUnavailableError, RagstoreError
 from ragstore.runtime import Runtime
@@ -118,11 +119,8 @@ def waiting_for_locks(
     import into"), ``outcome`` what became of it ("nothing of this load was stored"): the
     caller's transaction must roll back on the error, which leaves nothing of it."""
     limit = rt.settings.bulk_load_wait_s
-    row = conn.execute("SELECT current_setting('lock_timeout')").fetchone()
-    before = str(row[0]) if row else "0"
-    conn.execute(
-        "SELECT set_config('lock_timeout', %s, true)", (f"{max(1, round(limit * 1000))}ms",)
-    )
+    before = db_session.lock_timeout(conn)
+    db_session.set_lock_timeout(conn, f"{max(1, round(limit * 1000))}ms", local=True)
     try:
         yield
     except psycopg.errors.LockNotAvailable:
@@ -136,7 +134,7 @@ def waiting_for_locks(
             busy=True,
             says_outcome=True,
         ) from None
-    conn.execute("SELECT set_config('lock_timeout', %s, true)", (before,))
+    db_session.set_lock_timeout(conn, before, local=True)
 
 
 @contextmanager

@@ -353,9 +353,7 @@ def _refuse_unindexable(
         for i in long:
             try:
                 with conn.transaction():
-                    conn.execute(
-                        "SELECT to_tsvector(%s::regconfig, %s) IS NULL", (config, texts[i])
-                    )
+                    documents.check_tsvector(conn, config, texts[i])
             except psycopg.errors.ProgramLimitExceeded:
                 raise InputError(
                     f"texts[{i}] (id {ids[i]!r}) has too many distinct words for the "

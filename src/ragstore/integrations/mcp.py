@@ -54,7 +54,7 @@ from mcp.types import (
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ragstore.auth.keys import ApiKey, KeyStore
+from ragstore.auth.keys import ApiKey, KeyStore, is_live
 from ragstore.db.cancel import Cancellation, cancelling
 from ragstore.db.errors import translated
 from ragstore.db.inspection import document_chunks
@@ -720,8 +720,8 @@ def _require_live(store: Store, key: ApiKey) -> None:
     on adding documents until the agent restarted the server. Over HTTP
     :class:`KeyRequired` checks it too; this is one indexed read per call."""
     with store.runtime.db.connection() as conn, translated("checking the API key"):
-        row = conn.execute("SELECT revoked_at FROM api_keys WHERE id = %s", (key.id,)).fetchone()
-    if row is None or row[0] is not None:
+        live = is_live(conn, key.id)
+    if not live:
         raise AuthenticationError(
             f"API key {key.key_id} was revoked; restart the MCP server with a live key "
             "(`ragstore keys create`)"

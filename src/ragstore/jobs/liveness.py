@@ -43,73 +43,16 @@ from procrastinate.jobs import Job
 from procrastinate.jobs import Status as JobStatus
 from procrastinate.manager import JobManager
 
+from ragstore.db import queue as queue_sql
 from ragstore.db.database import with_tcp
-from ragstore.db.jobs import GIVE_BACK, KEEP_ALIVE, keep_alive_args
 
 log = logging.getLogger("ragstore.jobs")
 
 QUEUE = "ingest"  # the procrastinate queue of ragstore's jobs (re-exported by jobs.queue)
 
-# a worker's lock key is the int4 pair (WORKER_LOCKS, its id): apart from int8 keys
-WORKER_LOCKS = 0x5257_4B52  # "RWKR"
-
-# a heartbeat counts from the database server's start at the earliest: after a restart
-# every worker lost its lock's session and could beat no more while the server was down,
-# and the first one back judged the others dead before they could beat again
-_SILENT = (
-    "greatest({beat}, pg_postmaster_start_time())"
-    " < now() - make_interval(secs => %(seconds_since_heartbeat)s)"
-)
-_PRUNE = (
-    "DELETE FROM procrastinate_workers"
-    f" WHERE {_SILENT.format(beat='last_heartbeat')}"
-    " AND pg_try_advisory_xact_lock(%(space)s, (id %% 2147483648)::int4)"
-    " RETURNING id AS worker_id"
-)
-# of the workers named, those alive: holding their lock, or registered and not silent
-_ALIVE = (
-    "SELECT w.id AS worker_id FROM unnest(%(ids)s::bigint[]) AS w(id)"
-    " LEFT JOIN procrastinate_workers p ON p.id = w.id"
-    f" WHERE (p.id IS NOT NULL AND NOT {_SILENT.format(beat='p.last_heartbeat')})"
-    " OR NOT pg_try_advisory_xact_lock(%(space)s, (w.id %% 2147483648)::int4)"
-)
-# finishes the entry only while this worker runs it (the function's checks are its own)
-_FINISH_OWN = (
-    "WITH own AS (SELECT id FROM procrastinate_jobs WHERE id = %(job_id)s"
-    " AND worker_id = %(worker_id)s AND status = 'doing' FOR UPDATE),"
-    " done AS (SELECT procrastinate_finish_job_v1("
-    "id, %(status)s::procrastinate_job_status, %(delete_job)s) FROM own)"
-    " SELECT (SELECT count(*) FROM done) > 0 AS finished"
-)
-# puts the entry back only while it is still the dead worker's (or no worker's) running
-# entry: another party (a worker, a job read) may have put it back, and a worker taken it;
-# the job it runs is shown ``queued`` again, in the same statement, as a job read shows it.
-# The job's row is taken NOWAIT (read by the final SELECT, so always taken): held by a
-# transaction of the dead worker's still open (see :meth:`LiveJobManager.retry_stalled_job`),
-# the statement fails at once (55P03) and does nothing
-_RETRY_STALLED = (
-    "WITH own AS (SELECT id FROM procrastinate_jobs WHERE id = %(job_id)s"
-    " AND status = 'doing' AND (worker_id IS NULL OR worker_id = %(worker_id)s) FOR UPDATE),"
-    " job AS (SELECT id FROM ingest_jobs WHERE queue_job_id IN (SELECT id FROM own)"
-    "  FOR NO KEY UPDATE NOWAIT),"
-    " done AS (SELECT procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL) FROM own),"
-    " shown AS (UPDATE ingest_jobs SET status = 'queued', updated_at = now()"
-    "  WHERE status = 'running' AND id IN (SELECT id FROM job))"
-    " SELECT (SELECT count(*) FROM done) > 0 AS retried, (SELECT count(*) FROM job) AS jobs"
-)
-# puts this worker's entry back after its run was stopped by a schema change and gives the
-# run's attempt back (``db.jobs.GIVE_BACK``), in one statement, only while the entry is still
-# this worker's (or no worker's: judged dead meanwhile, not yet taken): where another took
-# it, the job is that one's run and nothing is given back
-_RETRY_GIVEN_BACK = (
-    "WITH own AS (SELECT id FROM procrastinate_jobs WHERE id = %(job_id)s"
-    " AND status = 'doing' AND (worker_id IS NULL OR worker_id = %(worker_id)s) FOR UPDATE),"
-    f" given AS ({GIVE_BACK} AND EXISTS (SELECT 1 FROM own) RETURNING id),"
-    " done AS (SELECT procrastinate_retry_job_v2("
-    "id, %(retry_at)s, %(new_priority)s, %(new_queue_name)s, %(new_lock)s) FROM own)"
-    " SELECT (SELECT count(*) FROM done) > 0 AS retried, (SELECT count(*) FROM given) AS given"
-)
-_HOLD = "SELECT pg_advisory_lock(%s, (%s::bigint %% 2147483648)::int4)"
+# a worker's lock key is the int4 pair (WORKER_LOCKS, its id); the statements that read
+# and take it are db/queue.py's
+WORKER_LOCKS = queue_sql.WORKER_LOCKS
 # libpq's TCP settings of the lock's connection, where the URL sets none of its own: this
 # end also notices a path gone silent, in about a minute (ignored on a Unix socket)
 LOCK_TCP: dict[str, int] = {
@@ -191,12 +134,9 @@ class LiveJobManager(JobManager):
     async def _hold(self, worker_id: int) -> psycopg.AsyncConnection[Any]:
         conn = await psycopg.AsyncConnection.connect(with_lock_tcp(self.conninfo), autocommit=True)
         try:
-            # both ends' TCP settings (ignored, and not needed, on a Unix socket)
-            await conn.execute(KEEP_ALIVE, keep_alive_args(self.session_tcp()))
-            # always idle: a server-wide idle_session_timeout would end it under a live
-            # worker (and a statement or transaction limit has nothing to end)
-            await conn.execute("SELECT set_config('idle_session_timeout', '0', false)")
-            await conn.execute(_HOLD, (WORKER_LOCKS, worker_id))
+            # both ends' TCP settings (ignored, and not needed, on a Unix socket), no
+            # idle limit, then the lock
+            await queue_sql.hold_worker_lock(conn, worker_id, self.session_tcp())
         except _SESSION_FAILED:
             await conn.close()
             raise
@@ -229,7 +169,7 @@ class LiveJobManager(JobManager):
         if conn is None:
             return
         try:
-            await conn.execute("SELECT 1")
+            await queue_sql.ping(conn)
             return
         except (psycopg.Error, OSError):
             await conn.close()
@@ -268,14 +208,10 @@ class LiveJobManager(JobManager):
         if job.worker_id is None:
             await super().finish_job(job, status, delete_job)
             return
-        row = await self.connector.execute_query_one_async(
-            query=_FINISH_OWN,
-            job_id=job.id,
-            worker_id=job.worker_id,
-            status=status.value,
-            delete_job=delete_job,
+        finished = await queue_sql.finish_own_entry(
+            self.connector, job.id, job.worker_id, status.value, delete_job
         )
-        if not row["finished"]:
+        if not finished:
             log.warning(
                 "queue job %s: taken by another worker while worker %s ran it (judged dead "
                 "while cut off from the database); its entry left to that worker",
@@ -306,25 +242,25 @@ class LiveJobManager(JobManager):
             await super().retry_job(job, retry_at, priority, queue, lock)
             return
         job_id, attempt = given
-        row = await self.connector.execute_query_one_async(
-            query=_RETRY_GIVEN_BACK,
+        retried, given_back = await queue_sql.retry_given_back(
+            self.connector,
             job_id=job.id,
             worker_id=job.worker_id,
             retry_at=retry_at or datetime.datetime.now(datetime.UTC),
-            new_priority=priority,
-            new_queue_name=queue,
-            new_lock=lock,
+            priority=priority,
+            queue=queue,
+            lock=lock,
             ingest_job=job_id,
             attempt=attempt,
         )
-        if not row["retried"]:
+        if not retried:
             log.warning(
                 "queue job %s: taken by another worker while worker %s ran it (judged dead "
                 "while cut off from the database); its entry left to that worker",
                 job.id,
                 job.worker_id,
             )
-        elif row["given"]:
+        elif given_back:
             log.info("job %s: attempt %d given back (stopped by a schema change)", job_id, attempt)
 
     async def retry_stalled_job(self, job: Job) -> bool | None:
@@ -350,23 +286,15 @@ class LiveJobManager(JobManager):
         ``running``, it said a worker ran it while it waited for one (for good, with no
         worker left to take it)."""
         try:
-            row = await self.connector.execute_query_one_async(
-                query=_RETRY_STALLED, job_id=job.id, worker_id=job.worker_id
-            )
+            return await queue_sql.retry_stalled_entry(self.connector, job.id, job.worker_id)
         except procrastinate.exceptions.ConnectorException as exc:
             if isinstance(exc.__cause__, psycopg.errors.LockNotAvailable):
                 return None
             raise
-        return bool(row["retried"])
 
     async def prune_stalled_workers(self, seconds_since_heartbeat: float) -> list[int]:
         """Delete the workers whose heartbeat is stale and whose lock is free (dead ones)."""
-        rows = await self.connector.execute_query_all_async(
-            query=_PRUNE,
-            seconds_since_heartbeat=seconds_since_heartbeat,
-            space=WORKER_LOCKS,
-        )
-        return [int(row["worker_id"]) for row in rows]
+        return await queue_sql.prune_dead_workers(self.connector, seconds_since_heartbeat)
 
     async def get_stalled_jobs(
         self,
@@ -387,13 +315,7 @@ class LiveJobManager(JobManager):
         ids = sorted({j.worker_id for j in jobs if j.worker_id is not None})
         if not ids:
             return jobs
-        rows = await self.connector.execute_query_all_async(
-            query=_ALIVE,
-            ids=ids,
-            space=WORKER_LOCKS,
-            seconds_since_heartbeat=seconds_since_heartbeat,
-        )
-        alive = {int(row["worker_id"]) for row in rows}
+        alive = await queue_sql.alive_workers(self.connector, ids, seconds_since_heartbeat)
         for j in jobs:
             if j.worker_id in alive:
                 log.info(
@@ -404,21 +326,6 @@ class LiveJobManager(JobManager):
                     j.worker_id,
                 )
         return [j for j in jobs if j.worker_id not in alive]
-
-
-_ABANDONED = (
-    "SELECT id FROM procrastinate_jobs"
-    " WHERE status = 'doing' AND queue_name = %s AND worker_id IS NULL"
-    " FOR UPDATE SKIP LOCKED"
-)
-_RETRY = "SELECT procrastinate_retry_job_v2(%s, NULL, NULL, NULL, NULL)"
-# of the entries named, those whose job's row another transaction holds (the rest locked)
-_BUSY = (
-    "WITH held AS (SELECT id FROM ingest_jobs WHERE queue_job_id = ANY(%(ids)s)"
-    " FOR NO KEY UPDATE SKIP LOCKED)"
-    " SELECT queue_job_id FROM ingest_jobs"
-    " WHERE queue_job_id = ANY(%(ids)s) AND id NOT IN (SELECT id FROM held)"
-)
 
 
 def requeue_abandoned(
@@ -434,23 +341,10 @@ def requeue_abandoned(
     and the next worker runs it (its start counts the attempt, as after any dead worker).
     The same judgement as the workers' (a silent worker whose lock is free): a live one
     keeps its job."""
-    with conn.transaction():
-        conn.execute(_PRUNE, {"seconds_since_heartbeat": stalled_after_s, "space": WORKER_LOCKS})
-        ids = [int(row[0]) for row in conn.execute(_ABANDONED, (queue,)).fetchall()]
-        if ids:
-            # a job whose row a dead worker's open transaction holds is left for a later
-            # read or check (see LiveJobManager.retry_stalled_job): waited on, the read
-            # answered nothing until the server noticed that worker's connection gone
-            busy = {int(row[0]) for row in conn.execute(_BUSY, {"ids": ids}).fetchall()}
-            ids = [i for i in ids if i not in busy]
-        for queue_id in ids:
-            conn.execute(_RETRY, (queue_id,))
-        if ids:
-            conn.execute(
-                "UPDATE ingest_jobs SET status = 'queued', updated_at = now()"
-                " WHERE status = 'running' AND queue_job_id = ANY(%s)",
-                (ids,),
-            )
+    # a job whose row a dead worker's open transaction holds is left for a later read or
+    # check (see LiveJobManager.retry_stalled_job): waited on, the read answered nothing
+    # until the server noticed that worker's connection gone
+    ids = queue_sql.requeue_abandoned(conn, queue, stalled_after_s)
     for queue_id in ids:
         log.warning("queue job %s: its worker stopped; put back on the queue", queue_id)
     return ids

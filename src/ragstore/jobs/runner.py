@@ -112,12 +112,9 @@ def _check_collection(conn: store.Conn, job: store.JobRecord) -> None:
     the name (another model, other documents) wrote its documents into the new one, and
     one whose collection was simply deleted failed saying "ingest into it to create it",
     naming every other collection to any reader of the job."""
-    row = conn.execute(
-        "SELECT created_at <= %s FROM collections WHERE name = %s AND shadow_of IS NULL",
-        (job.created_at, job.collection),
-    ).fetchone()
-    if row is None or not row[0]:
-        raise _gone(job, replaced=row is not None)
+    predates = store.collection_predates(conn, job)
+    if not predates:
+        raise _gone(job, replaced=predates is not None)
 
 
 def _check_collection_at_start(rt: Runtime, job: store.JobRecord) -> None:

@@ -24,6 +24,7 @@ import procrastinate.signals
 import psycopg_pool
 
 from ragstore.config import Settings
+from ragstore.db import queue as queue_sql
 from ragstore.db.database import Database
 from ragstore.db.jobs import (
     PRUNE_FINISHED,
@@ -420,15 +421,6 @@ async def _run(
             ) from error
 
 
-# the queue's entries a fetch would take now: waiting, due, the first of their lock (jobs
-# of one collection share one) and held back by no running entry of it
-RUNNABLE_LEFT = (
-    "SELECT count(*) AS runnable FROM procrastinate_jobs j"
-    " WHERE j.queue_name = %(queue)s AND j.status = 'todo'"
-    " AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())"
-    " AND (j.lock IS NULL OR NOT EXISTS (SELECT 1 FROM procrastinate_jobs d"
-    "  WHERE d.lock = j.lock AND (d.status = 'doing' OR (d.status = 'todo' AND d.id < j.id))))"
-)
 BURST_AGAIN_S = 0.1  # a burst worker's pause before its loop runs again for jobs left
 
 
@@ -445,11 +437,10 @@ async def _runnable_left(app: procrastinate.App, stopping: asyncio.Event) -> boo
     row may be held for minutes, and the burst ends as it did; a database that cannot be
     read ends it too."""
     try:
-        row = await app.connector.execute_query_one_async(query=RUNNABLE_LEFT, queue=QUEUE)
+        left = await queue_sql.runnable_entries(app.connector, QUEUE)
     except procrastinate.exceptions.ProcrastinateException as exc:
         log.warning("could not check the queue for jobs left: %s", exc.__cause__ or exc)
         return False
-    left = int(row["runnable"])
     if not left:
         return False
     log.info("worker: %d queued jobs became runnable during the burst; running them", left)

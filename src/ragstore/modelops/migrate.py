@@ -33,6 +33,7 @@ import numpy as np
 import psycopg
 
 from ragstore.db import catalog, repository, spaces
+from ragstore.db import session as db_session
 from ragstore.db.errors import translated
 from ragstore.embedding.registry import tokenizer_identity
 from ragstore.errors import ConflictError, InputError, MigrationStateError
@@ -123,7 +124,7 @@ def _migration_lock(rt: Runtime, coll: repository.Collection, command: str) -> A
             locked = spaces.try_migration_lock(conn, coll.id)
             # it sits idle while the command works: a server's idle_session_timeout must
             # not end it (and the lock with it) in the middle of a backfill
-            conn.execute("SET idle_session_timeout = 0")
+            db_session.never_idle_out(conn)
         if not locked:
             raise MigrationStateError(
                 f"another model migration, rollback or prune of collection {coll.name!r} is "

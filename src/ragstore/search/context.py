@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from ragstore.db import chunk_ranges
 from ragstore.db.errors import translated
 from ragstore.errors import AnswerTooLargeError, InputError
 from ragstore.models import Hit
@@ -118,33 +119,6 @@ def _extend(hit: Hit, **extra: Any) -> HitWithContext:
     return HitWithContext(**{f.name: getattr(hit, f.name) for f in fields(hit)}, **extra)
 
 
-# each range with whether its hit's chunk is still in the document in this statement's
-# snapshot (``live``): a range whose hit is gone reads no chunks and comes back as one row
-_RANGE_SQL = """
-SELECT q.i, v.live, c.id, c.ordinal, c.chunk_type, c.text, c.section_path, c.page
-FROM unnest(%(doc)s::bigint[], %(hit)s::bigint[], %(lo)s::int[], %(hi)s::int[],
-            %(depth)s::int[], %(page)s::int[])
-     WITH ORDINALITY AS q(doc, hit, lo, hi, depth, page, i)
-CROSS JOIN LATERAL (
-    SELECT EXISTS (SELECT 1 FROM chunks h WHERE h.id = q.hit AND h.document_id = q.doc) AS live
-) v
-CROSS JOIN LATERAL (
-    SELECT coalesce(min(e.ordinal), q.hi) AS stop FROM chunks e
-    WHERE e.document_id = q.doc AND e.ordinal > q.lo AND e.ordinal <= q.hi
-      AND e.chunk_type = 'heading' AND cardinality(e.section_path) < q.depth
-) b
-LEFT JOIN chunks c ON v.live AND c.document_id = q.doc AND c.ordinal >= q.lo
-     AND (c.ordinal < b.stop OR (q.depth = 0 AND c.ordinal <= q.hi))
-     AND (q.page IS NULL OR c.page = q.page)
-ORDER BY q.i, c.ordinal
-"""
-
-# a hit whose chunk is gone (its document replaced or deleted since the search) has no row
-_PARENTS_SQL = """
-SELECT h.id, p.ordinal, cardinality(p.section_path) + 1
-FROM chunks h LEFT JOIN chunks p ON p.id = h.parent_id WHERE h.id = ANY(%s)
-"""
-
 # (document, first ordinal, last ordinal, depth, page) of a context range
 _Range = tuple[int, int, int, int, int | None]
 
@@ -162,17 +136,17 @@ def _ranges(
     """
     if not ranges:
         return []
-    params = {
-        "doc": [r[0] for r in ranges],
-        "hit": hit_ids,
-        "lo": [r[1] for r in ranges],
-        "hi": [r[2] for r in ranges],
-        "depth": [r[3] for r in ranges],
-        "page": [r[4] for r in ranges],
-    }
     out: list[list[ContextChunk] | None] = [[] for _ in ranges]
     with rt.db.connection() as conn, translated("reading context chunks"):
-        rows: list[Any] = conn.execute(_RANGE_SQL, params).fetchall()
+        rows = chunk_ranges.ranges(
+            conn,
+            doc=[r[0] for r in ranges],
+            hit=hit_ids,
+            lo=[r[1] for r in ranges],
+            hi=[r[2] for r in ranges],
+            depth=[r[3] for r in ranges],
+            page=[r[4] for r in ranges],
+        )
         for row in rows:
             i = int(row[0]) - 1
             chunks = out[i]
@@ -248,7 +222,7 @@ def _expand(rt: Runtime, hits: list[Hit], mode: ContextMode) -> tuple[list[HitWi
 
 def _sections(rt: Runtime, hits: list[Hit]) -> tuple[list[HitWithContext], bool]:
     with rt.db.connection() as conn, translated("reading hit sections"):
-        found: list[Any] = conn.execute(_PARENTS_SQL, ([h.chunk_id for h in hits],)).fetchall()
+        found = chunk_ranges.parents(conn, [h.chunk_id for h in hits])
     parents: dict[int, tuple[Any, Any]] = {int(r[0]): (r[1], r[2]) for r in found}
     live = [h for h in hits if h.chunk_id in parents]  # the others' chunks are gone
     keys: list[_Range] = []

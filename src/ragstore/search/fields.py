@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from ragstore.chunking.recipe import CHUNKER_KEYS
-from ragstore.db import field_indexes
+from ragstore.db import field_indexes, inspection
 from ragstore.db.errors import translated
 from ragstore.db.repository import Collection
 from ragstore.metadata_paths import field_name
@@ -83,24 +83,10 @@ def describe_fields(rt: Runtime, coll: Collection) -> dict[str, Any]:
     to :data:`MAX_EXAMPLES` of its values, and the kinds of value (number, string) that
     a range on it finds through an index (``ragstore db index-field``)."""
     with rt.db.connection() as conn, translated(f"reading the fields of {coll.name!r}"):
-        documents = [
-            r[0]
-            for r in conn.execute(
-                "SELECT metadata FROM documents WHERE collection_id = %s"
-                " ORDER BY created_at DESC, id LIMIT %s",  # ties (one write): in order
-                (coll.id, SAMPLE),
-            )
-        ]
-        # chunks through (collection_id, content_hash): in effect a random sample of a
-        # bounded size (most carry nothing of their own: a search for those would scan
-        # them all); only those that carry something come back, in one row
-        row = conn.execute(
-            "SELECT count(*), coalesce(jsonb_agg(m) FILTER (WHERE m <> '{}'::jsonb), '[]')"
-            " FROM (SELECT metadata - %s::text[] AS m FROM chunks"
-            " WHERE collection_id = %s LIMIT %s) c",
-            (list(CHUNKER_KEYS), coll.id, CHUNK_SAMPLE),
-        ).fetchone()
-        scanned, chunks = (int(str(row[0])), cast(list[Any], row[1])) if row else (0, [])
+        documents = inspection.document_metadata_sample(conn, coll.id, SAMPLE)
+        scanned, chunks = inspection.chunk_metadata_sample(
+            conn, coll.id, CHUNK_SAMPLE, without=list(CHUNKER_KEYS)
+        )
         indexed = field_indexes.indexed(conn)
     paths: dict[str, _Path] = {}
     unnamed: dict[tuple[str, ...], None] = {}  # the paths no filter can name, in order
