@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio.to_thread
@@ -23,6 +24,8 @@ from starlette.concurrency import run_in_threadpool
 from ragstore import Client
 from ragstore.api import shed
 from ragstore.api.app import create_app
+from ragstore.api.deps import ReadAccess
+from ragstore.auth import KeyStore
 from ragstore.config import Settings
 from tests.api.conftest import running_server, with_
 
@@ -67,9 +70,12 @@ class Server:
 
 
 @contextmanager
-def serving(settings: Settings) -> Iterator[Server]:
+def serving(settings: Settings, **update: Any) -> Iterator[Server]:
     app = create_app(
-        with_(settings, auth="off", queue_wait_s=0.2, max_request_bytes=4 * len(UPLOAD))
+        with_(
+            settings,
+            **{"auth": "off", "queue_wait_s": 0.2, "max_request_bytes": 4 * len(UPLOAD), **update},
+        )
     )
     server = Server("")
 
@@ -88,6 +94,19 @@ def serving(settings: Settings) -> Iterator[Server]:
     def work() -> str:  # a plain def: FastAPI runs it on a worker thread
         server.ran.append("work")
         return "done"
+
+    @app.get("/keyed")
+    async def keyed(caller: ReadAccess) -> str:
+        # its key checked (and counted against the key's rate limit); then, gated, its
+        # work waits for a thread (on threads of no limiter the app's requests wait for)
+        server.parsed.set()
+        await anyio.to_thread.run_sync(server.gate.wait, WAIT_S, limiter=CapacityLimiter(1))
+
+        def work() -> str:
+            server.ran.append("keyed")
+            return "done"
+
+        return await run_in_threadpool(work)
 
     @app.get("/waiting")
     async def waiting() -> int:
@@ -223,6 +242,32 @@ def test_an_uploads_work_is_shed_after_its_body_arrived(settings: Settings) -> N
     assert [a.status_code for a in answers] == [503]
     assert answers[0].json()["code"] == "overloaded"
     assert server.ran == []
+
+
+def test_a_shed_request_costs_no_rate_limit_hit(settings: Settings, keys: KeyStore) -> None:
+    # the key check counted the request before its work waited for a thread: shed, it had
+    # spent one of the key's requests for nothing, and the client's retry spent another
+    auth = {"Authorization": f"Bearer {keys.create('read').secret}"}
+    with serving(settings, auth="on", rate_limit_per_minute=1) as server:
+        answers: list[httpx.Response] = []
+        sender = threading.Thread(
+            target=lambda: answers.append(
+                httpx.get(f"{server.url}/keyed", headers=auth, timeout=WAIT_S)
+            )
+        )
+        sender.start()
+        assert server.parsed.wait(WAIT_S)  # its key checked and counted
+        server.hold()
+        server.gate.set()  # its work now waits for the held thread
+        sender.join(WAIT_S)
+        assert [a.status_code for a in answers] == [503], answers[0].text
+        server.free()
+        # the key's one request a minute is still there
+        again = httpx.get(f"{server.url}/keyed", headers=auth, timeout=WAIT_S)
+        assert again.status_code == 200, again.text
+        # and counted: the next is refused
+        assert httpx.get(f"{server.url}/keyed", headers=auth, timeout=WAIT_S).status_code == 429
+    assert server.ran == ["keyed"]
 
 
 class _Watching(httpx.HTTPTransport):

@@ -18,7 +18,10 @@ on a thread, its later waits (the answer's validation, a write's position for
 read-your-writes) are not bounded: the work is done, and a 503 would say it was not. The
 waits before it (the key check, a routed read's checks: :func:`before_work`) are bounded
 and leave it to come. A request shed by any of them is answered 503 ``overloaded`` here
-(:class:`QueueWaitMiddleware`), whichever middleware or route waited. ``/healthz`` and
+(:class:`QueueWaitMiddleware`), whichever middleware or route waited. A shed request costs
+its caller nothing: the key check's rate-limit token, taken before the work's wait, is
+given back before the 503 goes out (:func:`if_shed`); counted, a shed call and the
+client's automatic retry of it spent two of the key's requests on no work. ``/healthz`` and
 ``/readyz`` are never shed, and /readyz's and /metrics' checks run on threads of their own
 (:func:`ragstore.http.probes.on_probe_thread`), so a busy server still answers its load
 balancer and its scraper at once instead of behind the searches.
@@ -35,7 +38,7 @@ from __future__ import annotations
 import contextvars
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -68,6 +71,8 @@ class _Admission:
     # an upload's body chunk is being written to disk (the form parser's spool): its waits
     # are the body arriving, neither bounded nor the work's start
     arriving: bool = False
+    # what a shed request gives back before its 503 goes out (its rate-limit token)
+    undo: list[Callable[[], None]] = field(default_factory=list)
 
 
 _ADMISSION: contextvars.ContextVar[_Admission | None] = contextvars.ContextVar(
@@ -217,6 +222,8 @@ class QueueWaitMiddleware:
 
         async def watching_send(message: Message) -> None:
             nonlocal answered
+            if message["type"] == "http.response.start" and admission.shed:
+                await _undo(admission)  # before the 503: the retry finds it given back
             answered = answered or message["type"] == "http.response.start"
             await send(message)
 
@@ -232,6 +239,7 @@ class QueueWaitMiddleware:
             # say) was answered 500 internal_error, which no client retries
             if answered:
                 raise
+            await _undo(admission)
             await send_problem(scope, send, exc)
         finally:
             _ADMISSION.reset(token)
@@ -268,6 +276,27 @@ class QueueWaitMiddleware:
             return message
 
         return marked
+
+
+async def _undo(admission: _Admission) -> None:
+    """Run what the shed request asked to give back (:func:`if_shed`), each once, on a worker
+    thread past the limit (it was shed: :meth:`SheddingLimiter.__aenter__`); one that fails
+    is logged and the rest still run."""
+    while admission.undo:
+        fn = admission.undo.pop(0)
+        try:
+            await run_in_threadpool(fn)
+        except Exception:
+            log.exception("undoing a shed request's step failed")
+
+
+def if_shed(fn: Callable[[], None]) -> None:
+    """Have ``fn()`` run if this request is shed (answered 503 ``overloaded``, its work never
+    run), before the 503 goes out: the key check's rate-limit token is given back so.
+    Callable from the request's worker threads (they share its admission)."""
+    admission = _ADMISSION.get()
+    if admission is not None and not admission.started:
+        admission.undo.append(fn)
 
 
 async def before_work(fn: Callable[..., T], *args: Any) -> T:
