@@ -27,6 +27,7 @@ from ragstore.api.app import create_app
 from ragstore.api.deps import ReadAccess
 from ragstore.auth import KeyStore
 from ragstore.config import Settings
+from ragstore.http import probes
 from tests.api.conftest import running_server, with_
 
 WAIT_S = 30.0  # a bound on each wait for the server, never reached when all is well
@@ -268,6 +269,69 @@ def test_a_shed_request_costs_no_rate_limit_hit(settings: Settings, keys: KeySto
         # and counted: the next is refused
         assert httpx.get(f"{server.url}/keyed", headers=auth, timeout=WAIT_S).status_code == 429
     assert server.ran == ["keyed"]
+
+
+def test_readyz_answers_while_bad_metrics_keys_are_being_checked(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the metrics' key checks (scrypt, slow on purpose, bad keys too) ran on the probes'
+    # own threads: a burst of scrapes with bad keys held them all, and /readyz waited
+    app = create_app(with_(settings, auth="on", profile="prod", allow_embedded_in_prod=True))
+    checking: list[str] = []
+    release = threading.Event()
+
+    @app.get("/probe-waiting")
+    async def probe_waiting() -> int:
+        return sum(
+            limiter.statistics().tasks_waiting
+            for limiter in (probes.probe_limiter(), probes.key_check_limiter())
+        )
+
+    burst = probes.PROBE_THREADS
+    with running_server(settings, app) as url:
+        store = app.state.ragstore.keys
+        real = store.authenticate
+
+        def held(presented: str | None, address: str = "") -> Any:
+            checking.append("key")  # a slow hash, till the test lets it end
+            release.wait(3 * WAIT_S)  # past the wait for /readyz: it fails first
+            return real(presented, address)
+
+        monkeypatch.setattr(store, "authenticate", held)
+        bad = {"Authorization": "Bearer rsk_0123456789ab_wrongwrongwrongwrong"}
+        scrapes: list[httpx.Response] = []
+        scrapers = [
+            threading.Thread(
+                target=lambda: scrapes.append(
+                    httpx.get(f"{url}/metrics", headers=bad, timeout=4 * WAIT_S)
+                )
+            )
+            for _ in range(burst)
+        ]
+        ready: list[httpx.Response] = []
+        answered = threading.Event()
+        prober = threading.Thread(
+            target=lambda: (
+                ready.append(httpx.get(f"{url}/readyz", timeout=4 * WAIT_S)),
+                answered.set(),
+            )
+        )
+        try:
+            for scraper in scrapers:
+                scraper.start()
+            # every scrape is in its key check or waiting for a thread to make it on
+            while len(checking) + int(httpx.get(f"{url}/probe-waiting").text) < burst:
+                time.sleep(0.05)
+            prober.start()
+            assert answered.wait(WAIT_S), "/readyz waited behind the metrics' key checks"
+            assert ready[0].status_code == 200, ready[0].text
+            assert len(scrapes) == 0  # the key checks were all still in flight
+        finally:
+            release.set()
+            for thread in [*scrapers, prober]:
+                if thread.is_alive():
+                    thread.join(WAIT_S)
+    assert [s.status_code for s in scrapes] == [401] * burst
 
 
 class _Watching(httpx.HTTPTransport):

@@ -23,8 +23,10 @@ its caller nothing: the key check's rate-limit token, taken before the work's wa
 given back before the 503 goes out (:func:`if_shed`); counted, a shed call and the
 client's automatic retry of it spent two of the key's requests on no work. ``/healthz`` and
 ``/readyz`` are never shed, and /readyz's and /metrics' checks run on threads of their own
-(:func:`ragstore.http.probes.on_probe_thread`), so a busy server still answers its load
-balancer and its scraper at once instead of behind the searches.
+(:func:`ragstore.http.probes.on_probe_thread`; their key checks on others again,
+:func:`ragstore.http.probes.on_key_check_thread`), so a busy server still answers its load
+balancer and its scraper at once instead of behind the searches, and a burst of bad keys
+at /metrics holds up no /readyz.
 
 anyio offers no public way to bound the wait for its default limiter (sync routes and
 dependencies are run by FastAPI and Starlette with it): :func:`install` wraps the running
