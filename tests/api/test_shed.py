@@ -5,12 +5,16 @@ are logged in one line, not one each (api/server.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,11 +51,12 @@ class Server:
         self.release = threading.Event()
         self.parsed = threading.Event()  # /form?gated: its form parsed
         self.gate = threading.Event()  # /form?gated: its work may start
+        self.form_ended = threading.Event()  # /form: its request is over, however it went
         self._holder: threading.Thread | None = None
 
     def hold(self) -> None:
         self._holder = threading.Thread(
-            target=lambda: httpx.get(f"{self.url}/hold", timeout=WAIT_S)
+            target=lambda: httpx.get(f"{self.url}/hold", timeout=4 * WAIT_S)
         )
         self._holder.start()
         assert self.holding.wait(WAIT_S)
@@ -60,7 +65,7 @@ class Server:
         """The thread given back, and the holder answered: the thread is free again."""
         self.release.set()
         if self._holder is not None:
-            self._holder.join(WAIT_S)
+            self._holder.join(4 * WAIT_S)
             assert not self._holder.is_alive()
 
     def waiting(self) -> int:
@@ -86,7 +91,7 @@ def serving(settings: Settings, **update: Any) -> Iterator[Server]:
 
         def block() -> str:
             server.holding.set()
-            server.release.wait(WAIT_S)
+            server.release.wait(3 * WAIT_S)  # past any wait of a test: it fails first
             return "held"
 
         return await run_in_threadpool(block)
@@ -118,16 +123,21 @@ def serving(settings: Settings, **update: Any) -> Iterator[Server]:
     async def form(request: Request, gated: bool = False) -> str:
         # its file written to disk on worker threads as it comes (closed after the work,
         # as FastAPI closes an upload's)
-        async with request.form():
-            server.parsed.set()
-            if gated:  # on threads of no limiter the app's requests wait for
-                await anyio.to_thread.run_sync(server.gate.wait, WAIT_S, limiter=CapacityLimiter(1))
+        try:
+            async with request.form():
+                server.parsed.set()
+                if gated:  # on threads of no limiter the app's requests wait for
+                    await anyio.to_thread.run_sync(
+                        server.gate.wait, WAIT_S, limiter=CapacityLimiter(1)
+                    )
 
-            def ingest() -> str:
-                server.ran.append("form")
-                return "stored"
+                def ingest() -> str:
+                    server.ran.append("form")
+                    return "stored"
 
-            return await run_in_threadpool(ingest)
+                return await run_in_threadpool(ingest)
+        finally:
+            server.form_ended.set()
 
     with running_server(settings, app) as url:
         server.url = url
@@ -137,7 +147,7 @@ def serving(settings: Settings, **update: Any) -> Iterator[Server]:
             server.release.set()
             server.gate.set()
             if server._holder is not None:
-                server._holder.join(WAIT_S)
+                server._holder.join(4 * WAIT_S)
 
 
 @contextmanager
@@ -221,6 +231,46 @@ def test_an_upload_arriving_is_never_shed(settings: Settings, second_type: bool)
         sender.join(WAIT_S)
     assert [a.status_code for a in answers] == [200], answers[0].text
     assert server.ran == ["form"]
+
+
+def _spooled() -> set[str]:
+    """The files of the temporary folder this process holds open, removed: Starlette's
+    spooled upload files (unnamed temporary files)."""
+    held = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith(tempfile.gettempdir()) and target.endswith("(deleted)"):
+                held.add(target)
+    return held
+
+
+def test_an_upload_whose_client_left_while_its_file_waited_for_a_thread_is_dropped(
+    settings: Settings,
+) -> None:
+    # body arrival is never shed, so its spool write waited for a thread without limit
+    # after its client had gone, and when one came free the server read the body it had
+    # in its buffers to the end and did the upload's work for no one
+    upload = httpx.Request("POST", "http://x/form", files={"f": ("a.md", b"x" * (3 << 19))})
+    body = upload.read()  # 1.5 MB: past the 1 MB Starlette spools to disk on threads
+    before = _spooled()
+    with one_busy_thread(settings) as server:
+        where = urlsplit(server.url)
+        with socket.create_connection((where.hostname, where.port)) as sock:
+            head = (
+                f"POST /form HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Type: {upload.headers['content-type']}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            )
+            sock.sendall(head.encode() + body)
+            while server.waiting() == 0:  # its file's write waits for the held thread
+                time.sleep(0.05)
+        # its client gone, its wait ended: the request is over while the thread is held
+        assert server.form_ended.wait(WAIT_S), "the upload still waits for a thread"
+        assert _spooled() == before  # its spooled file closed (removed)
+        server.free()
+        assert httpx.get(f"{server.url}/work", timeout=WAIT_S).text == '"done"'
+    assert server.ran == ["work"]  # the upload's work was never done
 
 
 def test_an_uploads_work_is_shed_after_its_body_arrived(settings: Settings) -> None:
