@@ -22,7 +22,9 @@ and leave it to come. A request shed by any of them is answered 503 ``overloaded
 (:class:`QueueWaitMiddleware`), whichever middleware or route waited. A shed request costs
 its caller nothing: the key check's rate-limit token, taken before the work's wait, is
 given back before the 503 goes out (:func:`if_shed`); counted, a shed call and the
-client's automatic retry of it spent two of the key's requests on no work. ``/healthz`` and
+client's automatic retry of it spent two of the key's requests on no work. A request shed
+before its body was read still gets its 503, not a reset connection: uvicorn reads and
+drops the rest of a body once the answer is complete (tests/api/test_shed.py). ``/healthz`` and
 ``/readyz`` are never shed, and /readyz's and /metrics' checks run on threads of their own
 (:func:`ragstore.http.probes.on_probe_thread`; their key checks on others again,
 :func:`ragstore.http.probes.on_key_check_thread`), so a busy server still answers its load
