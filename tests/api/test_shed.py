@@ -5,12 +5,17 @@ are logged in one line, not one each (api/server.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio.to_thread
@@ -23,7 +28,10 @@ from starlette.concurrency import run_in_threadpool
 from ragstore import Client
 from ragstore.api import shed
 from ragstore.api.app import create_app
+from ragstore.api.deps import ReadAccess
+from ragstore.auth import KeyStore
 from ragstore.config import Settings
+from ragstore.http import probes
 from tests.api.conftest import running_server, with_
 
 WAIT_S = 30.0  # a bound on each wait for the server, never reached when all is well
@@ -43,11 +51,12 @@ class Server:
         self.release = threading.Event()
         self.parsed = threading.Event()  # /form?gated: its form parsed
         self.gate = threading.Event()  # /form?gated: its work may start
+        self.form_ended = threading.Event()  # /form: its request is over, however it went
         self._holder: threading.Thread | None = None
 
     def hold(self) -> None:
         self._holder = threading.Thread(
-            target=lambda: httpx.get(f"{self.url}/hold", timeout=WAIT_S)
+            target=lambda: httpx.get(f"{self.url}/hold", timeout=4 * WAIT_S)
         )
         self._holder.start()
         assert self.holding.wait(WAIT_S)
@@ -56,7 +65,7 @@ class Server:
         """The thread given back, and the holder answered: the thread is free again."""
         self.release.set()
         if self._holder is not None:
-            self._holder.join(WAIT_S)
+            self._holder.join(4 * WAIT_S)
             assert not self._holder.is_alive()
 
     def waiting(self) -> int:
@@ -67,9 +76,12 @@ class Server:
 
 
 @contextmanager
-def serving(settings: Settings) -> Iterator[Server]:
+def serving(settings: Settings, **update: Any) -> Iterator[Server]:
     app = create_app(
-        with_(settings, auth="off", queue_wait_s=0.2, max_request_bytes=4 * len(UPLOAD))
+        with_(
+            settings,
+            **{"auth": "off", "queue_wait_s": 0.2, "max_request_bytes": 4 * len(UPLOAD), **update},
+        )
     )
     server = Server("")
 
@@ -79,7 +91,7 @@ def serving(settings: Settings) -> Iterator[Server]:
 
         def block() -> str:
             server.holding.set()
-            server.release.wait(WAIT_S)
+            server.release.wait(3 * WAIT_S)  # past any wait of a test: it fails first
             return "held"
 
         return await run_in_threadpool(block)
@@ -88,6 +100,26 @@ def serving(settings: Settings) -> Iterator[Server]:
     def work() -> str:  # a plain def: FastAPI runs it on a worker thread
         server.ran.append("work")
         return "done"
+
+    @app.get("/keyed")
+    async def keyed(caller: ReadAccess) -> str:
+        # its key checked (and counted against the key's rate limit); then, gated, its
+        # work waits for a thread (on threads of no limiter the app's requests wait for)
+        server.parsed.set()
+        await anyio.to_thread.run_sync(server.gate.wait, WAIT_S, limiter=CapacityLimiter(1))
+
+        def work() -> str:
+            server.ran.append("keyed")
+            return "done"
+
+        return await run_in_threadpool(work)
+
+    @app.post("/early")
+    async def early(request: Request) -> str:
+        # a check before its body is read (as the read routing's first open of the
+        # database): shed there, its body is never read by the app
+        await shed.before_work(lambda: None)
+        return str(len(await request.body()))
 
     @app.get("/waiting")
     async def waiting() -> int:
@@ -98,16 +130,21 @@ def serving(settings: Settings) -> Iterator[Server]:
     async def form(request: Request, gated: bool = False) -> str:
         # its file written to disk on worker threads as it comes (closed after the work,
         # as FastAPI closes an upload's)
-        async with request.form():
-            server.parsed.set()
-            if gated:  # on threads of no limiter the app's requests wait for
-                await anyio.to_thread.run_sync(server.gate.wait, WAIT_S, limiter=CapacityLimiter(1))
+        try:
+            async with request.form():
+                server.parsed.set()
+                if gated:  # on threads of no limiter the app's requests wait for
+                    await anyio.to_thread.run_sync(
+                        server.gate.wait, WAIT_S, limiter=CapacityLimiter(1)
+                    )
 
-            def ingest() -> str:
-                server.ran.append("form")
-                return "stored"
+                def ingest() -> str:
+                    server.ran.append("form")
+                    return "stored"
 
-            return await run_in_threadpool(ingest)
+                return await run_in_threadpool(ingest)
+        finally:
+            server.form_ended.set()
 
     with running_server(settings, app) as url:
         server.url = url
@@ -117,7 +154,7 @@ def serving(settings: Settings) -> Iterator[Server]:
             server.release.set()
             server.gate.set()
             if server._holder is not None:
-                server._holder.join(WAIT_S)
+                server._holder.join(4 * WAIT_S)
 
 
 @contextmanager
@@ -203,6 +240,59 @@ def test_an_upload_arriving_is_never_shed(settings: Settings, second_type: bool)
     assert server.ran == ["form"]
 
 
+def test_a_large_body_shed_before_it_was_read_gets_its_503(settings: Settings) -> None:
+    # feared: the body shed unread is left in the connection as the server closes it, and
+    # the client, still sending, sees the connection reset instead of the 503. Not so:
+    # uvicorn (httptools, as h11) reads and drops the rest of a body once the answer is
+    # complete; this holds it to that
+    with serving(settings, max_request_bytes=200 << 20) as server:
+        server.hold()
+        for _ in range(2):  # each on a connection of its own
+            answer = httpx.post(f"{server.url}/early", content=b"x" * (60 << 20), timeout=WAIT_S)
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["code"] == "overloaded"
+
+
+def _spooled() -> set[str]:
+    """The files of the temporary folder this process holds open, removed: Starlette's
+    spooled upload files (unnamed temporary files)."""
+    held = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith(tempfile.gettempdir()) and target.endswith("(deleted)"):
+                held.add(target)
+    return held
+
+
+def test_an_upload_whose_client_left_while_its_file_waited_for_a_thread_is_dropped(
+    settings: Settings,
+) -> None:
+    # body arrival is never shed, so its spool write waited for a thread without limit
+    # after its client had gone, and when one came free the server read the body it had
+    # in its buffers to the end and did the upload's work for no one
+    upload = httpx.Request("POST", "http://x/form", files={"f": ("a.md", b"x" * (3 << 19))})
+    body = upload.read()  # 1.5 MB: past the 1 MB Starlette spools to disk on threads
+    before = _spooled()
+    with one_busy_thread(settings) as server:
+        where = urlsplit(server.url)
+        with socket.create_connection((where.hostname, where.port)) as sock:
+            head = (
+                f"POST /form HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Type: {upload.headers['content-type']}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            )
+            sock.sendall(head.encode() + body)
+            while server.waiting() == 0:  # its file's write waits for the held thread
+                time.sleep(0.05)
+        # its client gone, its wait ended: the request is over while the thread is held
+        assert server.form_ended.wait(WAIT_S), "the upload still waits for a thread"
+        assert _spooled() == before  # its spooled file closed (removed)
+        server.free()
+        assert httpx.get(f"{server.url}/work", timeout=WAIT_S).text == '"done"'
+    assert server.ran == ["work"]  # the upload's work was never done
+
+
 def test_an_uploads_work_is_shed_after_its_body_arrived(settings: Settings) -> None:
     # the first write of its file to disk marked its work as started: its ingest then
     # waited for a thread without limit
@@ -223,6 +313,95 @@ def test_an_uploads_work_is_shed_after_its_body_arrived(settings: Settings) -> N
     assert [a.status_code for a in answers] == [503]
     assert answers[0].json()["code"] == "overloaded"
     assert server.ran == []
+
+
+def test_a_shed_request_costs_no_rate_limit_hit(settings: Settings, keys: KeyStore) -> None:
+    # the key check counted the request before its work waited for a thread: shed, it had
+    # spent one of the key's requests for nothing, and the client's retry spent another
+    auth = {"Authorization": f"Bearer {keys.create('read').secret}"}
+    with serving(settings, auth="on", rate_limit_per_minute=1) as server:
+        answers: list[httpx.Response] = []
+        sender = threading.Thread(
+            target=lambda: answers.append(
+                httpx.get(f"{server.url}/keyed", headers=auth, timeout=WAIT_S)
+            )
+        )
+        sender.start()
+        assert server.parsed.wait(WAIT_S)  # its key checked and counted
+        server.hold()
+        server.gate.set()  # its work now waits for the held thread
+        sender.join(WAIT_S)
+        assert [a.status_code for a in answers] == [503], answers[0].text
+        server.free()
+        # the key's one request a minute is still there
+        again = httpx.get(f"{server.url}/keyed", headers=auth, timeout=WAIT_S)
+        assert again.status_code == 200, again.text
+        # and counted: the next is refused
+        assert httpx.get(f"{server.url}/keyed", headers=auth, timeout=WAIT_S).status_code == 429
+    assert server.ran == ["keyed"]
+
+
+def test_readyz_answers_while_bad_metrics_keys_are_being_checked(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the metrics' key checks (scrypt, slow on purpose, bad keys too) ran on the probes'
+    # own threads: a burst of scrapes with bad keys held them all, and /readyz waited
+    app = create_app(with_(settings, auth="on", profile="prod", allow_embedded_in_prod=True))
+    checking: list[str] = []
+    release = threading.Event()
+
+    @app.get("/probe-waiting")
+    async def probe_waiting() -> int:
+        return sum(
+            limiter.statistics().tasks_waiting
+            for limiter in (probes.probe_limiter(), probes.key_check_limiter())
+        )
+
+    burst = probes.PROBE_THREADS
+    with running_server(settings, app) as url:
+        store = app.state.ragstore.keys
+        real = store.authenticate
+
+        def held(presented: str | None, address: str = "") -> Any:
+            checking.append("key")  # a slow hash, till the test lets it end
+            release.wait(3 * WAIT_S)  # past the wait for /readyz: it fails first
+            return real(presented, address)
+
+        monkeypatch.setattr(store, "authenticate", held)
+        bad = {"Authorization": "Bearer rsk_0123456789ab_wrongwrongwrongwrong"}
+        scrapes: list[httpx.Response] = []
+        scrapers = [
+            threading.Thread(
+                target=lambda: scrapes.append(
+                    httpx.get(f"{url}/metrics", headers=bad, timeout=4 * WAIT_S)
+                )
+            )
+            for _ in range(burst)
+        ]
+        ready: list[httpx.Response] = []
+        answered = threading.Event()
+        prober = threading.Thread(
+            target=lambda: (
+                ready.append(httpx.get(f"{url}/readyz", timeout=4 * WAIT_S)),
+                answered.set(),
+            )
+        )
+        try:
+            for scraper in scrapers:
+                scraper.start()
+            # every scrape is in its key check or waiting for a thread to make it on
+            while len(checking) + int(httpx.get(f"{url}/probe-waiting").text) < burst:
+                time.sleep(0.05)
+            prober.start()
+            assert answered.wait(WAIT_S), "/readyz waited behind the metrics' key checks"
+            assert ready[0].status_code == 200, ready[0].text
+            assert len(scrapes) == 0  # the key checks were all still in flight
+        finally:
+            release.set()
+            for thread in [*scrapers, prober]:
+                if thread.is_alive():
+                    thread.join(WAIT_S)
+    assert [s.status_code for s in scrapes] == [401] * burst
 
 
 class _Watching(httpx.HTTPTransport):

@@ -18,7 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
-from ragstore.api.shed import before_work
+from ragstore.api.shed import before_work, if_shed
 from ragstore.auth import SCOPES, ApiKey, KeyStore, RateLimiter
 from ragstore.errors import InputError
 from ragstore.http.bearer import bearer_token
@@ -91,9 +91,12 @@ def authenticate(
 ) -> Principal:
     """The caller behind the bearer token ``presented``, its request counted against the
     key's rate limit. Runs once a request: in :class:`~ragstore.api.middleware.
-    AuthBeforeBodyMiddleware` for a request with a body, else in the routes' dependency."""
+    AuthBeforeBodyMiddleware` for a request with a body, else in the routes' dependency.
+    A request then shed before its work ran (api/shed.py) has the count given back."""
     key = keys.authenticate(presented, client)
-    limiter.hit(key.key_id)
+    taken = limiter.hit(key.key_id)
+    if taken is not None:
+        if_shed(lambda: limiter.give_back(taken))
     return Principal(key)
 
 

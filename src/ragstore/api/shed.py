@@ -12,16 +12,24 @@ within ``RAGSTORE_QUEUE_WAIT_S`` is answered 503 ``overloaded`` with ``Retry-Aft
 never runs (it counts in ``ragstore_errors_total{code="overloaded"}``). Only the waits for
 a thread count, never a request body arriving: not even an upload's, whose files over 1 MB
 Starlette's form parser writes to disk on worker threads as their bytes come
-(:meth:`QueueWaitMiddleware._arriving`); those writes wait as long as it takes, and the
-upload's work (its ingest) is still to come, its wait bounded. Once the request's work has started
+(:class:`_Arrival`); those writes wait as long as it takes, unless the client leaves
+meanwhile (the request is then dropped, its spooled files removed), and the upload's work
+(its ingest) is still to come, its wait bounded. Once the request's work has started
 on a thread, its later waits (the answer's validation, a write's position for
 read-your-writes) are not bounded: the work is done, and a 503 would say it was not. The
 waits before it (the key check, a routed read's checks: :func:`before_work`) are bounded
 and leave it to come. A request shed by any of them is answered 503 ``overloaded`` here
-(:class:`QueueWaitMiddleware`), whichever middleware or route waited. ``/healthz`` and
+(:class:`QueueWaitMiddleware`), whichever middleware or route waited. A shed request costs
+its caller nothing: the key check's rate-limit token, taken before the work's wait, is
+given back before the 503 goes out (:func:`if_shed`); counted, a shed call and the
+client's automatic retry of it spent two of the key's requests on no work. A request shed
+before its body was read still gets its 503, not a reset connection: uvicorn reads and
+drops the rest of a body once the answer is complete (tests/api/test_shed.py). ``/healthz`` and
 ``/readyz`` are never shed, and /readyz's and /metrics' checks run on threads of their own
-(:func:`ragstore.http.probes.on_probe_thread`), so a busy server still answers its load
-balancer and its scraper at once instead of behind the searches.
+(:func:`ragstore.http.probes.on_probe_thread`; their key checks on others again,
+:func:`ragstore.http.probes.on_key_check_thread`), so a busy server still answers its load
+balancer and its scraper at once instead of behind the searches, and a burst of bad keys
+at /metrics holds up no /readyz.
 
 anyio offers no public way to bound the wait for its default limiter (sync routes and
 dependencies are run by FastAPI and Starlette with it): :func:`install` wraps the running
@@ -34,8 +42,9 @@ from __future__ import annotations
 
 import contextvars
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -44,6 +53,7 @@ import anyio.to_thread
 from anyio import CapacityLimiter, CapacityLimiterStatistics
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragstore.errors import OverloadedError
@@ -68,6 +78,9 @@ class _Admission:
     # an upload's body chunk is being written to disk (the form parser's spool): its waits
     # are the body arriving, neither bounded nor the work's start
     arriving: bool = False
+    arrival: _Arrival | None = None  # an upload's body, read through it
+    # what a shed request gives back before its 503 goes out (its rate-limit token)
+    undo: list[Callable[[], None]] = field(default_factory=list)
 
 
 _ADMISSION: contextvars.ContextVar[_Admission | None] = contextvars.ContextVar(
@@ -115,13 +128,24 @@ class SheddingLimiter(CapacityLimiter):
         self.release()
 
     async def acquire(self) -> None:
-        await self._bounded(self._inner.acquire)
+        await self._bounded(self._inner.acquire, self._inner.acquire_nowait)
 
     async def acquire_on_behalf_of(self, borrower: object) -> None:
-        await self._bounded(lambda: self._inner.acquire_on_behalf_of(borrower))
+        await self._bounded(
+            lambda: self._inner.acquire_on_behalf_of(borrower),
+            lambda: self._inner.acquire_on_behalf_of_nowait(borrower),
+        )
 
-    async def _bounded(self, acquire: Callable[[], Awaitable[None]]) -> None:
+    async def _bounded(
+        self, acquire: Callable[[], Awaitable[None]], acquire_nowait: Callable[[], None]
+    ) -> None:
         admission = _ADMISSION.get()
+        if admission is not None and admission.arriving and admission.arrival is not None:
+            try:
+                acquire_nowait()
+            except anyio.WouldBlock:
+                await admission.arrival.unless_gone(acquire)
+            return
         if admission is None or admission.started or admission.arriving:
             await acquire()
             return
@@ -217,6 +241,8 @@ class QueueWaitMiddleware:
 
         async def watching_send(message: Message) -> None:
             nonlocal answered
+            if message["type"] == "http.response.start" and admission.shed:
+                await _undo(admission)  # before the 503: the retry finds it given back
             answered = answered or message["type"] == "http.response.start"
             await send(message)
 
@@ -232,42 +258,115 @@ class QueueWaitMiddleware:
             # say) was answered 500 internal_error, which no client retries
             if answered:
                 raise
+            await _undo(admission)
             await send_problem(scope, send, exc)
         finally:
             _ADMISSION.reset(token)
 
     @staticmethod
     def _arriving(admission: _Admission, receive: Receive) -> Receive:
-        """``receive``, the request's waits for a thread between a body chunk and the next
-        ask for one marked as the body's arrival.
+        """``receive``, read through an :class:`_Arrival` (the upload's waits for a thread
+        between a body chunk and the next ask for one marked as the body's arrival)."""
+        admission.arrival = _Arrival(admission, receive)
+        return admission.arrival.receive
 
-        Starlette's form parser writes an upload's file over 1 MB to disk on a worker
-        thread as each chunk comes. Those waits were bounded: a large upload was shed
-        while its body arrived, and one that was not had its work marked started by the
-        first write, so its ingest waited for a thread without limit. The last chunk is
-        handed on as if more were to come, then an empty last one: its writes are made
-        before the body is seen to end. (A reader that stops asking before the end leaves
-        its later waits unbounded, as they were before waits were bounded at all.)"""
-        held: Message | None = None
 
-        async def marked() -> Message:
-            nonlocal held
-            admission.arriving = False
-            if held is not None:
-                message, held = held, None
-                return message
-            message = await receive()
-            if message["type"] != "http.request":
-                return message
-            if not message.get("more_body", False):
-                if not message.get("body"):
-                    return message  # the end: the waits after it are the work's
-                held = {"type": "http.request", "body": b"", "more_body": False}
-                message = {**message, "more_body": True}
-            admission.arriving = True
+READ_AHEAD_BYTES = 1 << 20
+"""How much of an upload's body is read ahead, held in memory, while a write of it waits
+for a worker thread, to see whether its client has gone (:meth:`_Arrival.unless_gone`):
+as much as Starlette's form parser holds of a file before it spools it to disk."""
+
+
+class _Arrival:
+    """An upload's body as its reader (Starlette's form parser) asks for it: the request's
+    waits for a thread between a body chunk and the next ask for one are marked as the
+    body's arrival (:attr:`_Admission.arriving`), and end if its client goes meanwhile.
+
+    Starlette's form parser writes an upload's file over 1 MB to disk on a worker thread
+    as each chunk comes. Those waits were bounded: a large upload was shed while its body
+    arrived, and one that was not had its work marked started by the first write, so its
+    ingest waited for a thread without limit. The last chunk is handed on as if more were
+    to come, then an empty last one: its writes are made before the body is seen to end.
+    (A reader that stops asking before the end leaves its later waits unbounded, as they
+    were before waits were bounded at all.)
+
+    Those waits are not bounded, but a client that left during one had it last until a
+    thread came free, and then the server read on: a body already in its buffers was
+    parsed to its end and the upload stored for no one. While a write waits, the body is
+    read ahead (up to :data:`READ_AHEAD_BYTES`, handed on in order afterwards): the
+    server's ``http.disconnect`` ends the wait with Starlette's ``ClientDisconnect``, as a
+    read of the body would have, and the form parser closes (removes) the files it
+    spooled. Past the read-ahead, the wait goes on (the client's sending held back by
+    TCP), as before."""
+
+    def __init__(self, admission: _Admission, receive: Receive) -> None:
+        self._admission = admission
+        self._receive = receive
+        self._ahead: deque[Message] = deque()
+        self._ahead_bytes = 0
+
+    async def receive(self) -> Message:
+        self._admission.arriving = False
+        if self._ahead:
+            message = self._ahead.popleft()
+            self._ahead_bytes -= len(message.get("body", b""))
+        else:
+            message = await self._receive()
+        if message["type"] != "http.request":
             return message
+        if not message.get("more_body", False):
+            if not message.get("body"):
+                return message  # the end: the waits after it are the work's
+            self._ahead.appendleft({"type": "http.request", "body": b"", "more_body": False})
+            message = {**message, "more_body": True}
+        self._admission.arriving = True
+        return message
 
-        return marked
+    async def unless_gone(self, acquire: Callable[[], Awaitable[None]]) -> None:
+        """``acquire()`` (a body chunk's write waiting for a thread), the body read ahead
+        meanwhile; ``ClientDisconnect`` (nothing acquired) if its client goes first."""
+        gone = acquired = False
+        async with anyio.create_task_group() as group:
+
+            async def watch() -> None:
+                nonlocal gone
+                while self._ahead_bytes < READ_AHEAD_BYTES:
+                    # after the body's end, the server's next message is its disconnect
+                    message = await self._receive()
+                    self._ahead.append(message)
+                    self._ahead_bytes += len(message.get("body", b""))
+                    if message["type"] == "http.disconnect":
+                        gone = True
+                        group.cancel_scope.cancel()
+                        return
+
+            group.start_soon(watch)
+            await acquire()
+            acquired = True
+            group.cancel_scope.cancel()
+        if gone and not acquired:  # acquired as it went: the write runs, the next read ends
+            raise ClientDisconnect()
+
+
+async def _undo(admission: _Admission) -> None:
+    """Run what the shed request asked to give back (:func:`if_shed`), each once, on a worker
+    thread past the limit (it was shed: :meth:`SheddingLimiter.__aenter__`); one that fails
+    is logged and the rest still run."""
+    while admission.undo:
+        fn = admission.undo.pop(0)
+        try:
+            await run_in_threadpool(fn)
+        except Exception:
+            log.exception("undoing a shed request's step failed")
+
+
+def if_shed(fn: Callable[[], None]) -> None:
+    """Have ``fn()`` run if this request is shed (answered 503 ``overloaded``, its work never
+    run), before the 503 goes out: the key check's rate-limit token is given back so.
+    Callable from the request's worker threads (they share its admission)."""
+    admission = _ADMISSION.get()
+    if admission is not None and not admission.started:
+        admission.undo.append(fn)
 
 
 async def before_work(fn: Callable[..., T], *args: Any) -> T:

@@ -4,6 +4,13 @@ With a database the buckets live in PostgreSQL (``db/ratelimits.py``), so the li
 across every uvicorn worker and every server on that database. Without one, or when the
 database is read-only (a standby) or down, each process keeps its own buckets in memory:
 then N processes allow up to N times the limit, which still bounds a key.
+
+A request counted and then never run (shed 503 ``overloaded`` while it waited for a worker
+thread, api/shed.py) is given its token back (:meth:`RateLimiter.give_back`), where it was
+taken: the token is taken before the wait, so a caller over its limit is refused at once
+rather than after queueing behind the load, and returned when that wait runs out. Counted,
+a shed call and the client's automatic retry of it cost two tokens for no work, and a
+client near its limit was pushed into 429 by the server's own overload.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 
 from ragstore.db import ratelimits
 from ragstore.db.database import Database
@@ -18,6 +26,14 @@ from ragstore.db.errors import translated
 from ragstore.errors import DatabaseError, RateLimitedError
 
 log = logging.getLogger("ragstore.auth")
+
+
+@dataclass(frozen=True)
+class Taken:
+    """One token taken for ``key``: from PostgreSQL's bucket (``shared``) or this process's."""
+
+    key: str
+    shared: bool
 
 
 class RateLimiter:
@@ -29,11 +45,13 @@ class RateLimiter:
         self.db = db
         self.shared = db is not None
 
-    def hit(self, key: str) -> None:
-        """Spend one request of ``key``'s budget or raise RateLimitedError."""
+    def hit(self, key: str) -> Taken | None:
+        """Spend one request of ``key``'s budget or raise RateLimitedError; the token taken
+        (None: no limit), for :meth:`give_back`."""
         if self.per_minute <= 0:
-            return
+            return None
         avail = self._take_shared(key) if self.shared else None
+        shared = avail is not None
         if avail is None:
             avail = self._take_local(key)
         if avail < 1.0:
@@ -43,6 +61,27 @@ class RateLimiter:
                 f"retry in {wait:.1f}s",
                 retry_after=wait,
             )
+        return Taken(key, shared)
+
+    def give_back(self, taken: Taken) -> None:
+        """Return ``taken`` to its bucket (a request that never ran): never past the limit,
+        so a bucket that refilled meanwhile is full, not over. A database that fails here
+        leaves the token spent (logged): the caller loses one request of its minute."""
+        if taken.shared:
+            assert self.db is not None
+            try:
+                with self.db.connection() as conn, translated("giving back a request's count"):
+                    ratelimits.give_back(
+                        conn, f"key:{taken.key}", float(self.per_minute), self._rate
+                    )
+            except DatabaseError as exc:
+                log.warning("a shed request's rate-limit count was not given back: %s", exc.code)
+            return
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(taken.key, (float(self.per_minute), now))
+            tokens = min(float(self.per_minute), tokens + (now - last) * self._rate + 1.0)
+            self._buckets[taken.key] = (tokens, now)
 
     def _take_shared(self, key: str) -> float | None:
         assert self.db is not None

@@ -33,6 +33,15 @@ ON CONFLICT (bucket) DO NOTHING
 """
 
 
+_GIVE_BACK = """
+UPDATE rate_limit_buckets
+SET tokens = least(%(cap)s, tokens + extract(epoch FROM clock_timestamp() - refreshed_at)
+                            * %(rate)s + 1)::double precision,
+    refreshed_at = clock_timestamp()
+WHERE bucket = %(bucket)s
+"""
+
+
 def take(conn: Conn, bucket: str, capacity: float, per_second: float) -> float | None:
     """Take one token from ``bucket``; return the tokens that were available before.
 
@@ -50,3 +59,16 @@ def take(conn: Conn, bucket: str, capacity: float, per_second: float) -> float |
         return None
     assert row is not None
     return float(row[0])
+
+
+def give_back(conn: Conn, bucket: str, capacity: float, per_second: float) -> bool:
+    """Return the token a request took from ``bucket`` (never past ``capacity``), in one
+    statement under the row's lock: one taken and given back by another server or worker
+    in between is counted exactly once. False: the database is read-only."""
+    params = {"bucket": bucket, "cap": capacity, "rate": per_second}
+    try:
+        conn.execute(_GIVE_BACK, params)
+    except psycopg.errors.ReadOnlySqlTransaction:
+        conn.rollback()
+        return False
+    return True

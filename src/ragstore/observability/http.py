@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ragstore.http.probes import on_probe_thread
+from ragstore.http.probes import on_key_check_thread, on_probe_thread
 from ragstore.http.problems import PROBLEM_JSON
 from ragstore.observability import metrics
 from ragstore.observability.logging import bind_request, configure_logging, get_logger
@@ -194,7 +194,9 @@ async def _require_key(request: Request) -> None:
     The key must not be limited to a collection: the metrics name every collection (and
     count its chunks), so a key of one collection learnt the others' names here, which
     the API's listings, 404s and job reads keep from it (403 ``forbidden`` now). The key is
-    checked on a probe's thread too, as the rendering is made (:func:`_rendering`)."""
+    checked on a thread of the probes' key checks (:func:`ragstore.http.probes.
+    on_key_check_thread`): never behind the load, nor holding the threads /readyz's checks
+    and the rendering (:func:`_rendering`) run on."""
     from ragstore.profiles import served_on_loopback
 
     state = getattr(request.app.state, "ragstore", None)
@@ -208,7 +210,7 @@ async def _require_key(request: Request) -> None:
 
     token = bearer_token(request.scope.get("headers", ()))
     client = request.client.host if request.client else ""
-    key = await on_probe_thread(lambda: keys.authenticate(token, client))
+    key = await on_key_check_thread(lambda: keys.authenticate(token, client))
     key.require("metrics")
 
 

@@ -24,7 +24,7 @@ from ragstore.errors import (
 )
 from ragstore.http.bearer import bearer_token
 from ragstore.http.coalesce import Coalesced
-from ragstore.http.probes import on_probe_thread
+from ragstore.http.probes import on_key_check_thread, on_probe_thread
 from ragstore.observability import metrics
 from ragstore.runtime import Runtime
 from ragstore.schemas import Health, Limits, Readiness, ReplicaPublic
@@ -217,11 +217,13 @@ async def readyz(rt: Rt, state: State, request: Request) -> Readiness:
     presenting a valid key (the collections it may see; replicas for a key not limited to
     one collection); anonymous probes get the checks and their counts."""
     checked = await readiness(request, rt).get()
-    viewer = (
-        await on_probe_thread(lambda: _viewer(state, request))
-        if state.keys is not None
-        else Principal(None)
-    )
+    viewer: Principal | None
+    if state.keys is None:
+        viewer = Principal(None)
+    elif "authorization" not in request.headers:
+        viewer = None  # a load balancer's probe: no key to check, no thread to wait for
+    else:  # never on the threads of the checks (ragstore.http.probes)
+        viewer = await on_key_check_thread(lambda: _viewer(state, request))
     shown = {n: v for n, v in checked.collections.items() if viewer is not None and viewer.sees(n)}
     whole = viewer is not None and (viewer.key is None or viewer.key.collection is None)
     replicas = checked.replicas
