@@ -236,6 +236,15 @@ def _dies_with_us() -> Callable[[], None] | None:
 _SOURCE_POSITION = re.compile(r"^\S+:\s+\w+, [\w.]+\.c:\d+$")
 
 
+def _psql_quoted(path: Path, *, escapes: bool) -> str:
+    """``path`` as one single-quoted argument of a psql meta-command, where ``''`` is a
+    quote; ``\\i`` also reads a backslash as an escape (``escapes``), ``\\copy ... TO``
+    does not. Pasted bare, a work folder under a ``$TMPDIR`` holding ``'`` failed every
+    restore with a syntax error."""
+    text = str(path).replace("\\", "\\\\") if escapes else str(path)
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _run(
     args: list[str],
     env: dict[str, str],
@@ -1280,10 +1289,13 @@ def _checked(path: Path, unchecked: bool = True) -> tuple[BackupInfo | None, str
             "...); the archive is damaged, restore another backup"
         )
     proc = subprocess.run(
-        [_tool("pg_restore"), "--list", str(path)],
+        # absolute: a relative name starting with "-" (``-x.dump``, ``-dx.dump``) was read
+        # as pg_restore's options, and "-d" made it wait for an archive on our stdin
+        [_tool("pg_restore"), "--list", str(path.absolute())],
         capture_output=True,
         text=True,
         check=False,
+        stdin=subprocess.DEVNULL,
         preexec_fn=_dies_with_us(),
     )
     if proc.returncode != 0:
@@ -1710,13 +1722,14 @@ class _Gate:
         """The script's part that holds the writes, exports the snapshot and waits at the
         gate (with no lock timeout: this process opens it), then goes on only where the
         backup was taken. ``wait``: the ``SET lock_timeout`` of the rest."""
+        snapshot = _psql_quoted(self.snapshot, escapes=False)
         return (
             _HOLD_WRITES
-            + f"\\copy (SELECT pg_export_snapshot()) TO '{self.snapshot}'\n"
+            + f"\\copy (SELECT pg_export_snapshot()) TO {snapshot}\n"
             + "SET lock_timeout = 0;\n"
             + f"SELECT pg_advisory_xact_lock({_RESTORE_GATE}, {self.key});\n"
             + wait
-            + f"\\i '{self.go}'\n"
+            + f"\\i {_psql_quoted(self.go, escapes=True)}\n"
         )
 
     def shut(self) -> None:
@@ -1931,13 +1944,14 @@ def _restore(
                 str(toc),
                 "--file",
                 str(body),
-                str(path),
+                str(path.absolute()),  # never read as an option (see _checked)
             ],
             env,
             # only the archive is read here: a failure is the archive's (cut short, or
             # damaged past its table of contents), and nothing was changed
             f"{path} is truncated or damaged (nothing was changed; restore another backup)",
             BackupInvalidError,
+            stdin=subprocess.DEVNULL,
         )
         _refuse_unknown_revision(path, body)
         _refuse_foreign_tables(db)
@@ -1949,7 +1963,10 @@ def _restore(
         session = Path(tmpdir) / "session"
         # which backend runs the restore's transaction, and its id: an interrupted restore
         # stops that backend and reads back whether the transaction committed
-        record = f"\\copy (SELECT pg_backend_pid(), pg_current_xact_id()) TO '{session}'\n"
+        record = (
+            "\\copy (SELECT pg_backend_pid(), pg_current_xact_id()) TO "
+            f"{_psql_quoted(session, escapes=False)}\n"
+        )
         create = "".join(f'CREATE EXTENSION IF NOT EXISTS "{name}";\n' for name in extensions)
         # notices ("extension vector already exists", "drop cascades to ...") off: a
         # failure's message is psql's first lines, and they were these, not its error

@@ -2332,3 +2332,28 @@ def test_a_write_acknowledged_while_a_restore_runs_is_in_its_backup_or_the_resto
     backed_up = {line.split("\t")[1] for line in in_backup.splitlines() if "\tduring" in line}
     lost = [name for name in acked if name not in restored and name not in backed_up]
     assert acked and lost == [], (lost, acked, refused)
+
+
+def test_an_archive_named_like_an_option_restores_under_a_quoted_work_folder(
+    populated: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative archive name starting with "-" was read as pg_restore's options (``-x``
+    an invalid option: the good archive called damaged; ``-d`` a database name, the
+    archive then awaited on stdin), and a work folder under a $TMPDIR holding ``'`` failed
+    every restore in psql's ``\\copy ... TO '...'``."""
+    before = full_dump(populated)
+    monkeypatch.chdir(tmp_path)
+    work = tmp_path / "it's a \\ folder"
+    work.mkdir()
+    monkeypatch.setenv("TMPDIR", str(work))
+    monkeypatch.setattr(tempfile, "tempdir", str(work))
+    # the second with its own backup first: the writes held at a gate psql reads (``\\i``)
+    for name, options in (("-x.dump", ["--no-backup"]), ("-dx.dump", [])):
+        assert run_cli("backup", "--", name) == 0
+        assert (tmp_path / name).is_file()
+        with psycopg.connect(populated) as conn:
+            conn.execute("DELETE FROM documents WHERE source LIKE 'alpha1%'")
+        assert full_dump(populated) != before
+        assert run_cli("restore", "--yes", *options, "--", name) == 0
+        assert full_dump(populated) == before
+    assert not any(work.iterdir())  # the restores' work folders went with them
