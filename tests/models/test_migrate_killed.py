@@ -30,16 +30,18 @@ from ragstore.search import search
 from tests.conftest import run_cli
 from tests.killing import killed_when
 
-NARROW = "minilm-96-killed"
+NARROW = "minilm-32-killed"
 SENTENCE = "The {t} of part {p} behave in ways that take a long sentence, number {n}, to explain. "
 
 
 def _write(folder: Path, docs: int) -> Path:
-    """``docs`` Markdown files, each one paragraph of ~120 tokens: one chunk at 256 tokens,
-    two at 96 (a migration to the narrow model cuts them again)."""
+    """``docs`` Markdown files, each one paragraph of two sentences (~45 tokens): one chunk
+    at 256 tokens, two at 32 (a migration to the narrow model cuts them again). Short, for
+    every document is embedded three or four times over (ingest, the killed run, the run
+    again) on a machine whose cores the other tests share."""
     folder.mkdir(parents=True, exist_ok=True)
     for d in range(docs):
-        text = "".join(SENTENCE.format(t=f"topic{d}", p=d, n=n) for n in range(6))
+        text = "".join(SENTENCE.format(t=f"topic{d}", p=d, n=n) for n in range(2))
         (folder / f"doc{d}.md").write_text(f"# Document {d}\n\n{text}\n")
     return folder
 
@@ -48,7 +50,7 @@ def _write(folder: Path, docs: int) -> Path:
 def narrow(rt: Runtime) -> str:
     base = resolve_spec(DEFAULT_MODEL)
     with rt.db.connection() as conn:
-        upsert_model(conn, dataclasses.replace(base, name=NARROW, max_tokens=96))
+        upsert_model(conn, dataclasses.replace(base, name=NARROW, max_tokens=32))
     return NARROW
 
 
@@ -160,7 +162,7 @@ def test_a_migration_killed_as_it_switches_keeps_the_old_model_and_switches_when
 ) -> None:
     url = cli_env["RAGSTORE_DATABASE_URL"]
     coll_name = "killed-switch"
-    ingest_paths(rt, [_write(tmp_path / "c", 40)], coll_name)
+    ingest_paths(rt, [_write(tmp_path / "c", 16)], coll_name)
     old = rt.collection(coll_name)
     new = migrate(rt, coll_name, TRUNCATED_MODEL, switch=False)  # filled: only the switch left
     assert not new.remaining
