@@ -79,7 +79,7 @@ def _await(
     while not _holds(ready, watch):
         assert proc.poll() is None, _ended(proc, log)
         assert time.monotonic() < deadline, "the command never got where it is to be killed"
-        time.sleep(0.01)
+        time.sleep(0.005)  # one query on a held connection: cheap
 
 
 def _holds(ready: str | Callable[[], bool], watch: psycopg.Connection[tuple[object, ...]]) -> bool:
