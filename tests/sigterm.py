@@ -46,7 +46,10 @@ def backends_where(url: str, condition: str) -> int:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND " + condition
-        ).fetchone()
+        row = conn.execute(backends_sql(condition)).fetchone()
     return int(row[0]) if row else 0
+
+
+def backends_sql(condition: str) -> str:
+    """The query that counts the backends ``backends_where`` counts."""
+    return "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND " + condition

@@ -9,10 +9,6 @@ SIGTERM, are proven in ``test_rollback``.)
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import psycopg
@@ -20,6 +16,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.imports.helpers import collection_state, vectors, write_jsonl
+from tests.killing import killed_when
 
 DIM = 16
 
@@ -38,11 +35,12 @@ def _import(source: str) -> list[str]:
     ]
 
 
+STAGED = "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'ragstore_load_%'"
+
+
 def _staged(url: str) -> bool:
     with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'ragstore_load_%%'"
-        ).fetchone()
+        row = conn.execute(STAGED).fetchone()
     return bool(row and row[0])
 
 
@@ -55,33 +53,13 @@ def test_an_import_killed_between_its_commits_leaves_the_collection_and_runs_aga
     before = collection_state(url, "rebuilt")
     n = 3000
     src = write_jsonl(tmp_path / "big.jsonl", [f"b{i}" for i in range(n)], vectors(n, DIM, seed=21))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from ragstore.cli import main; main()", *_import(str(src))],
-        env={**os.environ, **cli_env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    killed_when(
+        _import(str(src)),
+        {**os.environ, **cli_env},
+        url,
+        STAGED,  # its staged vectors committed, its own transaction not yet
+        tmp_path / "import.log",
     )
-    try:
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and not _staged(url):
-            assert time.monotonic() < deadline, "the import never committed its staged table"
-            time.sleep(0.005)
-        assert proc.poll() is None, "the import ended before it was killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    deadline = time.monotonic() + 60  # the killed client's backends end, rolling back
-    with psycopg.connect(url, autocommit=True) as watch:
-        while watch.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
-            " AND datname = current_database() AND backend_type = 'client backend'"
-        ).fetchone() != (0,):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
     after = collection_state(url, "rebuilt")
     assert after["staged"] == (True,), "killed between its two commits"
     assert {**after, "staged": before["staged"]} == before

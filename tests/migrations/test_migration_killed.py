@@ -8,10 +8,6 @@ the backup (its pg_dump) in ``test_backup``."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import psycopg
@@ -24,8 +20,9 @@ from ragstore.ingest import ingest_paths
 from ragstore.runtime import Runtime
 from ragstore.search import search
 from tests.conftest import run_cli
+from tests.killing import killed_when
 from tests.migrations.test_migration_faults import WAITING, _hold_every_table
-from tests.sigterm import backends_where
+from tests.sigterm import backends_sql
 
 
 def _revision(url: str) -> str | None:
@@ -62,30 +59,14 @@ def test_a_downgrade_killed_as_it_runs_changes_nothing_and_runs_again(
     args = ["db", "downgrade", "--to", older, "--yes", "--no-backup"]
     with psycopg.connect(url) as holder:
         _hold_every_table(holder)
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "from ragstore.cli import main; main()", *args],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        killed_when(
+            args,
+            env,
+            url,
+            backends_sql("datname = current_database() AND " + WAITING),  # its DDL waits
+            tmp_path / "downgrade.log",
+            release=holder.rollback,
         )
-        try:
-            deadline = time.monotonic() + 120
-            while backends_where(url, WAITING) == 0:
-                assert proc.poll() is None, "the downgrade ended before its DDL waited"
-                assert time.monotonic() < deadline, "the downgrade never reached its DDL"
-                time.sleep(0.01)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        holder.rollback()
-    assert proc.returncode == -signal.SIGKILL
-    deadline = time.monotonic() + 60  # the killed client's backend ends, rolling back
-    while backends_where(url, "datname = current_database()") != 0:
-        assert time.monotonic() < deadline, "the killed downgrade's session never ended"
-        time.sleep(0.05)
     assert _revision(url) == head
     with Runtime(settings) as rt:
         assert _answers(rt) == before

@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,17 +28,20 @@ from ragstore.modelops.migrate import migrate
 from ragstore.runtime import Runtime
 from ragstore.search import search
 from tests.conftest import run_cli
+from tests.killing import killed_when
 
-NARROW = "minilm-96-killed"
+NARROW = "minilm-32-killed"
 SENTENCE = "The {t} of part {p} behave in ways that take a long sentence, number {n}, to explain. "
 
 
 def _write(folder: Path, docs: int) -> Path:
-    """``docs`` Markdown files, each one paragraph of ~120 tokens: one chunk at 256 tokens,
-    two at 96 (a migration to the narrow model cuts them again)."""
+    """``docs`` Markdown files, each one paragraph of two sentences (~45 tokens): one chunk
+    at 256 tokens, two at 32 (a migration to the narrow model cuts them again). Short, for
+    every document is embedded three or four times over (ingest, the killed run, the run
+    again) on a machine whose cores the other tests share."""
     folder.mkdir(parents=True, exist_ok=True)
     for d in range(docs):
-        text = "".join(SENTENCE.format(t=f"topic{d}", p=d, n=n) for n in range(6))
+        text = "".join(SENTENCE.format(t=f"topic{d}", p=d, n=n) for n in range(2))
         (folder / f"doc{d}.md").write_text(f"# Document {d}\n\n{text}\n")
     return folder
 
@@ -51,7 +50,7 @@ def _write(folder: Path, docs: int) -> Path:
 def narrow(rt: Runtime) -> str:
     base = resolve_spec(DEFAULT_MODEL)
     with rt.db.connection() as conn:
-        upsert_model(conn, dataclasses.replace(base, name=NARROW, max_tokens=96))
+        upsert_model(conn, dataclasses.replace(base, name=NARROW, max_tokens=32))
     return NARROW
 
 
@@ -68,71 +67,22 @@ def _env(settings: Settings) -> dict[str, str]:
     }
 
 
-def _kill_when(
-    settings: Settings, args: list[str], log: Path, ready: Callable[[], bool]
-) -> subprocess.Popen[bytes]:
-    """Run ``ragstore ARGS`` in a child and SIGKILL it once ``ready()`` holds."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "from ragstore.cli import main; main()", *args],
-            env=_env(settings),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 180
-        while not ready():
-            assert proc.poll() is None, f"the command ended before it was killed: {log.read_text()}"
-            assert time.monotonic() < deadline, "the command never got where it is to be killed"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    return proc
-
-
-SWITCHING = "UPDATE embedding_spaces SET status = 'active'%"  # spaces.activate's 2nd write
-
-
-def _switching(url: str) -> bool:
-    """A backend waits for a lock in the switch's activation of the new space: inside its
-    transaction, after its checks and after it retired the old space."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
-            " AND datname = current_database() AND wait_event_type = 'Lock'"
-            " AND query LIKE %s",
-            (SWITCHING,),
-        ).fetchone()
-    return bool(row and row[0])
+SWITCHING = (  # a backend waits for a lock in spaces.activate's 2nd write: inside the
+    # switch's transaction, after its checks and after it retired the old space
+    "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+    " AND datname = current_database() AND wait_event_type = 'Lock'"
+    " AND query LIKE 'UPDATE embedding_spaces SET status = ''active''%'"
+)
 
 
 @contextmanager
-def _space_held(url: str, space_id: int) -> Iterator[None]:
-    """The space's row held FOR UPDATE: a switch to it waits as it activates it."""
+def _space_held(url: str, space_id: int) -> Iterator[Callable[[], None]]:
+    """The space's row held FOR UPDATE: a switch to it waits as it activates it. Yields
+    what lets go of it."""
     with psycopg.connect(url) as conn:
         conn.execute("SELECT 1 FROM embedding_spaces WHERE id = %s FOR UPDATE", (space_id,))
-        yield
+        yield conn.rollback
         conn.rollback()
-
-
-def _gone(url: str) -> None:
-    """Wait until the killed child's backends are gone (their locks released)."""
-    deadline = time.monotonic() + 60
-    with psycopg.connect(url, autocommit=True) as conn:
-        while True:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
-                " AND pid <> pg_backend_pid()"
-            ).fetchone()
-            if row == (0,):
-                return
-            assert time.monotonic() < deadline, "a killed command's lock was never released"
-            time.sleep(0.05)
 
 
 def _check_clean(capsys: pytest.CaptureFixture[str], collection: str) -> str:
@@ -168,13 +118,13 @@ def test_a_recut_migration_killed_after_some_batches_resumes_and_switches(
             sh = rechunk.building_shadow(conn, rt.collection(coll_name))
             return sh is not None and documents.count_documents(conn, sh.id) > 0
 
-    _kill_when(
-        settings,
+    killed_when(
         ["models", "migrate", "-c", coll_name, "--to", narrow],
-        tmp_path / "m.log",
+        _env(settings),
+        cli_env["RAGSTORE_DATABASE_URL"],
         some_committed,
+        tmp_path / "m.log",
     )
-    _gone(cli_env["RAGSTORE_DATABASE_URL"])
     coll = rt.collection(coll_name)
     assert coll.model.key == old_key
     with rt.db.connection() as conn:
@@ -212,18 +162,19 @@ def test_a_migration_killed_as_it_switches_keeps_the_old_model_and_switches_when
 ) -> None:
     url = cli_env["RAGSTORE_DATABASE_URL"]
     coll_name = "killed-switch"
-    ingest_paths(rt, [_write(tmp_path / "c", 40)], coll_name)
+    ingest_paths(rt, [_write(tmp_path / "c", 16)], coll_name)
     old = rt.collection(coll_name)
     new = migrate(rt, coll_name, TRUNCATED_MODEL, switch=False)  # filled: only the switch left
     assert not new.remaining
-    with _space_held(url, new.space_id):
-        _kill_when(
-            settings,
+    with _space_held(url, new.space_id) as release:
+        killed_when(
             ["models", "migrate", "-c", coll_name, "--to", TRUNCATED_MODEL],
+            _env(settings),
+            url,
+            SWITCHING,
             tmp_path / "m.log",
-            lambda: _switching(url),
+            release=release,
         )
-    _gone(url)
     assert rt.collection(coll_name).model.key == old.model.key
     with rt.db.connection() as conn:  # the old space's retirement was rolled back with it
         assert [(s.id, s.status) for s in spaces.list_spaces(conn, old.id)] == [
@@ -239,14 +190,15 @@ def test_a_migration_killed_as_it_switches_keeps_the_old_model_and_switches_when
     _check_clean(capsys, coll_name)
 
     # and a rollback killed as it switches back changes nothing; run again, it rolls back
-    with _space_held(url, old.space_id):
-        _kill_when(
-            settings,
+    with _space_held(url, old.space_id) as release:
+        killed_when(
             ["models", "rollback", "-c", coll_name],
+            _env(settings),
+            url,
+            SWITCHING,
             tmp_path / "r.log",
-            lambda: _switching(url),
+            release=release,
         )
-    _gone(url)
     assert rt.collection(coll_name).model.key == resolve_spec(TRUNCATED_MODEL).key
     _check_clean(capsys, coll_name)
     assert run_cli("models", "rollback", "-c", coll_name) == 0
