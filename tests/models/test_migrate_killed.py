@@ -106,7 +106,9 @@ def test_a_recut_migration_killed_after_some_batches_resumes_and_switches(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     coll_name = "killed-recut"
-    docs = rechunk.BATCH_DOCUMENTS + 40
+    # the kill lands between the first batch's commit and the last's: the documents past
+    # the first batch are that margin (about a second of encoding on an idle machine)
+    docs = rechunk.BATCH_DOCUMENTS + 120
     ingest_paths(rt, [_write(tmp_path / "c", docs)], coll_name)
     coll = rt.collection(coll_name)
     old_key = coll.model.key
