@@ -122,6 +122,15 @@ def recovery_conflict(exc: BaseException) -> bool:
     return "conflict with recovery" in str(exc)
 
 
+def collided(exc: BaseException) -> bool:
+    """Whether ``exc`` is our :class:`ConflictError` for a write that collided with a
+    concurrent one (SQLSTATE class 40: a deadlock, a serialization failure): the write
+    itself was fine, and made again it stores, unlike class 23's "it already exists".
+    Told by the PostgreSQL error it was translated from (its ``__cause__``)."""
+    state = getattr(exc.__cause__, "sqlstate", None)
+    return isinstance(exc, ConflictError) and isinstance(state, str) and state[:2] == "40"
+
+
 # A collection's vector table (``spaces.py``: emb_<space id>) as a missing relation's
 # message names it: the name is never translated, the quotes around it are (a German
 # server's "Relation »emb_12« existiert nicht")

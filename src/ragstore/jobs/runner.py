@@ -18,16 +18,19 @@ from typing import Any, TypeVar
 import psycopg
 
 from ragstore.db import jobs as store
-from ragstore.db.errors import translated
+from ragstore.db.documents import model_switched
+from ragstore.db.errors import collided, translated
 from ragstore.errors import (
     CollectionNotFoundError,
+    ConflictError,
     DatabaseUnavailableError,
     RagstoreError,
     SchemaMismatchError,
+    StatementCancelledError,
     public_detail,
 )
 from ragstore.ingest.documents import DocumentOutcome, NewDocument, add_documents
-from ragstore.ingest.service import IngestReport
+from ragstore.ingest.service import IngestReport, stops_ingest
 from ragstore.runtime import Runtime
 from ragstore.uploads import staging
 
@@ -423,11 +426,16 @@ def _run(
             _check_current(rt, job_id, attempt)
             tracker = _Progress(rt, job, attempt, retry=True)
         results, report = _ingest(rt, job, files, tracker, attempt)
-        lost = [r.error for r in results if isinstance(r.error, DatabaseUnavailableError)]
-        if lost and runs < ATTEMPTS:
-            # documents the database was away for are not the client's to send again:
-            # the run again stores them (and leaves the ones stored unchanged)
-            raise DatabaseUnavailableError(f"{len(lost)} documents not stored: {lost[0]}")
+        causes = [c for r in results if (c := passing_cause(r.error)) is not None]
+        if causes and runs < ATTEMPTS:
+            # documents not stored for a passing cause are not the client's to send again:
+            # the run again stores them (and leaves the ones stored unchanged); after a
+            # model switch at once (it reads the collection's new model)
+            first = next(r.error for r in results if passing_cause(r.error) is not None)
+            raise _RunAgain(
+                f"{len(causes)} documents not stored: {first}",
+                at_once=set(causes) == {"switched"},
+            )
         return results, report
 
     try:
@@ -447,7 +455,7 @@ def _run(
             outcomes[job_status(r, job, retry=retry)] += 1
             if r.error is not None:
                 errors.append(_error_entry(r.name, r.error))
-        lost = [r.name for r in results if isinstance(r.error, DatabaseUnavailableError)]
+        lost = [(r.name, c) for r in results if (c := passing_cause(r.error)) is not None]
         if lost:
             raise _not_stored(lost, len(results))
     except (Superseded, SchemaMismatchError):
@@ -481,23 +489,93 @@ def _run(
     )
 
 
-def _not_stored(lost: list[str], total: int) -> DatabaseUnavailableError:
-    """The job's failure where documents were still not stored after its last run because
-    the database was away or lent no connection (every pooled one in use): a transient
-    cause, not the documents' own.
+# What a job failed by documents not stored for a passing cause (:func:`passing_cause`)
+# says of each cause, and the error it records for it
+_CAUSES: dict[str, tuple[type[RagstoreError], str]] = {
+    "unavailable": (
+        DatabaseUnavailableError,
+        "the database could not be reached, lent no connection or refused writes",
+    ),
+    "cancelled": (
+        StatementCancelledError,
+        "the database cancelled their writes (a lock_timeout or statement_timeout set in "
+        "the database while another write of the same names held them, an administrator's "
+        "cancel)",
+    ),
+    "switched": (
+        ConflictError,
+        "the collection was switched to another embedding model while the job ran "
+        "(ragstore models migrate)",
+    ),
+    "collided": (
+        ConflictError,
+        "their writes collided with concurrent changes (a deadlock or a serialization failure)",
+    ),
+}
+
+
+def passing_cause(err: RagstoreError | None) -> str | None:
+    """The passing cause (a key of :data:`_CAUSES`) of a document's error, or None where
+    the error is the document's own (a file that does not parse, a chunk too long): sent
+    again, such a document fails the same way, while one of a passing cause is stored by
+    a run again. The ``not_attempted`` documents of an ingest stopped by a passing cause
+    carry a copy of its error, and so its cause.
+
+    Only an unreachable database counted as passing: a document whose write a lock
+    timeout cancelled (another upload of its name holding the lock), that collided with
+    a concurrent write (class 40), or was refused because a migration switched the
+    collection's model meanwhile (and the rest of its ingest ``not_attempted``) was
+    taken for its own failure, and its job recorded ``succeeded`` with the documents
+    never stored. And an out-of-memory or configuration-limit error of one document's
+    write (SQLSTATE 53200 / 53400, a :class:`DatabaseUnavailableError` the ingest goes on
+    past: :func:`stops_ingest`) ran the job again five times and failed it saying the
+    database could not be reached, where it is that document's own failure."""
+    if err is None:
+        return None
+    if isinstance(err, DatabaseUnavailableError):
+        return "unavailable" if stops_ingest(err) else None
+    if isinstance(err, StatementCancelledError):
+        return "cancelled"
+    if model_switched(err):
+        return "switched"
+    if collided(err):
+        return "collided"
+    return None
+
+
+class _RunAgain(DatabaseUnavailableError):
+    """A run of the job's ingest left documents not stored for a passing cause: the run
+    is made again (:func:`_while_unreachable`), at once where ``at_once`` (a model switch:
+    the next run reads the collection's new model, and waiting changes nothing)."""
+
+    def __init__(self, message: str, *, at_once: bool) -> None:
+        super().__init__(message)
+        self.at_once = at_once
+
+
+def _not_stored(lost: list[tuple[str, str]], total: int) -> RagstoreError:
+    """The job's failure where documents (name, :func:`passing_cause`) were still not
+    stored after its last run for a passing cause, not the documents' own; recorded as
+    the error of the first one's cause, the message naming each cause.
 
     Recorded ``succeeded`` with the errors listed, such a job told a client waiting on it
     that its upload was done, and nothing sent it again: its documents were never stored.
     ``failed`` is what makes a client resend; the documents that were stored stay. A job
     whose errors are the documents' own (a file that does not parse) still succeeds:
     sending that file again would fail the same way."""
-    shown = ", ".join(repr(n) for n in lost[:5]) + (", ..." if len(lost) > 5 else "")
+    names = [n for n, _ in lost]
+    shown = ", ".join(repr(n) for n in names[:5]) + (", ..." if len(names) > 5 else "")
+    causes = list(dict.fromkeys(c for _, c in lost))
+    why = "; or ".join(_CAUSES[c][1] for c in causes)
     message = (
-        f"{len(lost)} of the job's {total} documents were not stored ({shown}): the database "
-        f"could not be reached, or lent no connection, in {ATTEMPTS} runs of the job; send "
-        "them again (the documents that were stored stay stored)"
+        f"{len(lost)} of the job's {total} documents were not stored ({shown}): {why}, in "
+        f"{ATTEMPTS} runs of the job; send them again (the documents that were stored stay "
+        "stored)"
     )
-    return DatabaseUnavailableError(message, public=message)
+    cls = _CAUSES[causes[0]][0]
+    if cls is DatabaseUnavailableError:
+        return DatabaseUnavailableError(message, public=message)
+    return cls(message)
 
 
 def _ingest(
@@ -567,7 +645,9 @@ def _while_unreachable(job_id: int, what: str, step: Callable[[], T]) -> T:
         except DatabaseUnavailableError as exc:
             if attempt == ATTEMPTS:
                 raise
-            wait = RETRY_S * 2 ** (attempt - 1)
+            wait = (
+                0.0 if isinstance(exc, _RunAgain) and exc.at_once else RETRY_S * 2 ** (attempt - 1)
+            )
             log.warning("job %s: %s failed (%s); again in %.0f s", job_id, what, exc, wait)
             time.sleep(wait)
     raise AssertionError("unreachable")

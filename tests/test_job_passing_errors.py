@@ -1,0 +1,239 @@
+"""A background job's documents not stored for a passing cause (a lock timeout, a collision,
+a model switched under the job) are run again and, still not stored, fail the job; a
+document's own failure (here a 53200 of its write alone) fails that document and the job
+succeeds. On the real database, with the real model, through :func:`run_job`.
+
+Before, only an unreachable database counted as passing: a job whose documents a lock
+timeout or a model switch kept out was recorded ``succeeded`` with nothing stored, and a
+53200 of one document's write ran the job five times and failed it as unreachable."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from ragstore.config import Settings
+from ragstore.db import documents
+from ragstore.db import jobs as store
+from ragstore.embedding.registry import TRUNCATED_MODEL
+from ragstore.errors import StatementCancelledError
+from ragstore.ingest.documents import NewDocument, add_documents
+from ragstore.jobs import runner
+from ragstore.jobs.queue import build_queue
+from ragstore.jobs.runner import run_job
+from ragstore.jobs.service import submit_ingest
+from ragstore.modelops import migrate
+from ragstore.runtime import Runtime
+from ragstore.store import Store
+from ragstore.uploads import names
+
+
+def _text(name: str) -> bytes:
+    """A document of over 1 KB: with ``ingest_batch_chunks=1`` a round of its own."""
+    paras = [
+        f"{name} paragraph {p}: notes on glaciers, roses, espresso, violins and lighthouses, "
+        "with a word on bicycles, sourdough and penguins."
+        for p in range(10)
+    ]
+    return (f"# {name}\n\n" + "\n\n".join(paras) + "\n").encode()
+
+
+def _queue(rt: Runtime, collection: str, files: list[str]) -> int:
+    queue = build_queue(rt.db.conninfo, sync=True)
+    with queue.open():
+        return submit_ingest(rt, queue, collection, [store.JobFile(n, _text(n)) for n in files]).id
+
+
+def _stored(rt: Runtime, collection: str) -> list[str]:
+    with rt.db.connection() as conn:
+        rows = conn.execute(
+            "SELECT d.source FROM documents d JOIN collections c ON c.id = d.collection_id"
+            " WHERE c.name = %s ORDER BY d.source",
+            (collection,),
+        ).fetchall()
+    return [str(r[0]).rsplit("/", 1)[-1] for r in rows]
+
+
+@contextmanager
+def _trigger(database_url: str, body: str, when: str) -> Iterator[psycopg.Connection[Any]]:
+    """A BEFORE INSERT trigger on ``documents`` running ``body`` where ``when`` holds."""
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(
+            "CREATE SEQUENCE fault_seq;"
+            " CREATE FUNCTION fault() RETURNS trigger LANGUAGE plpgsql AS $$"
+            f" BEGIN {body} RETURN NEW; END $$;"
+            " CREATE TRIGGER fault BEFORE INSERT ON documents FOR EACH ROW"
+            f" WHEN ({when}) EXECUTE FUNCTION fault();"
+        )
+        try:
+            yield admin
+        finally:
+            admin.execute(
+                "DROP TRIGGER fault ON documents; DROP FUNCTION fault(); DROP SEQUENCE fault_seq"
+            )
+
+
+def test_a_job_whose_collection_switches_model_runs_again_and_stores_every_document(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`ragstore models migrate` switches the collection's model after the job's first
+    document is stored: the next write is refused (``conflict``, "switched to another
+    embedding model") and the ingest stops, the rest ``not_attempted``. The job took
+    those for the documents' own errors and was recorded ``succeeded`` ({'added': 1,
+    'failed': 1, 'not_attempted': 3}) with four documents never stored. It runs the
+    ingest again now, at once, and stores them with the new model."""
+    name = "pass-switch"
+    Store.from_runtime(rt).create_collection(name)
+    (tmp_path / "seed.md").write_bytes(_text("seed"))
+    assert add_documents(rt, name, [NewDocument("seed.md", tmp_path / "seed.md")])[0].status == (
+        "added"
+    )
+    files = [f"s{i}.md" for i in range(5)]
+    job_id = _queue(rt, name, files)
+    switched: list[str] = []
+    write = documents.write_documents
+    writes: list[int] = []
+
+    def switching(*args: Any, **kwargs: Any) -> Any:
+        # the first document stored, the second embedded for the old model: switch now,
+        # before the second is written (its transaction holds nothing yet)
+        writes.append(1)
+        if len(writes) == 2:
+            switched.append(migrate(rt, name, TRUNCATED_MODEL, sample_queries=0).target)
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(documents, "write_documents", switching)
+    one_a_round = Settings(**{**rt.settings.model_dump(), "ingest_batch_chunks": 1})
+    with Runtime(one_a_round) as small:
+        done = run_job(small, job_id)
+    assert switched and rt.collection(name).model.key == switched[0]
+    assert (done.status, done.errors) == ("succeeded", []), done.errors
+    assert done.summary["added"] == 5 and done.documents_done == 5, done.summary
+    assert _stored(rt, name) == ["s0.md", "s1.md", "s2.md", "s3.md", "s4.md", "seed.md"]
+
+
+def test_a_job_whose_write_a_lock_timeout_cancels_runs_again_then_fails(
+    rt: Runtime, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database sets ``lock_timeout`` (as hosted ones do) and another transaction
+    holds the document's write lock (a concurrent upload of the same name): the write is
+    cancelled (``statement_cancelled``, "only this request failed, retry it"). The job
+    was recorded ``succeeded`` with {'failed': 1} and nothing stored. It runs again now
+    (here: the lock let go after the first run, and the document is stored), and where
+    it is still cancelled after its last run the job fails, saying why."""
+    monkeypatch.setattr(runner, "RETRY_S", 0.01)
+    monkeypatch.setattr(runner, "ATTEMPTS", 2)
+    name = "pass-lock"
+    Store.from_runtime(rt).create_collection(name)
+    coll_id = rt.collection(name).id
+    dbname = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE {dbname} SET lock_timeout = '300ms'")
+    try:
+        with (
+            Runtime(rt.settings) as timed,  # new sessions: they take the database's setting
+            psycopg.connect(database_url) as holder,
+        ):
+            source = names.source_of(rt.settings, name, "held.md")
+
+            def hold() -> None:
+                documents.lock_sources(holder, coll_id, [source])
+
+            hold()
+            failed_id = _queue(rt, name, ["held.md", "free.md"])
+            with pytest.raises(StatementCancelledError):  # recorded, and told the queue
+                run_job(timed, failed_id)
+            holder.rollback()  # the lock let go
+
+            ingest = runner._ingest
+            runs: list[int] = []
+
+            def let_go_after_first(*args: Any, **kwargs: Any) -> Any:
+                out = ingest(*args, **kwargs)
+                runs.append(1)
+                holder.rollback()
+                return out
+
+            hold()
+            monkeypatch.setattr(runner, "_ingest", let_go_after_first)
+            stored = run_job(timed, _queue(rt, name, ["held.md"]))
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute(f"ALTER DATABASE {dbname} RESET lock_timeout")
+    with rt.db.connection() as conn:
+        failed = store.get(conn, failed_id)
+    assert failed.status == "failed", (failed.summary, failed.errors)
+    assert [e["code"] for e in failed.errors] == ["statement_cancelled"] * 2
+    assert failed.errors[0]["document"] == "held.md"
+    whole = failed.errors[-1]
+    assert (
+        whole["document"] is None
+        and "1 of the job's 2 documents were not stored" in (whole["detail"])
+    )
+    assert "cancelled their writes" in whole["detail"] and "'held.md'" in whole["detail"]
+    assert "could not be reached" not in whole["detail"]
+    assert failed.summary.get("added") == 1 and failed.summary.get("failed") == 1
+    assert (stored.status, stored.errors, len(runs)) == ("succeeded", [], 2), stored.errors
+    assert stored.summary.get("added") == 1
+    assert _stored(rt, name) == ["free.md", "held.md"]
+
+
+def test_a_collision_of_a_job_s_write_runs_it_again(
+    rt: Runtime, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that collided with a concurrent one (SQLSTATE class 40, here raised once
+    by a trigger as a serialization failure, through the job's first run) is a retryable
+    ``conflict``: the job stored the other document and was recorded ``succeeded``
+    without this one. It runs again, and stores it."""
+    monkeypatch.setattr(runner, "RETRY_S", 0.01)
+    name = "pass-collide"
+    Store.from_runtime(rt).create_collection(name)
+    body = (
+        "IF nextval('fault_seq') <= 2 THEN"  # its round's write, then its own: one run
+        " RAISE EXCEPTION 'could not serialize access' USING ERRCODE = '40001'; END IF;"
+    )
+    with _trigger(database_url, body, "NEW.source LIKE '%/raced.md'") as admin:
+        done = run_job(rt, _queue(rt, name, ["raced.md", "calm.md"]))
+        tries = admin.execute("SELECT last_value FROM fault_seq").fetchone()
+    assert tries == (3,)  # the second run stored it
+    assert (done.status, done.errors) == ("succeeded", []), done.errors
+    assert done.summary.get("added") == 2
+    assert _stored(rt, name) == ["calm.md", "raced.md"]
+
+
+def test_a_document_s_own_out_of_memory_fails_it_not_the_job(
+    rt: Runtime, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLSTATE 53200 (out of memory) of one document's write is that document's failure
+    (the ingest goes on past it: ``stops_ingest``), though it is a
+    ``database_unavailable``: the job ran again five times for it and then failed,
+    saying the database could not be reached. The job succeeds now, the document's error
+    listed, after one run."""
+    monkeypatch.setattr(runner, "RETRY_S", 0.01)
+    name = "pass-own"
+    Store.from_runtime(rt).create_collection(name)
+    body = "PERFORM nextval('fault_seq'); RAISE EXCEPTION 'out of memory' USING ERRCODE = '53200';"
+    ingest = runner._ingest
+    runs: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        runs.append(1)
+        return ingest(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "_ingest", counted)
+    with _trigger(database_url, body, "NEW.source LIKE '%/huge.md'") as admin:
+        done = run_job(rt, _queue(rt, name, ["huge.md", "small.md"]))
+        tries = admin.execute("SELECT last_value FROM fault_seq").fetchone()
+    assert tries is not None and tries[0] >= 1  # the fault was met
+    assert len(runs) == 1  # not run again for a document's own failure
+    assert done.status == "succeeded", done.errors
+    assert [(e["document"], e["code"]) for e in done.errors] == [
+        ("huge.md", "database_unavailable")
+    ]
+    assert done.summary.get("added") == 1 and done.summary.get("failed") == 1
+    assert _stored(rt, name) == ["small.md"]
