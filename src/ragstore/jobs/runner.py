@@ -416,10 +416,12 @@ def _run(
     errors: list[dict[str, Any]] = []
     outcomes: dict[str, int] = defaultdict(int)
     runs = 0
+    switched_only = False  # the last run's documents not stored were all a model switch's
 
     def ingest() -> tuple[list[DocumentOutcome], IngestReport]:
-        nonlocal runs, tracker
+        nonlocal runs, tracker, switched_only
         runs += 1
+        switched_only = False  # a run lost to the database itself waits as before
         if runs > 1:  # a run again after a lost one: its progress counted afresh
             # the database was away: long enough, perhaps, for this worker to be judged
             # dead and the job taken by another; a run again then only repeats its work
@@ -432,14 +434,14 @@ def _run(
             # the run again stores them (and leaves the ones stored unchanged); after a
             # model switch at once (it reads the collection's new model)
             first = next(r.error for r in results if passing_cause(r.error) is not None)
-            raise _RunAgain(
-                f"{len(causes)} documents not stored: {first}",
-                at_once=set(causes) == {"switched"},
-            )
+            switched_only = set(causes) == {"switched"}
+            raise DatabaseUnavailableError(f"{len(causes)} documents not stored: {first}")
         return results, report
 
     try:
-        results, report = _while_unreachable(job_id, "ingesting its documents", ingest)
+        results, report = _while_unreachable(
+            job_id, "ingesting its documents", ingest, at_once=lambda: switched_only
+        )
         # a run after a lost one finds what that one stored: it counts as this job's work
         retry = job.attempts > 0 or runs > 1
         tracker.docs = len(results)
@@ -543,16 +545,6 @@ def passing_cause(err: RagstoreError | None) -> str | None:
     return None
 
 
-class _RunAgain(DatabaseUnavailableError):
-    """A run of the job's ingest left documents not stored for a passing cause: the run
-    is made again (:func:`_while_unreachable`), at once where ``at_once`` (a model switch:
-    the next run reads the collection's new model, and waiting changes nothing)."""
-
-    def __init__(self, message: str, *, at_once: bool) -> None:
-        super().__init__(message)
-        self.at_once = at_once
-
-
 def _not_stored(lost: list[tuple[str, str]], total: int) -> RagstoreError:
     """The job's failure where documents (name, :func:`passing_cause`) were still not
     stored after its last run for a passing cause, not the documents' own; recorded as
@@ -629,10 +621,14 @@ RETRY_S = 2.0  # ... this long apart (doubled each time: about half a minute in 
 T = TypeVar("T")
 
 
-def _while_unreachable(job_id: int, what: str, step: Callable[[], T]) -> T:
+def _while_unreachable(
+    job_id: int, what: str, step: Callable[[], T], at_once: Callable[[], bool] = lambda: False
+) -> T:
     """``step()``, run again on a fresh connection where the database could not be reached
     (a restart, a failover, a crash of the embedded server, an administrator ending the
-    session).
+    session); at once, not after a wait, where ``at_once()`` says so (the documents a run
+    left out were a model switch's: the next run reads the collection's new model, and
+    waiting changes nothing).
 
     Run once, a lost connection failed the job for good where it was a moment's outage:
     the client, told 202, had to notice and send its files again. Before the ingest it
@@ -645,9 +641,7 @@ def _while_unreachable(job_id: int, what: str, step: Callable[[], T]) -> T:
         except DatabaseUnavailableError as exc:
             if attempt == ATTEMPTS:
                 raise
-            wait = (
-                0.0 if isinstance(exc, _RunAgain) and exc.at_once else RETRY_S * 2 ** (attempt - 1)
-            )
+            wait = 0.0 if at_once() else RETRY_S * 2 ** (attempt - 1)
             log.warning("job %s: %s failed (%s); again in %.0f s", job_id, what, exc, wait)
             time.sleep(wait)
     raise AssertionError("unreachable")
