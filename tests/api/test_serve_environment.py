@@ -7,7 +7,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import httpx
 import pytest
@@ -43,6 +43,37 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def serve_in_process(argv: list[str], up: Callable[[], bool], while_up: Callable[[], None]) -> int:
+    """Run ``ragstore serve`` (``argv``) in this process's main thread; once ``up()`` says
+    it answers, run ``while_up()`` on another thread, then stop it with SIGTERM (its own
+    handler, installed while it serves, stops it gracefully). A serve that ends before it
+    is up is not signalled. Returns its exit status; what ``while_up`` raised is raised."""
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def stop_once_up() -> None:
+        deadline = time.monotonic() + 120
+        while not up():
+            if done.wait(0.1) or time.monotonic() > deadline:
+                return
+        try:
+            while_up()
+        except BaseException as exc:
+            failures.append(exc)
+        os.kill(os.getpid(), signal.SIGTERM)  # serve stops gracefully, exit 0
+
+    stopper = threading.Thread(target=stop_once_up, daemon=True)
+    stopper.start()
+    try:
+        code = _run_cli(argv)
+    finally:
+        done.set()
+    stopper.join(timeout=30)
+    if failures:
+        raise failures[0]
+    return code
+
+
 @pytest.fixture()
 def clean_env(cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """The CLI's environment with none of serve's variables but one set by the user
@@ -62,31 +93,17 @@ def test_serve_that_stopped_leaves_the_environment_as_it_found_it(
     from an address nothing listened on any more."""
     port = _free_port()
     seen: dict[str, str | None] = {}
-    failures: list[BaseException] = []
 
-    def stop_once_up() -> None:
+    def up() -> bool:
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("serve did not start")
-                time.sleep(0.1)
-            seen.update({name: os.environ.get(name) for name in PASSED})
-        except BaseException as exc:
-            failures.append(exc)
-        finally:
-            os.kill(os.getpid(), signal.SIGTERM)  # stops serve gracefully, exit 0
+            return httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
 
-    stopper = threading.Thread(target=stop_once_up, daemon=True)
-    stopper.start()
-    code = _run_cli(["serve", "--host", "127.0.0.1", "--port", str(port)])
-    stopper.join(timeout=30)
-    assert not failures, failures
+    def while_up() -> None:
+        seen.update({name: os.environ.get(name) for name in PASSED})
+
+    code = serve_in_process(["serve", "--host", "127.0.0.1", "--port", str(port)], up, while_up)
     assert code == 0
     # while it served, its workers' variables were there
     assert seen["RAGSTORE_API_BOUND"] == "127.0.0.1"

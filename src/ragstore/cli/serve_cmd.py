@@ -53,26 +53,28 @@ def register(app: typer.Typer) -> None:
         passed = {f"RAGSTORE_{name.upper()}": str(value) for name, value in overrides.items()}
         passed[PARENT_ENV] = str(os.getpid())
         with _environment(passed):
-            _serve(overrides, sockets)
+            _serve(overrides, sockets, bound)
 
 
-def _serve(overrides: dict[str, Any], sockets: list[socket.socket]) -> None:
-    """Serve on ``sockets`` (closed at the end), the overrides already in the environment."""
+def _serve(overrides: dict[str, Any], sockets: list[socket.socket], bound: list[str]) -> None:
+    """Serve on ``sockets`` (``bound``: their addresses; closed at the end, a Unix one's file
+    removed), the overrides already in the environment."""
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
     from ragstore.api.server import server_config
     from ragstore.errors import ConfigError
+    from ragstore.http.listen import open_unix_sockets, release_sockets
     from ragstore.profiles import get_settings
 
     try:
         settings = get_settings(**overrides)
         from ragstore.api.app import auth_enabled
 
-        auth_enabled(settings)  # refuse an unsafe auth setting before serving
+        if auth_enabled(settings):  # refuse an unsafe auth setting before serving
+            open_unix_sockets(sockets)  # keys on: the key is the credential
     except ConfigError:
-        for sock in sockets:
-            sock.close()
+        release_sockets(sockets, bound)
         raise
     logging.getLogger("ragstore").setLevel(settings.log_level.upper())
     config = server_config(
@@ -92,8 +94,7 @@ def _serve(overrides: dict[str, Any], sockets: list[socket.socket]) -> None:
             with _stop_signals_end_cleanly(server):
                 server.run(sockets=sockets)
     finally:
-        for sock in sockets:
-            sock.close()
+        release_sockets(sockets, bound)
         if private_metrics is not None:
             import shutil
 
