@@ -27,9 +27,12 @@ def bind_sockets(host: str, port: int) -> list[socket.socket]:
     Unix socket ``unix:PATH`` names (:func:`bind_unix`)."""
     if host.startswith(UNIX_PREFIX):
         return [bind_unix(host[len(UNIX_PREFIX) :])]
+    # ``[::1]``, ``[::]``: an IPv6 address as a URL writes it, which getaddrinfo reads as a
+    # name ("does not resolve")
+    name = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
         infos = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            name or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except socket.gaierror as exc:
         raise ConfigError(f"RAGSTORE_API_HOST={host!r} does not resolve: {exc.strerror}") from None
@@ -45,8 +48,12 @@ def bind_sockets(host: str, port: int) -> list[socket.socket]:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            # the whole address getaddrinfo gave, port aside: an IPv6 one keeps its flow
+            # info and scope id (``fe80::1%eth0``), without which a link-local address
+            # failed to bind (EINVAL) with the advice to pick another port
+            bound_port = port or (sockets[0].getsockname()[1] if sockets else 0)
             try:
-                sock.bind((addr[0], port or (sockets[0].getsockname()[1] if sockets else 0)))
+                sock.bind((addr[0], bound_port, *addr[2:]))
             except OSError:
                 sock.close()
                 if family == socket.AF_INET6 and not host:
