@@ -43,3 +43,22 @@ def test_an_ipv4_mapped_address_says_to_give_the_ipv4_one() -> None:
     with pytest.raises(ConfigError, match=r"give --host 127\.0\.0\.1 itself") as caught:
         bind_sockets("::ffff:127.0.0.1", 0)
     assert "pick another --port" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("host", "address"), [("[::1]", "::1"), ("[::]", "::")])
+def test_an_ipv6_address_in_brackets_listens(host: str, address: str) -> None:
+    # as a URL writes it: getaddrinfo read "[::1]" as a name that "does not resolve"
+    sockets = bind_sockets(host, 0)
+    try:
+        assert [s.getsockname()[0] for s in sockets] == [address]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def test_a_link_local_address_keeps_its_scope_id() -> None:
+    # fe80::1%lo: the scope id was dropped at the bind, which failed EINVAL and was answered
+    # "pick another --port"; bound with its scope, the kernel says what is wrong (no
+    # interface has fe80::1 on lo), and the advice follows
+    with pytest.raises(ConfigError, match="no interface of this machine has that address"):
+        bind_sockets("fe80::1%lo", 0)

@@ -4,6 +4,7 @@ the Host, Origin and trusted-proxy cases)."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -94,7 +95,8 @@ def test_auth_off_on_a_unix_socket_ignores_host_but_not_forwarded_clients_or_ori
     # Host is not judged. A proxy forwarding the network, or another site's page (its
     # Origin), still is.
     path = Path(tmp_path_factory.mktemp("sock", numbered=True)) / "api.sock"
-    claimed = with_(settings, auth="off", api_host=f"unix:{path}")
+    # the socket as `ragstore serve` binds it and says so (RAGSTORE_API_BOUND)
+    claimed = with_(settings, auth="off", api_host=f"unix:{path}", api_bound=f"unix:{path}")
     with unix_server(claimed, path) as client:
         ok = client.get("http://ragstore.internal/v1/collections")
         assert ok.status_code == 200, ok.text
@@ -113,3 +115,35 @@ def test_auth_off_on_a_unix_socket_ignores_host_but_not_forwarded_clients_or_ori
         )
         assert posted.status_code == 403, posted.text
         assert "evil.example" in posted.json()["detail"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "unix:/run/ragstore.sock"])
+def test_auth_off_refuses_a_unix_socket_ragstore_did_not_bind(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory, host: str
+) -> None:
+    # `uvicorn ragstore.api.app:create_app --factory --uds PATH` makes its socket 0666, and
+    # RAGSTORE_AUTH=auto, judged from RAGSTORE_API_HOST (127.0.0.1 by default), turned keys
+    # off: every user of the machine had admin rights through it. Only the owner-only
+    # socket `ragstore serve` binds (unix: in RAGSTORE_API_BOUND) is answered with keys off.
+    path = Path(tmp_path_factory.mktemp("sock", numbered=True)) / "api.sock"
+    with unix_server(with_(settings, auth="off", api_host=host), path) as client:
+        refused = client.get("http://localhost/v1/collections")
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["code"] == "forbidden"
+        detail = refused.json()["detail"]
+        assert "RAGSTORE_API_HOST=unix:PATH" in detail and "RAGSTORE_AUTH=on" in detail
+
+
+def test_a_server_with_keys_off_says_at_start_that_every_local_user_has_admin_rights(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A loopback port has no permissions and TCP carries no peer credentials: with keys
+    # off every user of a shared machine had admin rights, which the start-up line, "every
+    # request to 127.0.0.1:8080 has admin rights", did not say.
+    caplog.set_level(logging.WARNING, logger="ragstore.api")
+    with running_server(with_(settings, auth="off", api_bound="127.0.0.1")):
+        pass
+    said = [r.getMessage() for r in caplog.records if "authentication is OFF" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "from any user of this machine" in said[0]
+    assert "on a machine shared with other users set RAGSTORE_AUTH=on" in said[0]

@@ -245,6 +245,51 @@ def test_a_key_limited_to_a_collection_reads_no_metrics(settings: Settings) -> N
         assert whole.status_code == 200 and 'collection="opssecret"' in whole.text
 
 
+def test_a_server_on_loopback_shows_its_metrics_keyless_only_to_this_machine(
+    settings: Settings,
+) -> None:
+    """With keys on, a server on loopback gave its metrics without a key to any request,
+    judged from the bound address alone: one a proxy on this machine forwarded from the
+    network (``X-Forwarded-For``, ``Host: rag.example.com``) read every collection's name,
+    and a key of one collection, refused by the API, read them too, so keys on was weaker
+    than keys off (whose guard refuses all three). Only a keyless request of this machine
+    goes without a key now; a key presented is checked."""
+    assert settings.database_url is not None
+    db = Database(settings.database_url.get_secret_value())
+    try:
+        store = KeyStore(db)
+        scoped = store.create("read", "opsalpha").secret
+        admin = store.create("admin").secret
+    finally:
+        db.close()
+    local = settings.model_copy(update={"auth": "on", "profile": "dev"})
+    with running_server(local) as url:
+        for name in ("opsalpha", "opssecretproject"):
+            made = httpx.post(
+                f"{url}/v1/collections",
+                json={"name": name},
+                headers={"Authorization": f"Bearer {admin}"},
+            )
+            assert made.status_code in (201, 409)
+        for headers in (
+            {"X-Forwarded-For": "203.0.113.9"},
+            {"Host": "rag.example.com"},
+            {"Origin": "https://evil.example"},
+        ):
+            r = httpx.get(f"{url}/metrics", headers=headers)
+            assert r.status_code == 401, (headers, r.text[:200])
+            assert "opssecretproject" not in r.text
+        keyed = {"Authorization": f"Bearer {scoped}"}
+        assert httpx.get(f"{url}/v1/collections/opssecretproject", headers=keyed).status_code == 403
+        r = httpx.get(f"{url}/metrics", headers=keyed)
+        assert r.status_code == 403, r.text[:200]
+        assert "opssecretproject" not in r.text
+        wrong = httpx.get(f"{url}/metrics", headers={"Authorization": "Bearer rsk_nosuchkey"})
+        assert wrong.status_code == 401
+        mine = httpx.get(f"{url}/metrics")
+        assert mine.status_code == 200 and 'collection="opssecretproject"' in mine.text
+
+
 def test_hostile_requests_keep_every_label_in_a_bounded_set(http: httpx.Client) -> None:
     """Random methods, paths, collection names and headers must not mint new label values:
     each would be a new time series kept for the life of the process (and in /metrics)."""

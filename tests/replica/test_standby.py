@@ -173,6 +173,40 @@ def test_read_only_server_answers_searches_and_refuses_writes(pair: Pair, kb: st
         assert r.json()["code"] == "read_only"
 
 
+def test_a_read_only_server_with_keys_checks_the_key_before_routing(pair: Pair, kb: str) -> None:
+    """The read routing ran before the key check of a request without a body: an anonymous
+    read with a position ahead of the standby held a worker thread for
+    RAGSTORE_REPLICA_WAIT_S and was answered 503 ``replica_behind``, and an anonymous
+    DELETE learnt that the server was read-only. Both are 401 now, at once; a key holder's
+    requests are routed as before."""
+    from ragstore.auth import KeyStore
+
+    db = Database(pair.primary_url)
+    try:
+        reader = KeyStore(db).create("read", name="ro-reader").secret
+    finally:
+        db.close()
+    pair.wait_caught_up()
+    ahead = {"RAGStore-LSN": lsn.format_lsn(2**62)}
+    with running_server(pair.read_only_settings(auth="on", replica_wait_s=0.3)) as url:
+        for method, path, headers in (
+            ("GET", "/v1/collections/kb", ahead),
+            ("HEAD", "/v1/collections/kb", ahead),
+            ("GET", "/v1/jobs", ahead),
+            ("DELETE", "/v1/collections/kb", {}),
+            ("DELETE", "/v1/collections/kb/documents/tides.md", {}),
+        ):
+            r = httpx.request(method, f"{url}{path}", headers=headers)
+            assert r.status_code == 401, (method, path, r.status_code, r.text[:200])
+            if method != "HEAD":
+                assert r.json()["code"] == "unauthorized", r.text[:200]
+        keyed = {"Authorization": f"Bearer {reader}"}
+        behind = httpx.get(f"{url}/v1/collections/kb", headers={**ahead, **keyed})
+        assert behind.status_code == 503 and behind.json()["code"] == "replica_behind"
+        r = httpx.get(f"{url}/v1/collections/kb", headers=keyed)
+        assert r.status_code == 200 and r.json()["name"] == "kb"
+
+
 def test_read_your_writes_waits_for_replay_or_uses_the_primary(pair: Pair, kb: str) -> None:
     with (
         running_server(pair.settings(replica_wait_s=0.3)) as url,

@@ -50,7 +50,7 @@ from ragstore.db.database import Database
 from ragstore.errors import ConfigError, RagstoreError
 from ragstore.http.guard import LoopbackGuardMiddleware
 from ragstore.http.limits import BodyLimitMiddleware
-from ragstore.http.listen import stop_with_parent
+from ragstore.http.listen import UNIX_PREFIX, stop_with_parent
 from ragstore.jobs import build_queue
 from ragstore.observability.http import install_observability
 from ragstore.observability.metrics import JobQueuePoolMetrics
@@ -96,6 +96,32 @@ def guards_loopback(settings: Settings, secure: bool) -> bool:
     return not secure and served_on_loopback(settings)
 
 
+def keys_off_warning(settings: Settings) -> str:
+    """The start-up line of a server with keys off: who has admin rights.
+
+    Over TCP that is every user of this machine, not its owner alone: a loopback port has
+    no permissions and the server cannot tell one local user from another (peer
+    credentials exist for Unix sockets only), so on a machine shared with other users
+    keys are the only guard. The owner-only socket ``ragstore serve`` binds for
+    ``RAGSTORE_API_HOST=unix:PATH`` admits its user alone."""
+    bound = [h for h in settings.api_bound.split(",") if h]
+    if bound and all(h.startswith(UNIX_PREFIX) for h in bound):
+        return (
+            f"authentication is OFF (RAGSTORE_AUTH={settings.auth}): every request over "
+            f"{', '.join(bound)} (owner-only) has admin rights; set RAGSTORE_AUTH=on and "
+            "create keys with `ragstore keys create` to serve other users"
+        )
+    where = ", ".join(
+        f"[{h}]:{settings.api_port}" if ":" in h else f"{h}:{settings.api_port}"
+        for h in bound or [settings.api_host]
+    )
+    return (
+        f"authentication is OFF (RAGSTORE_AUTH={settings.auth}): every request to {where} "
+        "has admin rights, from any user of this machine; on a machine shared with other "
+        "users set RAGSTORE_AUTH=on and create keys with `ragstore keys create`"
+    )
+
+
 def _queue_pool_metrics(app: FastAPI) -> JobQueuePoolMetrics:
     """The collector of the API's own job-queue pool (``ragstore_job_queue_pool_*``: the
     synchronous connector it defers jobs on, four connections), read at each scrape while
@@ -130,7 +156,10 @@ def install_middleware(app: FastAPI, settings: Settings, *, secure: bool = True)
             upload_bytes=settings.max_upload_bytes,
         )
     if guards_loopback(settings, secure):
-        app.add_middleware(LoopbackGuardMiddleware)  # DNS rebinding, cross-site posts
+        app.add_middleware(  # DNS rebinding, cross-site posts, other users' sockets
+            LoopbackGuardMiddleware,
+            own_socket=any(h.startswith(UNIX_PREFIX) for h in settings.api_bound.split(",")),
+        )
     # outside every middleware that waits for a worker thread: their waits are bounded too
     app.add_middleware(QueueWaitMiddleware, wait_s=settings.queue_wait_s)
     app.add_middleware(CrashMiddleware)  # a crash's 500, under the headers and the log
@@ -187,13 +216,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if secure:
             log.info("authentication is on: requests need an API key")
         else:
-            log.warning(
-                "authentication is OFF (RAGSTORE_AUTH=%s): every request to %s:%s has admin "
-                "rights; set RAGSTORE_AUTH=on and create keys with `ragstore keys create`",
-                settings.auth,
-                settings.api_host,
-                settings.api_port,
-            )
+            log.warning("%s", keys_off_warning(settings))
         read_only = _read_only(rt)
         if read_only:
             log.warning(

@@ -22,7 +22,7 @@ from ragstore.errors import (
 )
 from ragstore.http.bearer import bearer_token
 from ragstore.http.limits import DRAIN_MAX_BYTES, UPLOAD_SUFFIX, refuse_and_drain
-from ragstore.http.problems import problem_response
+from ragstore.http.problems import problem_response, send_problem
 from ragstore.validation import repeated_key
 from ragstore.wire import IDEMPOTENCY_SUPPORT_HEADER
 
@@ -220,9 +220,22 @@ class CrashMiddleware:
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
+def _declares_body(headers: dict[bytes, bytes]) -> bool:
+    """Whether a request's headers say a body follows (a ``DELETE`` may carry one)."""
+    length = headers.get(b"content-length", b"0").strip()
+    return b"transfer-encoding" in headers or (length != b"0" and length != b"")
+
+
 class AuthBeforeBodyMiddleware:
-    """With API keys on, check the key of a ``/v1`` request that carries a body before the
-    body is read.
+    """With API keys on, check the key of every ``/v1`` request first: before its body is
+    read, and before the read routing (:class:`~ragstore.api.routing.ReadRoutingMiddleware`,
+    further in) acts on it.
+
+    The routing ran before the key check of a request without a body: an anonymous
+    ``GET`` with a ``RAGStore-LSN`` ahead of a standby's held a worker thread for
+    ``RAGSTORE_REPLICA_WAIT_S`` and was answered 503 ``replica_behind``, not 401, and an
+    anonymous ``DELETE`` learnt that the server was read-only. Such a request refused here
+    is answered at once (no body to drain).
 
     FastAPI reads and parses a body (a 50 MB multipart upload is parsed and spooled to
     disk) before a route's dependencies run, so a caller without a valid key made the
@@ -253,11 +266,7 @@ class AuthBeforeBodyMiddleware:
         self.upload_bytes = upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["method"] not in _BODY_METHODS
-            or not route_path(scope).startswith("/v1/")
-        ):
+        if scope["type"] != "http" or not route_path(scope).startswith("/v1/"):
             await self.app(scope, receive, send)
             return
         api: ApiState = scope["app"].state.ragstore
@@ -273,13 +282,19 @@ class AuthBeforeBodyMiddleware:
             state["principal"] = caller
             # the route's scope (and collection) too: a key without them was answered 403
             # only once FastAPI had read and parsed the whole body
-            needed, collection = route_scope(getattr(scope["app"].state, "api_routes", ()), scope)
+            routes = getattr(scope["app"].state, "api_routes", ())
+            # HEAD runs the GET route (HeadAsGetMiddleware, further in): matched as one
+            as_route = {**scope, "method": "GET"} if scope["method"] == "HEAD" else scope
+            needed, collection = route_scope(routes, as_route)
             if needed is not None:
                 if collection is None:
                     caller.require_scope(needed)
                 else:
                     caller.require(needed, collection)
         except RagstoreError as exc:
+            if scope["method"] not in _BODY_METHODS and not _declares_body(headers):
+                await send_problem(scope, send, exc)
+                return
             ctype = headers.get(b"content-type", b"").decode("latin-1").lower()
             upload = ctype.startswith("multipart/") and scope["path"].endswith(UPLOAD_SUFFIX)
             declared = headers.get(b"content-length", b"")

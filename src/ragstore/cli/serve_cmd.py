@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,11 +34,6 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Serve the HTTP API (OpenAPI at /openapi.json, docs at /docs)."""
-        import uvicorn
-        from uvicorn.supervisors import Multiprocess
-
-        from ragstore.api.server import server_config
-        from ragstore.errors import ConfigError
         from ragstore.http.listen import PARENT_ENV, bind_sockets, bound_addresses
         from ragstore.profiles import get_settings
 
@@ -54,48 +50,83 @@ def register(app: typer.Typer) -> None:
         bound = bound_addresses(sockets)
         overrides["api_bound"] = ",".join(bound)
         # uvicorn's worker processes build the app from the environment: pass the overrides on
-        for name, value in overrides.items():
-            os.environ[f"RAGSTORE_{name.upper()}"] = str(value)
-        os.environ[PARENT_ENV] = str(os.getpid())
+        passed = {f"RAGSTORE_{name.upper()}": str(value) for name, value in overrides.items()}
+        passed[PARENT_ENV] = str(os.getpid())
+        with _environment(passed):
+            _serve(overrides, sockets, bound)
+
+
+def _serve(overrides: dict[str, Any], sockets: list[socket.socket], bound: list[str]) -> None:
+    """Serve on ``sockets`` (``bound``: their addresses; closed at the end, a Unix one's file
+    removed), the overrides already in the environment."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from ragstore.api.server import server_config
+    from ragstore.errors import ConfigError
+    from ragstore.http.listen import open_unix_sockets, release_sockets
+    from ragstore.profiles import get_settings
+
+    try:
         settings = get_settings(**overrides)
         from ragstore.api.app import auth_enabled
 
-        try:
-            auth_enabled(settings)  # refuse an unsafe auth setting before serving
-        except ConfigError:
-            for sock in sockets:
-                sock.close()
-            raise
-        logging.getLogger("ragstore").setLevel(settings.log_level.upper())
-        config = server_config(
-            "ragstore.api.app:create_app",
-            settings,
-            factory=True,
-            workers=settings.api_workers,
-            log_level=settings.log_level,
-            access_log=False,
-        )
-        server = uvicorn.Server(config)
-        private_metrics = _share_metrics(settings.api_workers)
-        try:
-            if settings.api_workers > 1:
-                Multiprocess(config, sockets=sockets).run()
+        if auth_enabled(settings):  # refuse an unsafe auth setting before serving
+            open_unix_sockets(sockets)  # keys on: the key is the credential
+    except ConfigError:
+        release_sockets(sockets, bound)
+        raise
+    logging.getLogger("ragstore").setLevel(settings.log_level.upper())
+    config = server_config(
+        "ragstore.api.app:create_app",
+        settings,
+        factory=True,
+        workers=settings.api_workers,
+        log_level=settings.log_level,
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    private_metrics = _share_metrics(settings.api_workers)
+    try:
+        if settings.api_workers > 1:
+            Multiprocess(config, sockets=sockets).run()
+        else:
+            with _stop_signals_end_cleanly(server):
+                server.run(sockets=sockets)
+    finally:
+        release_sockets(sockets, bound)
+        if private_metrics is not None:
+            import shutil
+
+            from ragstore.observability.metrics import MULTIPROC_ENV
+
+            # the variable goes with its folder: left set, whatever ran next in this
+            # process (a test's CliRunner, a program embedding the CLI) read metrics
+            # from a folder that no longer exists
+            os.environ.pop(MULTIPROC_ENV, None)
+            shutil.rmtree(private_metrics, ignore_errors=True)
+
+
+@contextmanager
+def _environment(passed: dict[str, str]) -> Iterator[None]:
+    """``passed`` set in this process's environment while serving, and the environment as
+    it was once the server stops (or fails to start).
+
+    The variables are for uvicorn's worker processes, which build the app from the
+    environment. Left set, a long-lived process that ran ``serve`` (a test's CliRunner, a
+    program embedding the CLI) built every later app (``create_app()``) from a server long
+    gone: its bound address judged keys and the loopback guard, its parent's pid tied the
+    app to a process that had exited."""
+    before = {name: os.environ.get(name) for name in passed}
+    os.environ.update(passed)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
             else:
-                with _stop_signals_end_cleanly(server):
-                    server.run(sockets=sockets)
-        finally:
-            for sock in sockets:
-                sock.close()
-            if private_metrics is not None:
-                import shutil
-
-                from ragstore.observability.metrics import MULTIPROC_ENV
-
-                # the variable goes with its folder: left set, whatever ran next in this
-                # process (a test's CliRunner, a program embedding the CLI) read metrics
-                # from a folder that no longer exists
-                os.environ.pop(MULTIPROC_ENV, None)
-                shutil.rmtree(private_metrics, ignore_errors=True)
+                os.environ[name] = value
 
 
 @contextmanager

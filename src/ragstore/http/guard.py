@@ -21,7 +21,10 @@ It also refuses any client whose address is not loopback (:func:`foreign_client`
 any request a proxy forwarded for a client of another machine (:func:`foreign_forwarded`).
 A request over a Unix socket (no client address) has its ``Host`` left unchecked (a proxy
 in front of the socket names its own), but its ``Origin`` and any forwarded client are
-checked: a browser reaches such a socket through a local proxy.
+checked: a browser reaches such a socket through a local proxy. It is answered only over
+the owner-only socket ``ragstore serve`` binds for ``RAGSTORE_API_HOST=unix:PATH``: a
+socket made by another (uvicorn's ``--uds``: mode 0666) lets every user of the machine
+in, so its requests are refused.
 """
 
 from __future__ import annotations
@@ -86,8 +89,8 @@ def foreign_client(client: tuple[str, int] | None) -> str | None:
     served by uvicorn or gunicorn on ``0.0.0.0`` rather than by ``ragstore serve``, or a
     reverse proxy on this machine forwarding the network, whose client address comes from
     ``RAGSTORE_TRUSTED_PROXIES``' ``X-Forwarded-For``): with keys off, those clients would
-    have admin rights. No client address at all (a Unix socket) is left to the socket's
-    permissions.
+    have admin rights. No client address at all (a Unix socket) is judged by
+    :class:`LoopbackGuardMiddleware` (only ragstore's own owner-only socket is answered).
     """
     if not client:
         return None
@@ -157,10 +160,17 @@ def foreign_sender(scope: Scope) -> str | None:
 
 
 class LoopbackGuardMiddleware:
-    """Refuses requests addressed to, or sent from, another site (see the module doc)."""
+    """Refuses requests addressed to, or sent from, another site (see the module doc).
 
-    def __init__(self, app: ASGIApp) -> None:
+    ``own_socket``: whether ``ragstore serve`` bound the Unix socket this app may be
+    served on (``unix:`` in ``RAGSTORE_API_BOUND``), owner-only
+    (:func:`ragstore.http.listen.bind_unix`). A request over any other Unix socket is
+    refused: uvicorn's ``--uds`` makes its socket 0666, so with keys off every user of
+    the machine had admin rights through it."""
+
+    def __init__(self, app: ASGIApp, *, own_socket: bool = False) -> None:
         self.app = app
+        self.own_socket = own_socket
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -172,6 +182,19 @@ class LoopbackGuardMiddleware:
         # socket sends its own (nginx: localhost). A browser's page behind such a proxy
         # still says where it comes from, so the Origin is checked.
         unix = not scope.get("client")
+        if unix and not self.own_socket:
+            await send_problem(
+                scope,
+                send,
+                PermissionDeniedError(
+                    "this request came over a Unix socket that ragstore did not create "
+                    "(uvicorn's --uds makes one every user of this machine can open): with "
+                    "authentication off, serve the socket with `ragstore serve` and "
+                    "RAGSTORE_API_HOST=unix:PATH, which makes it owner-only, or turn "
+                    "authentication on (RAGSTORE_AUTH=on and `ragstore keys create`)"
+                ),
+            )
+            return
         party = client or foreign_party(dict(headers), check_host=not unix)
         if party is None:
             await self.app(scope, receive, send)

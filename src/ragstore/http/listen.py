@@ -8,6 +8,7 @@ shares them. A worker asks the kernel for SIGTERM when the serve process dies, e
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import os
@@ -18,11 +19,20 @@ from ragstore.errors import ConfigError
 PARENT_ENV = "RAGSTORE_SERVE_PARENT"
 
 
+UNIX_PREFIX = "unix:"
+
+
 def bind_sockets(host: str, port: int) -> list[socket.socket]:
-    """Listening TCP sockets for ``host`` (``""``: every IPv4 and IPv6 interface)."""
+    """Listening TCP sockets for ``host`` (``""``: every IPv4 and IPv6 interface), or the
+    Unix socket ``unix:PATH`` names (:func:`bind_unix`)."""
+    if host.startswith(UNIX_PREFIX):
+        return [bind_unix(host[len(UNIX_PREFIX) :])]
+    # ``[::1]``, ``[::]``: an IPv6 address as a URL writes it, which getaddrinfo reads as a
+    # name ("does not resolve")
+    name = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
         infos = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            name or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except socket.gaierror as exc:
         raise ConfigError(f"RAGSTORE_API_HOST={host!r} does not resolve: {exc.strerror}") from None
@@ -38,8 +48,12 @@ def bind_sockets(host: str, port: int) -> list[socket.socket]:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            # the whole address getaddrinfo gave, port aside: an IPv6 one keeps its flow
+            # info and scope id (``fe80::1%eth0``), without which a link-local address
+            # failed to bind (EINVAL) with the advice to pick another port
+            bound_port = port or (sockets[0].getsockname()[1] if sockets else 0)
             try:
-                sock.bind((addr[0], port or (sockets[0].getsockname()[1] if sockets else 0)))
+                sock.bind((addr[0], bound_port, *addr[2:]))
             except OSError:
                 sock.close()
                 if family == socket.AF_INET6 and not host:
@@ -90,8 +104,93 @@ def _ipv4_mapped(host: str) -> str | None:
     return None if mapped is None else str(mapped)
 
 
+def bind_unix(path: str) -> socket.socket:
+    """A listening Unix socket at ``path``, owner-only (0600) from its creation.
+
+    uvicorn's ``--uds`` makes its socket 0666: with keys off (``RAGSTORE_AUTH=auto`` judges
+    a Unix socket local) every user of the machine had admin rights through it. Created
+    under a umask of 0177, no other user can connect between the bind and a chmod; a
+    server with keys on opens it to them (:func:`open_unix_sockets`), the key being the
+    credential. A socket file left by a server that died is replaced; one a live server
+    listens on, or a path that is not a socket, is refused."""
+    if not path:
+        raise ConfigError("RAGSTORE_API_HOST='unix:' names no socket: give unix:/PATH")
+    _clear_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mask = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on unix:{path}: {exc.strerror}; give a path in a folder this "
+            "user may write"
+        ) from None
+    finally:
+        os.umask(mask)
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _clear_stale_socket(path: str) -> None:
+    """Remove a socket file at ``path`` that nothing listens on; refuse a live one or a
+    path that is not a socket (never deleted: it may be anything)."""
+    import stat
+
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(
+            f"cannot listen on unix:{path}: the path exists and is not a socket; give "
+            "another path or remove it"
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)  # a socket whose server died: nothing answers on it
+        return
+    except OSError:
+        return  # not ours to judge (no permission): the bind says what is wrong
+    finally:
+        probe.close()
+    raise ConfigError(
+        f"cannot listen on unix:{path}: a server already listens there; stop it or give "
+        "another path"
+    )
+
+
+def open_unix_sockets(sockets: list[socket.socket]) -> None:
+    """With keys on, let every user of the machine connect to the Unix sockets (0666, as
+    uvicorn makes them): a reverse proxy running as another user reaches the server, and
+    each request still needs a key."""
+    for sock in sockets:
+        if sock.family == socket.AF_UNIX:
+            os.chmod(sock.getsockname(), 0o666)
+
+
+def release_sockets(sockets: list[socket.socket], bound: list[str]) -> None:
+    """Close ``sockets`` and remove the files of the Unix ones among ``bound`` (their
+    :func:`bound_addresses`, taken while they were open: uvicorn closes the sockets it
+    served on): a stopped server's socket file left behind only misleads."""
+    for sock in sockets:
+        sock.close()
+    for address in bound:
+        if address.startswith(UNIX_PREFIX):
+            with contextlib.suppress(OSError):
+                os.unlink(address[len(UNIX_PREFIX) :])
+
+
 def bound_addresses(sockets: list[socket.socket]) -> list[str]:
-    return [str(s.getsockname()[0]) for s in sockets]
+    """Each socket's address as ``RAGSTORE_API_HOST`` spells it (``unix:PATH`` for a Unix
+    socket), for ``RAGSTORE_API_BOUND``."""
+    return [
+        f"{UNIX_PREFIX}{s.getsockname()}" if s.family == socket.AF_UNIX else str(s.getsockname()[0])
+        for s in sockets
+    ]
 
 
 def stop_with_parent() -> None:

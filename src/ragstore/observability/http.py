@@ -189,7 +189,9 @@ async def _require_key(request: Request) -> None:
     the server listens beyond loopback: they name collections (and each replica's host and
     user) and show load, which /readyz and the API keep from anonymous callers. A dev
     server on ``0.0.0.0`` with keys on showed them to anyone on the network; a dev scraper
-    of a server on loopback still needs no key.
+    of a server on loopback still needs no key, when it asks from this machine
+    (:func:`_asked_locally`) and presents none: a key presented is always checked, so a
+    key of one collection is refused here wherever the server listens.
 
     The key must not be limited to a collection: the metrics name every collection (and
     count its chunks), so a key of one collection learnt the others' names here, which
@@ -204,14 +206,36 @@ async def _require_key(request: Request) -> None:
     rt = _runtime_of(request.app)
     if keys is None or rt is None:
         return
-    if rt.settings.profile != "prod" and served_on_loopback(rt.settings):
-        return
     from ragstore.http.bearer import bearer_token
 
     token = bearer_token(request.scope.get("headers", ()))
+    if (
+        token is None
+        and rt.settings.profile != "prod"
+        and served_on_loopback(rt.settings)
+        and _asked_locally(request.scope)
+    ):
+        return
     client = request.client.host if request.client else ""
     key = await on_key_check_thread(lambda: keys.authenticate(token, client))
     key.require("metrics")
+
+
+def _asked_locally(scope: Scope) -> bool:
+    """Whether a request comes from this machine and names no other, as the loopback
+    guard judges (:mod:`ragstore.http.guard`): a client address on loopback (or a Unix
+    socket's none), no proxy's forwarding header naming another machine, and a ``Host``
+    and ``Origin`` of this machine (a Unix socket's ``Host`` left alone, a proxy's own).
+
+    The bound address alone said nothing of who asks: a server on loopback behind a
+    reverse proxy, or the app served by uvicorn on ``0.0.0.0`` with ``RAGSTORE_API_HOST``
+    left at 127.0.0.1, showed every collection's name to anyone, keys on."""
+    from ragstore.http.guard import foreign_party, foreign_sender
+
+    if foreign_sender(scope) is not None:
+        return False
+    headers = dict(scope.get("headers", ()))
+    return foreign_party(headers, check_host=bool(scope.get("client"))) is None
 
 
 def install_observability(app: Any, settings: Any, *, extra: Sequence[Collector] = ()) -> None:
