@@ -232,6 +232,14 @@ class ConflictError(RagstoreError):
     exit_code = 65
 
 
+class CursorStaleError(ConflictError):
+    """A listing's cursor from another collection of that name: it was deleted and made
+    again, or re-cut for another model (its documents under new ids), since the cursor's
+    page. Paging went on into the other collection's rows as if they followed."""
+
+    code = "cursor_stale"
+
+
 class AuthenticationError(RagstoreError):
     """No API key, or one that is unknown or revoked (HTTP 401)."""
 

@@ -13,9 +13,10 @@ import re
 from collections.abc import Sequence
 from typing import TypeVar
 
-from ragstore.errors import InputError
+from ragstore.errors import CursorStaleError, InputError
 from ragstore.models import COLLECTION_NAME
 
+_ID = re.compile(r"[0-9]{1,18}")  # a row id (below 2**63)
 _NAME = re.compile(f"^{COLLECTION_NAME}$")  # a collection's name (``schemas.NAME_PATTERN``)
 
 _Row = TypeVar("_Row")
@@ -30,8 +31,11 @@ def split_page(rows: Sequence[_Row], limit: int) -> tuple[list[_Row], bool]:
     return list(rows[:limit]), len(rows) > limit
 
 
-def encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode().rstrip("=")
+def encode_cursor(last_id: int, scope: int | None = None) -> str:
+    """An opaque cursor after the row ``last_id``; ``scope``, the id of the collection
+    listed (documents), makes :func:`decode_cursor` refuse it for another collection."""
+    kind = "id" if scope is None else f"id.{scope}"
+    return base64.urlsafe_b64encode(f"{kind}:{last_id}".encode()).decode().rstrip("=")
 
 
 def encode_name_cursor(last_name: str) -> str:
@@ -74,14 +78,32 @@ def decode_text_cursor(cursor: str | None) -> str | None:
     raise InputError(f"invalid cursor {cursor[:100]!r}; pass the next_cursor of a previous page")
 
 
-def decode_cursor(cursor: str | None) -> int | None:
-    """The last id of the previous page from an opaque cursor; InputError when mangled."""
+def decode_cursor(cursor: str | None, scope: int | None = None) -> int | None:
+    """The last id of the previous page from an opaque cursor; InputError when mangled.
+
+    ``scope``: the id of the collection listed now. A cursor made for another one (the
+    name deleted and made again, or re-cut for another model, since its page) raises
+    CursorStaleError: paged on, the listing went into that collection's rows. A cursor
+    without one (``ragstore documents list --after``, or one from before cursors had it)
+    is taken as it is."""
     if not cursor:
         return None
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         kind, _, value = text.partition(":")
-        if kind == "id" and value.isdigit() and len(value) < 19:
+        name, _, made_for = kind.partition(".")
+        if (
+            name == "id"
+            and (not made_for or (scope is not None and _ID.fullmatch(made_for)))
+            and _ID.fullmatch(value)
+        ):
+            if made_for and int(made_for) != scope:
+                raise CursorStaleError(
+                    f"cursor {cursor[:100]!r} is from another collection of this name: it "
+                    "was deleted and made again, or switched to another model with its "
+                    "documents cut again (new ids), since that page; list again from the "
+                    "first page (no cursor)"
+                )
             return int(value)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass

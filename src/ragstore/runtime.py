@@ -194,7 +194,9 @@ class Runtime:
         Saves searches a round trip. A change made in this process (a model switch, a
         collection created or deleted) is seen at once; one made by another process
         within :data:`COLLECTION_CACHE_S`: until then searches keep reading the space
-        they read before, as a search started a moment earlier would.
+        they read before, as a search started a moment earlier would. A read that
+        carries its caller's last write (``RAGStore-LSN``, :func:`routing.reads_own_writes`)
+        looks the row up afresh: that write may be another process's switch.
 
         Each server has its own entries: a replica that has not replayed a collection's
         deletion and re-creation (a new id) or its switch to another space shows the old
@@ -204,11 +206,16 @@ class Runtime:
         a replica's search to a space it did not have yet.
         """
         now = time.monotonic()
-        gen = changes.changes()
+        gen = changes.changes()  # before the lookup: a change made meanwhile outdates it
         key = (self.db.conninfo, name)
         with self._collections_lock:
             hit = self._collections.get(key)
-        if hit is not None and hit[1] == gen and now - hit[0] < COLLECTION_CACHE_S:
+        if (
+            hit is not None
+            and hit[1] == gen
+            and now - hit[0] < COLLECTION_CACHE_S
+            and not routing.reads_own_writes()
+        ):
             return hit[2]
         coll = self.collection(name)
         with self._collections_lock:
@@ -226,6 +233,7 @@ class Runtime:
         matches), or read a dropped vector table and answered "retry", which failed the
         same way for the rest of the second: such a search answers from the fresh row."""
         key = (self.db.conninfo, coll.name)
+        now, gen = time.monotonic(), changes.changes()  # before the lookup, as above
         try:
             fresh = self.collection(coll.name)
         except CollectionNotFoundError:
@@ -233,7 +241,7 @@ class Runtime:
                 self._collections.pop(key, None)
             raise
         with self._collections_lock:
-            self._collections[key] = (time.monotonic(), changes.changes(), fresh)
+            self._collections[key] = (now, gen, fresh)
         if fresh.id == coll.id and fresh.space_id == coll.space_id:
             return None
         return fresh

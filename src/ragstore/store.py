@@ -550,7 +550,7 @@ class Store:
                     catalog.documents_page(
                         conn,
                         coll.id,
-                        after=decode_cursor(cursor),
+                        after=decode_cursor(cursor, coll.id),
                         limit=limit + 1,
                         fmt=format,
                         source_prefix=names.source_prefix(
@@ -562,7 +562,7 @@ class Store:
                     limit,
                 )
         data = [self._document(collection, r) for r in rows]
-        nxt = encode_cursor(rows[-1]["id"]) if more else None
+        nxt = encode_cursor(rows[-1]["id"], coll.id) if more else None
         return {"data": data, "count": len(data), "next_cursor": nxt}
 
     def iter_documents(

@@ -17,6 +17,7 @@ from ragstore.errors import (
     BinaryFileError,
     CollectionNotFoundError,
     ConflictError,
+    CursorStaleError,
     DocumentNotFoundError,
     EmptyDocumentError,
     InputError,
@@ -232,6 +233,27 @@ def test_documents_page_by_cursor_without_gaps_or_repeats(client: Client) -> Non
     first = c.list_documents("paged", limit=4)
     last = c.list_documents("paged", limit=4, cursor=first["next_cursor"])
     assert [d["id"] for d in last["data"]] == seen[4:] and last["next_cursor"] is None
+
+
+def test_a_documents_cursor_of_a_collection_made_again_is_refused(client: Client) -> None:
+    """Paged on across a deletion and re-creation of the name, the cursor went on into the
+    new collection's documents (their ids follow the old ones') as if they followed."""
+    from ragstore.paging import encode_cursor
+
+    for i in range(3):
+        client.add_document("remade", f"old{i}.txt", f"old note {i}")
+    first = client.list_documents("remade", limit=2)
+    client.delete_collection("remade")
+    for i in range(3):
+        client.add_document("remade", f"new{i}.txt", f"new note {i}")
+    with pytest.raises(CursorStaleError, match="list again from the first page") as err:
+        client.list_documents("remade", cursor=first["next_cursor"], limit=2)
+    assert err.value.code == "cursor_stale"
+    ids = [d["id"] for d in client.list_documents("remade", limit=3)["data"]]
+    # a cursor of no collection (`ragstore documents list --after ID` makes one) is taken
+    page = client.list_documents("remade", cursor=encode_cursor(ids[0]), limit=3)
+    assert [d["id"] for d in page["data"]] == ids[1:]
+    client.delete_collection("remade")
 
 
 def test_a_collection_deleted_mid_listing_leaves_no_page_empty(

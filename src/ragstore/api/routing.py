@@ -132,16 +132,20 @@ class ReadRoutingMiddleware:
                 return
             await self.app(scope, receive, send)
             return
-        if kind == "other":  # a job's read on a primary: the primary's, as classify says
-            await self.app(scope, receive, send)
-        elif read_only and on_primary:
-            await send_problem(scope, send, _unknown_position(rt))
-        elif read_only:
-            await self._read_only(rt, kind, min_lsn, scope, receive, send)
-        elif kind == "write":
-            await self._write(rt, scope, receive, send)
-        else:
-            await self._read(rt, min_lsn, scope, receive, send, on_primary=on_primary)
+        # a read carrying the caller's last write sees it on every path (a replica, the
+        # primary, a read-only server's standby): no collection row cached before it
+        # (Runtime.cached_collection), which another process's switch may have outdated
+        with routing.reading_own_writes(min_lsn is not None or on_primary):
+            if kind == "other":  # a job's read on a primary: the primary's, as classify says
+                await self.app(scope, receive, send)
+            elif read_only and on_primary:
+                await send_problem(scope, send, _unknown_position(rt))
+            elif read_only:
+                await self._read_only(rt, kind, min_lsn, scope, receive, send)
+            elif kind == "write":
+                await self._write(rt, scope, receive, send)
+            else:
+                await self._read(rt, min_lsn, scope, receive, send, on_primary=on_primary)
 
     @staticmethod
     def _on_primary(scope: Scope) -> bool:

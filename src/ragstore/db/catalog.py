@@ -105,7 +105,7 @@ def delete_collection(conn: Conn, coll: repository.Collection) -> None:
     # and the BM25 postings and terms in one statement each, not chunk by chunk
     with documents.bm25_dropped(conn, ids):
         conn.execute("DELETE FROM collections WHERE id = %s", (coll.id,))
-    changes.collections_changed()
+    changes.collections_changed(conn)
 
 
 def delete_if_left_empty(conn: Conn, coll: repository.Collection) -> bool:

@@ -33,7 +33,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ragstore import forks
 from ragstore.config import Settings, conninfo_problem
-from ragstore.db import embedded, server_words
+from ragstore.db import changes, embedded, server_words
 from ragstore.db.errors import disk_full, refused_write, translate, translated
 from ragstore.errors import DatabaseUnavailableError, ExtensionMissingError, known_address
 from ragstore.observability import metrics
@@ -673,9 +673,19 @@ class Database:
         # under pool exhaustion only this says the time went to the pool (opening the pool,
         # for the first request, counts too: that request waited for it)
         started = time.perf_counter()
+        # a collection changed on it moves the change counter again once the pool's
+        # block has committed or rolled back (db/changes.py)
+        with changes.connection_block() as block:
+            yield from self._borrowed(block, wait_s, started)
+
+    def _borrowed(
+        self, block: changes.ConnectionBlock, wait_s: float | None, started: float
+    ) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+        """:meth:`connection`'s body: the pooled connection, its errors translated."""
         lent = False
         try:
             with self.pool.connection(timeout=wait_s) as conn:
+                block.conn = conn
                 lent = True
                 with self._lent_lock:
                     self._lent += 1

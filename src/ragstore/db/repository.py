@@ -136,7 +136,7 @@ def swap_shadow(conn: Conn, live: Collection, shadow: Collection) -> None:
         (live.name, live.id, shadow.id),
     )
     conn.execute("UPDATE collections SET shadow_of = %s WHERE shadow_of = %s", (shadow.id, live.id))
-    changes.collections_changed()
+    changes.collections_changed(conn)
 
 
 def lock_rows(conn: Conn, collection_ids: list[int]) -> None:
@@ -235,7 +235,7 @@ def create_collection(
             f"cannot create collection {name!r} with model {spec.key}: "
             f"{str(exc).splitlines()[0]}; choose a model with fewer dimensions"
         ) from None
-    changes.collections_changed()
+    changes.collections_changed(conn)
     return get_collection(conn, name)
 
 

@@ -988,6 +988,30 @@ def current_route() -> Route | None:
     return _route.get()
 
 
+_own_writes: ContextVar[bool] = ContextVar("ragstore_reads_own_writes", default=False)
+
+
+def reads_own_writes() -> bool:
+    """The running read carries its caller's last write (``RAGStore-LSN``: a position, or
+    ``primary``): it must see that write, so it uses no cached collection row (another
+    process, another ``serve`` worker, may have made the write that changed the row)."""
+    return _own_writes.get()
+
+
+@contextmanager
+def reading_own_writes(active: bool = True) -> Iterator[None]:
+    """Run a block (and the threads it hands work to) as a read that must see its caller's
+    last write (:func:`reads_own_writes`), when ``active``."""
+    if not active:
+        yield
+        return
+    token = _own_writes.set(True)
+    try:
+        yield
+    finally:
+        _own_writes.reset(token)
+
+
 @contextmanager
 def routed(route: Route) -> Iterator[Route]:
     """Run a block (and the threads it hands work to) as a routed read."""

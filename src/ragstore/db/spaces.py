@@ -201,7 +201,7 @@ def activate(conn: Conn, collection_id: int, new_space_id: int, old_space_id: in
     conn.execute(
         "UPDATE collections SET active_space_id = %s WHERE id = %s", (new_space_id, collection_id)
     )
-    changes.collections_changed()
+    changes.collections_changed(conn)
 
 
 def create_space(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
@@ -16,6 +17,23 @@ from ragstore.embedding.wordpieces import WordPieces, reads_words_alone, word_pi
 from ragstore.models import ModelSpec
 
 Vectors = npt.NDArray[np.float32]
+
+
+# the pin's options that decide a query's vector: its prefix, the length it is cut to,
+# and a remote model's name, endpoint and asked-for length (not its path, probe, tokenizer,
+# batch size or retries: the same vectors come out)
+_QUERY_OPTIONS = ("query_prefix", "truncate_dim", "dimensions", "model", "base_url")
+
+
+def query_key(spec: ModelSpec) -> str:
+    """The query-vector cache's key for a pin: everything that decides a query's vector.
+
+    ``name@revision`` alone was shared by two pins of that name in two databases (two
+    Stores or servers of one process): each got the other's cached vectors, made with
+    another query prefix, length or endpoint, and searched with them."""
+    fields = [spec.provider, spec.name, spec.revision, spec.checksum, spec.dimension]
+    fields += [spec.normalize, *(spec.options.get(o) for o in _QUERY_OPTIONS)]
+    return json.dumps(fields, default=str)
 
 
 class Embedder(ABC):
@@ -57,7 +75,8 @@ class Embedder(ABC):
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def embed_query(self, text: str) -> npt.NDArray[np.float32]:
-        """One query's vector through the process-wide LRU cache keyed by (model, text).
+        """One query's vector through the process-wide LRU cache keyed by (model, text)
+        (the model: :func:`query_key`).
 
         Searches call this instead of :meth:`embed` so a repeated query costs a dict lookup;
         the returned array is read-only because it is shared.
@@ -65,11 +84,12 @@ class Embedder(ABC):
         from ragstore.embedding.cache import query_cache
 
         cache = query_cache()
-        hit = cache.get(self.spec.key, text)
+        key = query_key(self.spec)
+        hit = cache.get(key, text)
         if hit is not None:
             return hit
         prefix = str(self.spec.options.get("query_prefix", ""))
-        return cache.put(self.spec.key, text, self.embed_texts([prefix + text])[0])
+        return cache.put(key, text, self.embed_texts([prefix + text])[0])
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text takes in the model as :meth:`embed` sends it: special tokens

@@ -2,9 +2,11 @@
 
 Searches repeat: the same question is asked again, a UI re-runs a query while paging. A query
 vector depends only on the pinned model and the text, so it is computed once per process and
-reused until it falls out of the least-recently-used window. The key carries the model's
-``name@revision`` so two models never share an entry; hit and miss counters are kept for the
-metrics endpoint (:meth:`QueryEmbeddingCache.stats`).
+reused until it falls out of the least-recently-used window. The key carries everything
+of the pin that decides the vector (``embedding.base.query_key``: not only its
+``name@revision``, which two databases can pin differently) so two models never share an
+entry; hit and miss counters are kept for the metrics endpoint
+(:meth:`QueryEmbeddingCache.stats`).
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ PROBLEMS: dict[type[e.RagstoreError], Problem] = {
     e.JobNotFoundError: Problem(404, "Job not found"),
     e.ApiKeyNotFoundError: Problem(404, "API key not found"),
     e.ConflictError: Problem(409, "Conflict"),
+    e.CursorStaleError: Problem(409, "Cursor from another collection"),
     e.AuthenticationError: Problem(401, "Unauthorized"),
     e.PermissionDeniedError: Problem(403, "Forbidden"),
     e.RateLimitedError: Problem(429, "Too many requests"),

@@ -393,7 +393,6 @@ def list_documents(
         "the query",
         InvalidFilterError,
     )
-    after = decode_cursor(cursor)
     meta: dict[str, Any] | None = None
     if metadata is not None:
         try:
@@ -404,6 +403,7 @@ def list_documents(
             raise InvalidFilterError('metadata filter must be a JSON object, e.g. {"team": "ops"}')
         check_value(meta, "the metadata filter", InvalidFilterError)
     coll = rt.collection(name)
+    after = decode_cursor(cursor, coll.id)  # refused for another collection of the name
     prefix = names.source_prefix(rt.settings, name, source_prefix)
     exact = names.exact_source(rt.settings, name, source) if source is not None else None
     rows: list[dict[str, Any]] = []
@@ -424,7 +424,7 @@ def list_documents(
                 limit,
             )
     data = [_public(rt, name, r) for r in rows]
-    nxt = encode_cursor(rows[-1]["id"]) if more else None
+    nxt = encode_cursor(rows[-1]["id"], coll.id) if more else None
     return DocumentsPublic(data=data, count=len(data), next_cursor=nxt)
 
 
