@@ -5,10 +5,12 @@ succeeds. On the real database, with the real model, through :func:`run_job`.
 
 Before, only an unreachable database counted as passing: a job whose documents a lock
 timeout or a model switch kept out was recorded ``succeeded`` with nothing stored, and a
-53200 of one document's write ran the job five times and failed it as unreachable."""
+53200 of one document's write ran the job five times and failed it as unreachable. A
+vector table pruned under the job failed it at once ("retry the request")."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,13 +23,17 @@ from ragstore.config import Settings
 from ragstore.db import documents
 from ragstore.db import jobs as store
 from ragstore.embedding.registry import TRUNCATED_MODEL
-from ragstore.errors import StatementCancelledError
+from ragstore.errors import (
+    CollectionNotFoundError,
+    DatabaseUnavailableError,
+    StatementCancelledError,
+)
 from ragstore.ingest.documents import NewDocument, add_documents
 from ragstore.jobs import runner
 from ragstore.jobs.queue import build_queue
 from ragstore.jobs.runner import run_job
 from ragstore.jobs.service import submit_ingest
-from ragstore.modelops import migrate
+from ragstore.modelops import migrate, prune
 from ragstore.runtime import Runtime
 from ragstore.store import Store
 from ragstore.uploads import names
@@ -237,3 +243,128 @@ def test_a_document_s_own_out_of_memory_fails_it_not_the_job(
     ]
     assert done.summary.get("added") == 1 and done.summary.get("failed") == 1
     assert _stored(rt, name) == ["small.md"]
+
+
+def test_a_job_whose_vector_table_is_pruned_runs_again_unless_its_collection_is_gone(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The collection's model is switched and the old one's vectors pruned (``ragstore
+    models migrate``, ``models prune``) while the job runs: its next lookup of stored
+    vectors reads a table that is gone (42P01, "deleted or its model rolled back ...;
+    retry the request"). The job failed there with the documents not stored; it runs
+    again at once now and stores them. Where the collection itself was deleted, the job
+    still fails, as ``collection_not_found``."""
+    name, gone = "pass-pruned", "pass-deleted"
+    for coll in (name, gone):
+        Store.from_runtime(rt).create_collection(coll)
+    kept_id, gone_id = _queue(rt, name, ["p0.md", "p1.md"]), _queue(rt, gone, ["d0.md", "d1.md"])
+    look = documents.stored_embeddings
+    lookups: list[int] = []
+    pruned: list[str] = []
+
+    def dropping(conn: Any, coll: Any, *args: Any) -> Any:
+        lookups.append(1)
+        if len(lookups) == 2:  # the second round's lookup: the first document stored
+            if coll.name == name:
+                migrate(rt, name, TRUNCATED_MODEL, sample_queries=0)
+                pruned.extend(s.table for s in prune(rt, name))
+            else:
+                Store.from_runtime(rt).delete_collection(gone)
+        return look(conn, coll, *args)
+
+    monkeypatch.setattr(documents, "stored_embeddings", dropping)
+    one_a_round = Settings(**{**rt.settings.model_dump(), "ingest_batch_chunks": 1})
+    with Runtime(one_a_round) as small:
+        done = run_job(small, kept_id)
+        lookups.clear()
+        # failed by the delete (Superseded) or by the run itself, whichever records first
+        with contextlib.suppress(CollectionNotFoundError):
+            run_job(small, gone_id)
+    assert pruned, "no vector table was pruned under the job"
+    assert (done.status, done.errors) == ("succeeded", []), done.errors
+    assert done.summary.get("added") == 2
+    assert _stored(rt, name) == ["p0.md", "p1.md"]
+    with rt.db.connection() as conn:
+        failed = store.get(conn, gone_id)
+    assert failed.status == "failed"
+    assert [e["code"] for e in failed.errors] == ["collection_not_found"], failed.errors
+
+
+def test_a_job_whose_database_turns_read_only_runs_again_then_fails(
+    rt: Runtime, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database turns read-only in the middle of a run (``default_transaction_read_only``
+    set on it, as hosted databases do when their disk is nearly full; a failover onto a
+    standby refuses the same way, SQLSTATE 25006): the write is refused and the ingest
+    stops, the rest ``not_attempted``. Those are not the documents' own: the job runs
+    again with the usual waits and stores them once the database takes writes; read-only
+    again in its last run, the job fails (``database_unavailable``, naming them)."""
+    monkeypatch.setattr(runner, "RETRY_S", 0.01)
+    monkeypatch.setattr(runner, "ATTEMPTS", 2)
+    monkeypatch.setattr(runner, "PROGRESS_EVERY_S", 1e9)  # a run's first progress write only
+    name = "pass-read-only"
+    Store.from_runtime(rt).create_collection(name)
+    dbname = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
+    read_only_runs = [1]  # the runs in which the database turns read-only
+    runs: list[int] = []
+    writes: list[int] = []
+    with psycopg.connect(database_url, autocommit=True) as admin:
+
+        def read_only(on: bool, keep: int = 0) -> None:
+            value = "on" if on else "off"
+            admin.execute(f"ALTER DATABASE {dbname} SET default_transaction_read_only = {value}")
+            # the database's other sessions end: the new ones take the setting
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid NOT IN (pg_backend_pid(), %s)",
+                (dbname, keep),
+            )
+
+        write = documents.write_documents
+
+        def turning(conn: Any, *args: Any, **kwargs: Any) -> Any:
+            writes.append(1)
+            if len(writes) == 2 and len(runs) in read_only_runs:  # the run's second document
+                read_only(True, keep=conn.info.backend_pid)
+                # this session too, which the write goes on in (committed: it outlives
+                # the write's rollback, as the database's setting would)
+                conn.execute("SET default_transaction_read_only = on")
+                conn.commit()
+            return write(conn, *args, **kwargs)
+
+        ingest = runner._ingest
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            runs.append(1)
+            writes.clear()
+            try:
+                return ingest(*args, **kwargs)
+            finally:
+                read_only(False)
+
+        monkeypatch.setattr(documents, "write_documents", turning)
+        monkeypatch.setattr(runner, "_ingest", run)
+        one_a_round = Settings(**{**rt.settings.model_dump(), "ingest_batch_chunks": 1})
+        try:
+            with Runtime(one_a_round) as small:
+                done = run_job(small, _queue(rt, name, ["r0.md", "r1.md", "r2.md"]))
+                done_runs = len(runs)
+                runs.clear()
+                read_only_runs[:] = [1, 2]
+                failed_id = _queue(rt, name, ["f0.md", "f1.md"])
+                with pytest.raises(DatabaseUnavailableError):  # recorded, and told the queue
+                    run_job(small, failed_id)
+        finally:
+            read_only(False)
+    assert (done.status, done.errors, done_runs) == ("succeeded", [], 2), done.errors
+    assert done.summary.get("added") == 3
+    with rt.db.connection() as conn:
+        failed = store.get(conn, failed_id)
+    assert failed.status == "failed", (failed.summary, failed.errors)
+    assert [(e["document"], e["code"]) for e in failed.errors] == [
+        ("f1.md", "database_unavailable"),
+        (None, "database_unavailable"),
+    ]
+    assert "read-only" in failed.errors[0]["detail"]
+    assert "1 of the job's 2 documents were not stored ('f1.md')" in failed.errors[1]["detail"]
+    assert _stored(rt, name) == ["f0.md", "r0.md", "r1.md", "r2.md"]

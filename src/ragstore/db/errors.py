@@ -137,6 +137,21 @@ def collided(exc: BaseException) -> bool:
 _VECTOR_TABLE = re.compile(r"\bemb_\d+\b")
 
 
+def vector_table_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` is our :class:`ConflictError` for a collection's vector table that
+    was dropped while the caller used it (:func:`classify`'s SQLSTATE 42P01 naming an
+    ``emb_<space id>``): the collection deleted, or a model it no longer serves pruned
+    after a switch or rollback. Where the collection is still there, the same work done
+    again reads its present model and stores. Told by the PostgreSQL error it was
+    translated from (its ``__cause__``)."""
+    cause = exc.__cause__
+    return (
+        isinstance(exc, ConflictError)
+        and getattr(cause, "sqlstate", None) == "42P01"
+        and _VECTOR_TABLE.search(str(cause)) is not None
+    )
+
+
 def classify(exc: BaseException) -> tuple[type[RagstoreError], str]:
     """Our error class for a foreign database exception, and a short public reason."""
     if isinstance(exc, PoolTimeout):

@@ -19,7 +19,7 @@ import psycopg
 
 from ragstore.db import jobs as store
 from ragstore.db.documents import model_switched
-from ragstore.db.errors import collided, translated
+from ragstore.db.errors import collided, translated, vector_table_gone
 from ragstore.errors import (
     CollectionNotFoundError,
     ConflictError,
@@ -427,14 +427,24 @@ def _run(
             # dead and the job taken by another; a run again then only repeats its work
             _check_current(rt, job_id, attempt)
             tracker = _Progress(rt, job, attempt, retry=True)
-        results, report = _ingest(rt, job, files, tracker, attempt)
+        try:
+            results, report = _ingest(rt, job, files, tracker, attempt)
+        except ConflictError as exc:
+            # a vector table dropped under the run (its lookup of stored vectors), the
+            # collection still there (``_ingest`` checked): the model the run read was
+            # switched away from and pruned. The job failed ("retry the request") with its
+            # documents not stored; the run again reads the present model, at once
+            if not vector_table_gone(exc) or runs >= ATTEMPTS:
+                raise
+            switched_only = True
+            raise DatabaseUnavailableError(f"the ingest stopped: {exc}") from exc
         causes = [c for r in results if (c := passing_cause(r.error)) is not None]
         if causes and runs < ATTEMPTS:
             # documents not stored for a passing cause are not the client's to send again:
             # the run again stores them (and leaves the ones stored unchanged); after a
             # model switch at once (it reads the collection's new model)
             first = next(r.error for r in results if passing_cause(r.error) is not None)
-            switched_only = set(causes) == {"switched"}
+            switched_only = set(causes) <= {"switched", "vectors_gone"}
             raise DatabaseUnavailableError(f"{len(causes)} documents not stored: {first}")
         return results, report
 
@@ -509,6 +519,11 @@ _CAUSES: dict[str, tuple[type[RagstoreError], str]] = {
         "the collection was switched to another embedding model while the job ran "
         "(ragstore models migrate)",
     ),
+    "vectors_gone": (
+        ConflictError,
+        "the collection's vector table was dropped while the job ran (its model switched "
+        "or rolled back, and the vectors of the one the job read pruned)",
+    ),
     "collided": (
         ConflictError,
         "their writes collided with concurrent changes (a deadlock or a serialization failure)",
@@ -531,7 +546,15 @@ def passing_cause(err: RagstoreError | None) -> str | None:
     never stored. And an out-of-memory or configuration-limit error of one document's
     write (SQLSTATE 53200 / 53400, a :class:`DatabaseUnavailableError` the ingest goes on
     past: :func:`stops_ingest`) ran the job again five times and failed it saying the
-    database could not be reached, where it is that document's own failure."""
+    database could not be reached, where it is that document's own failure.
+
+    A read-only database's refusal (SQLSTATE 25006: a hot standby after a failover,
+    ``default_transaction_read_only``) is a :class:`DatabaseUnavailableError` that stops
+    the ingest: ``unavailable``, run again with the waits, the job failed with it if the
+    database is still read-only after the last run. A vector table dropped under a write
+    (``vectors_gone``: the collection deleted, or a model it no longer serves pruned) is
+    passing where the collection is still there; where it was deleted, the run again
+    fails the job as ``collection_not_found`` (:func:`_check_collection_at_start`)."""
     if err is None:
         return None
     if isinstance(err, DatabaseUnavailableError):
@@ -542,6 +565,8 @@ def passing_cause(err: RagstoreError | None) -> str | None:
         return "switched"
     if collided(err):
         return "collided"
+    if vector_table_gone(err):
+        return "vectors_gone"
     return None
 
 
