@@ -224,3 +224,45 @@ def test_close_from_a_signal_handler_inside_a_call_does_not_wait_for_itself(
     assert closed == [True]
     with Store(settings=settings) as again:
         again.delete_collection("self-close")
+
+
+def test_a_child_forked_while_another_thread_has_a_call_in_flight_can_close(
+    settings: Settings,
+) -> None:
+    # the child inherited the parent's count of calls in flight, by thread: the other
+    # thread's call never ends in the child (the thread is not there), so close() waited
+    # for it forever, or raised TimeoutError, and every call after it was refused
+    import threading
+
+    store = Store(settings=settings)
+    store.create_collection("fork-in-flight", model="outside-embedder@v1", dimension=3)
+    started, release = threading.Event(), threading.Event()
+
+    def held() -> Iterator[str]:
+        """The add's texts, read inside the verb: it stays in flight until released."""
+        started.set()
+        release.wait(60)
+        yield "held across the fork"
+
+    def child(_: int) -> None:
+        store.close(timeout=10)
+        with pytest.raises(RuntimeError, match="this Store is closed"):
+            store.list_collections()
+
+    calls = ThreadPoolExecutor(max_workers=1)
+    adding = calls.submit(
+        store.add_texts, "fork-in-flight", held(), ids=["held"], vectors=[[1.0, 0.0, 0.0]]
+    )
+    try:
+        assert started.wait(30)
+        outcomes = _in_children(1, child, timeout_s=60)
+    finally:
+        release.set()
+    assert adding.result(30)["added"] == 1  # the parent's call was left alone
+    calls.shutdown()
+    assert [t["text"] for t in store.get_texts("fork-in-flight", ["held"])] == [
+        "held across the fork"
+    ]
+    store.delete_collection("fork-in-flight")
+    store.close(timeout=30)
+    assert outcomes == ["ok"]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import email.utils
 import io
 import json
+import numbers
+import operator
 import os
 import re
 import stat
@@ -675,6 +677,15 @@ def delete_texts_plan(collection: str, ids: Sequence[str]) -> Plan[int]:
 TEXT_IDS_PAGE = 10_000
 
 
+def _integer(value: Any) -> Any:
+    """An integral ``value`` (a NumPy integer too, as the Store's checks take any
+    ``numbers.Integral``) as a Python int; anything else unchanged, for the server's
+    check to name (``True`` stays a bool: it is refused, not read as 1)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return operator.index(value)
+    return value
+
+
 def _where(where: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """A ``where`` filter as sent: JSON the server takes unchanged, else InvalidFilterError
     naming the bad part (as the Store's filter compiler would)."""
@@ -1330,6 +1341,12 @@ def search(
 ) -> Call[dict[str, Any]]:
     from ragstore.validation import flag
 
+    # a NumPy integer (``k=np.int64(2)``, from an array's argmax or len) is taken as the
+    # Store takes it, as the int it is: refused here as not JSON-serialisable, the same
+    # call worked on a Store and failed on a Client
+    k, ef_search, fetch_k = _integer(k), _integer(ef_search), _integer(fetch_k)
+    if not isinstance(context, str):
+        context = _integer(context)
     body: dict[str, Any] = {"k": k, "explain": flag(explain, "explain")}
     if not flag(
         sections, "sections"
@@ -1352,7 +1369,7 @@ def search(
     }
     body.update({key: value for key, value in options.items() if value is not None})
     # what the encoder would fail on (a lone surrogate in the query, a NaN weight, a
-    # numpy k) named here: it raised httpx's bare UnicodeEncodeError, ValueError or
+    # numpy float32 weight) named here: it raised httpx's bare UnicodeEncodeError, ValueError or
     # TypeError, which no ``except RagstoreError`` caught, where the Store names it
     _json_value(body, "the search request")
     return Call("POST", f"/v1/collections/{_n(collection)}/search", _body, json=body, kind="read")

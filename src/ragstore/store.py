@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from ragstore import forks
 from ragstore.config import Settings
 from ragstore.db import catalog, documents, field_indexes, repository, texts
 from ragstore.db.errors import translated
@@ -121,10 +122,7 @@ class Store:
             check_profile(settings)
         self._runtime = Runtime(settings)
         self._owns = True
-        self._closed = False
-        self._closing = False
-        self._calls = threading.Condition()
-        self._in_flight: Counter[int] = Counter()  # calls in flight, by thread
+        self._start_tracking()
 
     @classmethod
     def from_runtime(cls, rt: Runtime) -> Store:
@@ -132,11 +130,27 @@ class Store:
         store = cls.__new__(cls)
         store._runtime = rt
         store._owns = False
-        store._closed = False
-        store._closing = False
-        store._calls = threading.Condition()
-        store._in_flight = Counter()
+        store._start_tracking()
         return store
+
+    def _start_tracking(self) -> None:
+        """Open, with no call in flight; and known to :mod:`ragstore.forks`."""
+        self._closed = False
+        self._closing = False
+        self._calls = threading.Condition()
+        self._in_flight: Counter[int] = Counter()  # calls in flight, by thread
+        forks.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child only the forking thread lives: the calls other threads had in
+        flight at the fork never end here, so they are forgotten (close waited for them
+        forever, or raised TimeoutError, and every call after it was refused), and the
+        lock may have been held by one of them at the fork: a new one. The runtime forgets
+        the parent's connections itself."""
+        me = threading.get_ident()
+        mine = self._in_flight.get(me, 0)
+        self._calls = threading.Condition()
+        self._in_flight = Counter({me: mine}) if mine else Counter()
 
     @property
     def _rt(self) -> Runtime:

@@ -399,6 +399,18 @@ def loads_json(text: str) -> Any:
         ) from None
 
 
+def json_form(value: Any) -> Any:
+    """``value`` as its JSON comes back: a tuple as a list and a mapping as a dict, nested.
+    The HTTP client sends a tuple as a JSON array, so in process a filter's
+    ``{"$in": (1, 2)}`` was refused ("$in takes an array, got an object") where the
+    Client's was taken. For a value :func:`check_value` has passed (its depth bounded)."""
+    if isinstance(value, Mapping):
+        return {key: json_form(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_form(item) for item in value]
+    return value
+
+
 def check_value(
     value: Any,
     what: str,

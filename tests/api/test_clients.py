@@ -649,3 +649,46 @@ def test_a_page_size_the_api_does_not_take_is_refused_alike(
         with pytest.raises(InputError, match="limit must be") as caught:
             backend.list_documents("notes", limit=limit)
         assert type(caught.value) is InputError, backend
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        {"topic": {"$in": ("db", "ops")}},
+        {"topic": {"$nin": ("api",)}},
+        {"$or": ({"topic": "db"}, {"topic": "ops"})},
+        {"$and": ({"topic": {"$ne": "api"}},)},
+    ],
+    ids=["in", "nin", "or", "and"],
+)
+def test_a_tuple_in_a_filter_is_an_array_alike(
+    notes: Client, store: Store, where: dict[str, Any]
+) -> None:
+    # the Client sends a tuple as a JSON array, and the Store refused it: "$in takes an
+    # array, got an object" (as $nin, $and and $or did)
+    for backend in (store, notes):
+        hits = backend.search("notes", "backups", where=where, k=3, mode="fulltext")
+        assert [h["source"] for h in hits["data"]] == ["backups"], backend
+        assert backend.text_ids("notes", where=where) == ["backups", "rollback"], backend
+
+
+@pytest.mark.parametrize("option", ["k", "fetch_k", "ef_search", "context"])
+def test_a_numpy_integer_option_is_taken_alike(
+    notes: Client, open_url: str, store: Store, option: str
+) -> None:
+    # the Store takes any integral k (numbers.Integral, as the LangChain store passes
+    # one on); the Client refused np.int64(2) as "not JSON-serialisable"
+    options: dict[str, Any] = {"k": 2, option: np.int64(2)}
+    if option == "fetch_k":
+        options["mmr"] = True
+    expected = store.search("notes", "backups", **{**options, option: 2})
+    for backend in (store, notes):
+        out = backend.search("notes", "backups", **options)
+        assert [h["source"] for h in out["data"]] == [h["source"] for h in expected["data"]]
+
+    async def over_async() -> dict[str, Any]:
+        async with AsyncClient(open_url) as client:
+            return await client.search("notes", "backups", **options)
+
+    out = asyncio.run(over_async())
+    assert [h["source"] for h in out["data"]] == [h["source"] for h in expected["data"]]

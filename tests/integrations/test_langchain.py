@@ -12,7 +12,9 @@ from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
 from langchain_core.vectorstores import VectorStore
 from langchain_tests.integration_tests import VectorStoreIntegrationTests
 
-from ragstore import Store
+from ragstore import Client, Store
+from ragstore.auth.keys import KeyStore
+from ragstore.config import Settings
 from ragstore.errors import (
     CollectionNotFoundError,
     EmptyDocumentError,
@@ -20,6 +22,7 @@ from ragstore.errors import (
     ModelMismatchError,
 )
 from ragstore.integrations.langchain import RagstoreVectorStore
+from tests.api.conftest import running_server, with_
 
 
 class TestRagstoreStandard(VectorStoreIntegrationTests):
@@ -111,6 +114,59 @@ def test_relevance_scores_are_between_zero_and_one(
         search_type="similarity_score_threshold", search_kwargs={"score_threshold": 0.75}
     ).invoke("nightly backups")
     assert [d.id for d in kept] == ["backups"]
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "fulltext"])
+async def test_async_relevance_scores_are_the_sync_ones(
+    store: Store, handbook: RagstoreVectorStore, mode: str
+) -> None:
+    """The async relevance search was langchain_core's default: the store's ``mode``
+    scores mapped as cosine (hybrid: about 0.55 for every hit), so ``ainvoke`` of a
+    threshold retriever dropped the texts ``invoke`` kept."""
+    vs = RagstoreVectorStore(store, "lc-handbook", mode=mode)
+    query = "nightly backups"
+    sync = vs.similarity_search_with_relevance_scores(query, k=3)
+    asynced = await vs.asimilarity_search_with_relevance_scores(query, k=3)
+    assert [d.id for d, _ in asynced] == [d.id for d, _ in sync]
+    assert [s for _, s in asynced] == pytest.approx([s for _, s in sync])
+    retriever = vs.as_retriever(
+        search_type="similarity_score_threshold", search_kwargs={"score_threshold": 0.75}
+    )
+    assert [d.id for d in await retriever.ainvoke(query)] == ["backups"]
+    assert [d.id for d in retriever.invoke(query)] == ["backups"]
+
+
+def test_delete_without_ids_empties_the_collection_and_keeps_it(store: Store) -> None:
+    """``delete()`` deleted the collection: its settings and pinned model went with it."""
+    store.create_collection("lc-emptied", model="fake-kept", dimension=6, settings={"bm25_k1": 1.5})
+    fake = DeterministicFakeEmbedding(size=6)
+    vs = RagstoreVectorStore(store, "lc-emptied", fake, model_name="fake-kept")
+    vs.add_texts(["one", "two"], ids=["1", "2"])
+    before = store.get_collection("lc-emptied")
+    assert vs.delete() is True
+    after = store.get_collection("lc-emptied")
+    assert after["documents"] == 0
+    assert store.get_texts("lc-emptied", ["1", "2"]) == []
+    assert (after["model"], after["settings"]) == (before["model"], before["settings"])
+    assert after["settings"]["bm25_k1"] == 1.5
+    assert RagstoreVectorStore(store, "lc-never-made").delete() is True
+    with pytest.raises(CollectionNotFoundError):
+        store.get_collection("lc-never-made")
+
+
+def test_delete_without_ids_over_http_needs_a_write_key_only(
+    store: Store, settings: Settings
+) -> None:
+    """Over HTTP ``delete()`` needed an ``admin`` key (to delete the collection): with a
+    ``write`` key, the one its adds need, it raised PermissionDeniedError."""
+    writer = KeyStore(store.runtime.db).create("write", name="langchain-writer").secret
+    fake = DeterministicFakeEmbedding(size=6)
+    with running_server(with_(settings, auth="on")) as url, Client(url, api_key=writer) as c:
+        vs = RagstoreVectorStore(c, "lc-over-http", fake, model_name="fake-http")
+        vs.add_texts(["one", "two"], ids=["1", "2"])
+        assert vs.delete() is True
+    coll = store.get_collection("lc-over-http")
+    assert (coll["documents"], coll["model"]) == (0, "fake-http@imported")
 
 
 def test_a_self_query_runs_as_ragstores_where_filter(handbook: RagstoreVectorStore) -> None:

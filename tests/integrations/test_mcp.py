@@ -912,3 +912,48 @@ async def test_search_hits_carry_an_uploads_name(handbook: Store) -> None:
         assert all("/uploads/" in h["source"] for h in found["hits"])
         other = _data(await session.call_tool("search", {"collection": "other", "query": "note"}))
         assert [(h["source"], h["name"]) for h in other["hits"]] == [("note", None)]
+
+
+async def test_a_search_with_a_key_leaves_the_event_loop_free(handbook: Store) -> None:
+    """With a key, the search tool checked it (a pooled read) on the event loop: waiting
+    for a connection there stopped every coroutine, here the one whose word frees that
+    connection, so the search failed with a pool timeout instead of waiting its turn."""
+    import anyio
+    from mcp import Client as McpClient
+
+    base = handbook.runtime.settings
+    one = base.model_copy(update={"pool_min_size": 1, "pool_max_size": 1, "connect_timeout_s": 3})
+    reader = KeyStore(handbook.runtime.db).create("read", name="one-connection").secret
+    go, held = threading.Event(), threading.Event()
+    with Store(settings=one) as store:
+        key = key_for(store, reader)
+
+        def hold() -> None:
+            with store.runtime.db.connection():  # the pool's only connection
+                held.set()
+                go.wait(60)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        try:
+            assert held.wait(30)
+
+            async def free_it_once_the_search_waits() -> None:
+                # a coroutine on the loop: it runs only while the loop is free
+                while not store.runtime.db.pool.get_stats().get("requests_waiting"):
+                    await anyio.sleep(0.01)
+                go.set()
+
+            async with (
+                McpClient(build_server(store, key)) as session,
+                anyio.create_task_group() as tg,
+            ):
+                tg.start_soon(free_it_once_the_search_waits)
+                result = await session.call_tool(
+                    "search", {"collection": "handbook", "query": "backups", "mode": "fulltext"}
+                )
+                tg.cancel_scope.cancel()
+        finally:
+            go.set()
+            holder.join(30)
+    assert "thirty days" in _data(result)["hits"][0]["text"]

@@ -28,6 +28,7 @@ from typing import Any
 
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
+from langchain_core.runnables.config import run_in_executor
 from langchain_core.structured_query import (
     Comparator,
     Comparison,
@@ -44,7 +45,6 @@ from ragstore.integrations.backend import (
     Backend,
     described_fields,
     ensure_vector_collection,
-    exists,
     metadata_field,
 )
 from ragstore.integrations.hits import distinct_hits, distinct_mmr_hits, whole_texts
@@ -119,16 +119,18 @@ class RagstoreVectorStore(VectorStore):
         return list(out["ids"])
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
-        """Delete these ids (unknown ones are ignored); ``None`` deletes the collection.
-        Any other argument is refused: ignored, ``delete(filter={...})`` (a delete by
-        metadata, as some stores take) had no ids and deleted the whole collection."""
+        """Delete these ids (unknown ones are ignored); ``None`` deletes every text, in
+        one transaction, and keeps the collection with its model and settings (as
+        LlamaIndex's ``clear()``). It deleted the collection: its settings and pinned
+        model went with it, and over HTTP it needed an ``admin`` key where a ``write``
+        key deletes texts. Any other argument is refused: ignored, ``delete(filter={...})``
+        (a delete by metadata, as some stores take) had no ids and deleted everything."""
         _no_other_arguments("delete", kwargs, ())
-        if ids is None:
-            if exists(self.backend, self.collection):
-                self.backend.delete_collection(self.collection)
-            return True
         with suppress(CollectionNotFoundError):  # no collection: nothing to delete
-            self.backend.delete_texts(self.collection, ids)
+            if ids is None:
+                self.backend.delete_texts_where(self.collection)
+            else:
+                self.backend.delete_texts(self.collection, ids)
         return True
 
     # --- reading -------------------------------------------------------------------------
@@ -285,6 +287,18 @@ class RagstoreVectorStore(VectorStore):
             return []
         relevance = self._select_relevance_score_fn()
         return [(doc, relevance(score)) for doc, score in hits]
+
+    async def _asimilarity_search_with_relevance_scores(
+        self, query: str, k: int = 4, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        """:meth:`_similarity_search_with_relevance_scores` on a worker thread. Not
+        overridden, langchain_core's default mapped ``asimilarity_search_with_score`` in
+        the store's ``mode``: in hybrid mode every hit came out about 0.55, so
+        ``ainvoke`` of a ``score_threshold`` retriever returned nothing where ``invoke``
+        returned the matching texts."""
+        return await run_in_executor(
+            None, self._similarity_search_with_relevance_scores, query, k, **kwargs
+        )
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
         """Scores to [0, 1] for ``similarity_search_with_relevance_scores``, by the

@@ -545,10 +545,13 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
         fetch_k: StrictInt | None = None,
         lambda_mult: Annotated[float, Strict()] | None = None,
     ) -> dict[str, Any]:
-        allow("read", collection)
-        # the values are checked by the search (search/mmr.py), as for every surface
-        out = await until_abandoned(
-            lambda: store.search(
+
+        def searched() -> dict[str, Any]:
+            # the key's check is a pooled read: on the event loop, it blocked every other
+            # session while it waited for a connection (the SDK awaits this tool there)
+            allow("read", collection)
+            # the values are checked by the search (search/mmr.py), as for every surface
+            return store.search(
                 collection,
                 query,
                 k=k,
@@ -559,7 +562,8 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
                 fetch_k=fetch_k,
                 lambda_mult=lambda_mult,
             )
-        )
+
+        out = await until_abandoned(searched)
         hits = []
         for h in out["data"]:
             hit = {

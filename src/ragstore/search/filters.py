@@ -61,6 +61,7 @@ from ragstore.validation import (
     INT32_MIN,
     check_int_range,
     check_value,
+    json_form,
     loads_json,
 )
 
@@ -158,6 +159,7 @@ def compile_filter(
     if not isinstance(spec, Mapping):
         raise not_an_object(spec)
     check_value(spec, "the filter", InvalidFilterError, json_only=True)
+    spec = json_form(spec)  # a tuple is an array, as the HTTP client sends it
     _check_size(spec)
     compiler = _Compiler(prefix)
     condition = compiler.compile_object(spec, "", 0)
@@ -264,7 +266,9 @@ def ranges_metadata(spec: Any, depth: int = 0) -> bool:
         return False
     for key, value in spec.items():
         if key in ("$and", "$or"):
-            if isinstance(value, list) and any(ranges_metadata(v, depth + 1) for v in value):
+            if isinstance(value, (list, tuple)) and any(
+                ranges_metadata(v, depth + 1) for v in value
+            ):
                 return True
         elif key == "$not":
             continue  # a negated range gives no candidates
