@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import psycopg
+import pytest
 
 from ragstore.imports.verify import combine, digests_of
+from tests.conftest import run_cli
 
 Matrix = npt.NDArray[np.float32]
 
@@ -104,3 +106,23 @@ def collection_state(url: str, name: str) -> dict[str, Any]:
         "staged": staged,
         "bm25": bm25,
     }
+
+
+def import_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any], str]:
+    """``ragstore import ARGS --no-backup --json`` in this process: its exit status, its
+    JSON report (empty where it printed none) and its stderr."""
+    capsys.readouterr()
+    code = run_cli("import", *args, "--no-backup", "--json")
+    out = capsys.readouterr()
+    return code, (json.loads(out.out) if out.out.strip() else {}), out.err
+
+
+def stored_metadata(url: str, coll: str) -> dict[str, dict[str, Any]]:
+    """Each stored record's chunk metadata, by its id (its document's source)."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT d.source, k.metadata FROM chunks k JOIN documents d ON d.id = k.document_id"
+            " JOIN collections c ON c.id = d.collection_id WHERE c.name = %s",
+            (coll,),
+        ).fetchall()
+    return {str(source): dict(meta) for source, meta in rows}

@@ -6,30 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import psycopg
 import pytest
 
-from tests.conftest import run_cli
-from tests.imports.helpers import checksum, collection_state, vectors
+from tests.imports.helpers import checksum, collection_state, import_json, stored_metadata, vectors
 
 DIM = 12
-
-
-def _cli_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any], str]:
-    capsys.readouterr()
-    code = run_cli("import", *args, "--no-backup", "--json")
-    out = capsys.readouterr()
-    return code, (json.loads(out.out) if out.out.strip() else {}), out.err
-
-
-def _stored(url: str, coll: str) -> dict[str, dict[str, Any]]:
-    with psycopg.connect(url) as conn:
-        rows = conn.execute(
-            "SELECT d.source, k.metadata FROM chunks k JOIN documents d ON d.id = k.document_id"
-            " JOIN collections c ON c.id = d.collection_id WHERE c.name = %s",
-            (coll,),
-        ).fetchall()
-    return {str(source): dict(meta) for source, meta in rows}
 
 
 @pytest.mark.parametrize("spelled", ["NaN", "Infinity", "-Infinity"])
@@ -48,7 +29,7 @@ def test_a_jsonl_id_that_is_nan_or_infinity_is_refused_naming_the_line(
     coll = f"jsonl-nan-{spelled.lower()}"
     args = [str(src), "-c", coll, "--model", "legacy@v1", "--dimension", str(DIM)]
     for more in ([], ["--on-invalid", "skip"]):
-        code, _, err = _cli_json(capsys, *args, *more)
+        code, _, err = import_json(capsys, *args, *more)
         assert code == 65, err
         assert f"{src} line 2: the id is {spelled}" in err
         assert 'give the id as a string ("' in err
@@ -69,13 +50,13 @@ def test_jsonl_metadata_nan_is_refused_as_unstorable_and_skip_leaves_its_record_
         '"metadata": {"score": NaN}}\n'
     )
     args = [str(src), "-c", "jsonl-meta-nan", "--model", "legacy@v1", "--dimension", str(DIM)]
-    code, _, err = _cli_json(capsys, *args)
+    code, _, err = import_json(capsys, *args)
     assert code == 65
     assert "1 unstorable (first: b (metadata: " in err
     assert "score" in err
     db = cli_env["RAGSTORE_DATABASE_URL"]
     assert not collection_state(db, "jsonl-meta-nan")["exists"]
-    code, report, err = _cli_json(capsys, *args, "--policy", "unstorable=skip")
+    code, report, err = import_json(capsys, *args, "--policy", "unstorable=skip")
     assert code == 0, err
-    assert _stored(db, "jsonl-meta-nan") == {"a": {"score": 1.5}}
+    assert stored_metadata(db, "jsonl-meta-nan") == {"a": {"score": 1.5}}
     assert report["verification"]["source_checksum"] == checksum(["a"], vecs[:1])

@@ -11,7 +11,7 @@ import pytest
 from psycopg import sql
 
 from tests.conftest import create_database, run_cli
-from tests.imports.helpers import checksum, collection_state, vectors
+from tests.imports.helpers import checksum, collection_state, import_json, vectors
 
 DIM = 24
 # one id column per type, three rows; each column's values distinct
@@ -118,13 +118,6 @@ def _pending(pg_admin_uri: str) -> tuple[str, np.ndarray]:
     return url, vecs
 
 
-def _cli_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any], str]:
-    capsys.readouterr()
-    code = run_cli("import", *args, "--no-backup", "--json")
-    out = capsys.readouterr()
-    return code, (json.loads(out.out) if out.out.strip() else {}), out.err
-
-
 def test_postgres_rows_without_a_vector_are_refused_or_skipped_as_missing_vector(
     pg_admin_uri: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -139,7 +132,7 @@ def test_postgres_rows_without_a_vector_are_refused_or_skipped_as_missing_vector
     assert "2 missing_vector (first: b, d); nothing was written" in err
     assert not collection_state(cli_env["RAGSTORE_DATABASE_URL"], "pg-pending2")["exists"]
 
-    code, report, err = _cli_json(capsys, *args, "--on-invalid", "skip")
+    code, report, err = import_json(capsys, *args, "--on-invalid", "skip")
     assert code == 0, err
     assert report["skipped"] == 2
     issues = {i["kind"]: i for i in report["validation"]["issues"]}
@@ -165,10 +158,10 @@ def test_a_null_vector_in_a_jsonl_record_is_missing_vector_too(
     ]
     src.write_text("".join(json.dumps(line) + "\n" for line in lines))
     args = [str(src), "-c", "jsonl-pending", "--model", "legacy@v1", "--dimension", str(DIM)]
-    code, _, err = _cli_json(capsys, *args)
+    code, _, err = import_json(capsys, *args)
     assert code == 65
     assert "1 missing_vector (first: b)" in err
-    code, report, err = _cli_json(capsys, *args, "--policy", "missing_vector=skip")
+    code, report, err = import_json(capsys, *args, "--policy", "missing_vector=skip")
     assert code == 0, err
     assert [i["kind"] for i in report["validation"]["issues"]] == ["missing_vector"]
     assert report["verification"]["source_checksum"] == checksum(["a", "c"], vecs)

@@ -3,37 +3,16 @@ text, dates and times as ISO 8601, and NaN metadata refused."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import numpy as np
 import psycopg
 import pytest
 from psycopg import sql
 
 from ragstore.search.filters import compile_filter
-from tests.conftest import create_database, run_cli
-from tests.imports.helpers import checksum, collection_state, vectors
+from tests.conftest import create_database
+from tests.imports.helpers import checksum, collection_state, import_json, stored_metadata, vectors
 
 DIM = 12
-
-
-def _cli_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any], str]:
-    capsys.readouterr()
-    code = run_cli("import", *args, "--no-backup", "--json")
-    out = capsys.readouterr()
-    return code, (json.loads(out.out) if out.out.strip() else {}), out.err
-
-
-def _stored(url: str, coll: str) -> dict[str, dict[str, Any]]:
-    """Each stored record's chunk metadata, by its id (its document's source)."""
-    with psycopg.connect(url) as conn:
-        rows = conn.execute(
-            "SELECT d.source, k.metadata FROM chunks k JOIN documents d ON d.id = k.document_id"
-            " JOIN collections c ON c.id = d.collection_id WHERE c.name = %s",
-            (coll,),
-        ).fetchall()
-    return {str(source): dict(meta) for source, meta in rows}
 
 
 @pytest.mark.parametrize("kind", ["json", "jsonb"])
@@ -56,11 +35,11 @@ def test_a_json_id_number_is_the_sources_text_of_it(
     else:  # jsonb keeps a number as numeric, and writes it as numeric does
         assert ids == ["100000000000000000000", "1.0", "abc", "-0.50"]
     coll = f"json-id-{kind}"
-    code, report, err = _cli_json(
+    code, report, err = import_json(
         capsys, url, "--table", "j", "-c", coll, "--model", "legacy@v1", "--dimension", str(DIM)
     )
     assert code == 0, err
-    assert sorted(_stored(cli_env["RAGSTORE_DATABASE_URL"], coll)) == sorted(ids)
+    assert sorted(stored_metadata(cli_env["RAGSTORE_DATABASE_URL"], coll)) == sorted(ids)
     assert report["verification"]["ok"] is True
     assert report["verification"]["source_checksum"] == checksum(ids, vecs)
 
@@ -123,14 +102,14 @@ def test_postgres_dates_and_times_are_iso_8601_and_a_range_filter_orders_them(
     # they were stored as Python writes them (2024-01-02 03:04:05+00:00, an interval
     # "1 day, 2:00:00" and a month as 30 days), and an infinity refused the whole table
     url, _ = timely
-    code, report, err = _cli_json(
+    code, report, err = import_json(
         capsys, url, "--table", "timely", "-c", "timely", "--model", "legacy@v1",
         "--dimension", str(DIM),
     )  # fmt: skip
     assert code == 0, err
     assert report["verification"]["ok"] is True
     db = cli_env["RAGSTORE_DATABASE_URL"]
-    stored = _stored(db, "timely")
+    stored = stored_metadata(db, "timely")
     for row in range(3):
         expected = {name: iso[row] for name, (_, _, iso) in TIMELY.items() if iso[row] is not None}
         assert stored[f"r{row}"] == expected, row
@@ -173,12 +152,12 @@ def test_postgres_nan_metadata_is_refused_as_unstorable(
             )
     args = [url, "--table", "scored", "-c", "pg-nan-meta", "--model", "legacy@v1"]
     args += ["--dimension", str(DIM)]
-    code, _, err = _cli_json(capsys, *args)
+    code, _, err = import_json(capsys, *args)
     assert code == 65
     assert "2 unstorable (first: b (metadata: " in err
     db = cli_env["RAGSTORE_DATABASE_URL"]
     assert not collection_state(db, "pg-nan-meta")["exists"]
-    code, report, err = _cli_json(capsys, *args, "--policy", "unstorable=skip")
+    code, report, err = import_json(capsys, *args, "--policy", "unstorable=skip")
     assert code == 0, err
-    assert _stored(db, "pg-nan-meta") == {"a": {"f": 0.25, "n": 1.1}}
+    assert stored_metadata(db, "pg-nan-meta") == {"a": {"f": 0.25, "n": 1.1}}
     assert report["verification"]["source_checksum"] == checksum(["a"], vecs[:1])
