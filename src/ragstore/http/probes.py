@@ -38,24 +38,24 @@ _probe_limiter: RunVar[CapacityLimiter] = RunVar("ragstore_probe_limiter")
 _key_check_limiter: RunVar[CapacityLimiter] = RunVar("ragstore_probe_key_check_limiter")
 
 
+def _limiter(var: RunVar[CapacityLimiter], size: int) -> CapacityLimiter:
+    """``var``'s limiter of this event loop, made with ``size`` threads on first use."""
+    try:
+        return var.get()
+    except LookupError:
+        limiter = CapacityLimiter(size)
+        var.set(limiter)
+        return limiter
+
+
 def probe_limiter() -> CapacityLimiter:
     """The probes' own worker threads (per event loop)."""
-    try:
-        return _probe_limiter.get()
-    except LookupError:
-        limiter = CapacityLimiter(PROBE_THREADS)
-        _probe_limiter.set(limiter)
-        return limiter
+    return _limiter(_probe_limiter, PROBE_THREADS)
 
 
 def key_check_limiter() -> CapacityLimiter:
     """The threads of the probes' key checks (per event loop)."""
-    try:
-        return _key_check_limiter.get()
-    except LookupError:
-        limiter = CapacityLimiter(KEY_CHECK_THREADS)
-        _key_check_limiter.set(limiter)
-        return limiter
+    return _limiter(_key_check_limiter, KEY_CHECK_THREADS)
 
 
 async def on_probe_thread(fn: Callable[[], T]) -> T:
