@@ -35,6 +35,7 @@ from ragstore.errors import (
     RagstoreError,
     SearchTimeoutError,
     StatementCancelledError,
+    public_detail,
 )
 from ragstore.http.problems import problem_body
 from ragstore.runtime import Runtime
@@ -247,6 +248,52 @@ def test_a_read_only_transaction_fails_its_write_not_the_database(database_url: 
             assert conn.execute("SELECT 1").fetchone() == (1,)
     finally:
         db.close()
+
+
+def test_a_session_an_administrator_ends_is_not_told_as_a_server_shutting_down(
+    database_url: str,
+) -> None:
+    """``pg_terminate_backend`` of a ragstore session in the middle of its work: PostgreSQL
+    sends the 57P01 of a fast shutdown (same words, same source), which was told "the
+    database server is shutting down" (the CLI's message, the log's) while the server ran
+    on. It now says the session was ended; the API's reason, told by a probe that the
+    server still takes connections, says only this connection closed. The next block is
+    served: no breaker opened."""
+    db = Database(database_url)
+    try:
+        with (
+            psycopg.connect(database_url, autocommit=True) as admin,
+            pytest.raises(DatabaseUnavailableError) as err,
+            db.connection() as conn,
+            translated("searching collection x"),
+        ):
+            conn.execute("SELECT 1")
+            admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+            conn.execute("SELECT 1")
+        assert isinstance(err.value.__cause__, pg.AdminShutdown)  # what the server sent
+        said = str(err.value)
+        assert said.startswith("searching collection x: the database ended this session"), said
+        assert "pg_terminate_backend" in said and "shutting down)" in said
+        assert "server is shutting down" not in said + public_detail(err.value)
+        told = public_detail(err.value)  # the API's
+        assert told.startswith("the database closed the connection in use"), told
+        assert told.count("retry") == 1 and told.endswith(
+            "; retry in 1s (the server log has the details)"
+        )
+        assert db.breaker.failures == 0
+        with db.connection() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        db.close()
+
+
+def test_a_server_that_takes_no_connections_is_not_told_as_starting_up() -> None:
+    """57P03 is PostgreSQL's refusal of a connection while it starts up, recovers or shuts
+    down (its words say which, in the server's language): it was told "the database server
+    is starting up" for a server shutting down."""
+    got = translate(pg.CannotConnectNow("the database system is shutting down"), "connecting")
+    assert isinstance(got, DatabaseUnavailableError)
+    assert "shutting down" in got.public and "starting up" in got.public
 
 
 def test_unreachable_database_fails_fast_without_its_address() -> None:

@@ -298,7 +298,9 @@ def test_a_job_whose_database_turns_read_only_runs_again_then_fails(
     standby refuses the same way, SQLSTATE 25006): the write is refused and the ingest
     stops, the rest ``not_attempted``. Those are not the documents' own: the job runs
     again with the usual waits and stores them once the database takes writes; read-only
-    again in its last run, the job fails (``database_unavailable``, naming them)."""
+    again in its last run, the job fails (``database_unavailable``, naming them), its
+    recorded errors saying to send them again: they said "retry in 5s (the server log has
+    the details)", the HTTP API's words for a request answered with Retry-After."""
     monkeypatch.setattr(runner, "RETRY_S", 0.01)
     monkeypatch.setattr(runner, "ATTEMPTS", 2)
     monkeypatch.setattr(runner, "PROGRESS_EVERY_S", 1e9)  # a run's first progress write only
@@ -365,6 +367,12 @@ def test_a_job_whose_database_turns_read_only_runs_again_then_fails(
         ("f1.md", "database_unavailable"),
         (None, "database_unavailable"),
     ]
-    assert "read-only" in failed.errors[0]["detail"]
-    assert "1 of the job's 2 documents were not stored ('f1.md')" in failed.errors[1]["detail"]
+    document, whole = (e["detail"] for e in failed.errors)
+    assert document.startswith("not stored: the database refuses writes: it is read-only")
+    assert document.endswith("; send it again (the worker's log has the details)"), document
+    assert whole.startswith("1 of the job's 2 documents were not stored ('f1.md')"), whole
+    assert whole.endswith("; send them again (the documents that were stored stay stored)")
+    # the API's words for a request answered 503 with Retry-After: no request to repeat
+    # in seconds here, the job is over
+    assert not any("retry in" in d or "server log" in d for d in (document, whole))
     assert _stored(rt, name) == ["f0.md", "r0.md", "r1.md", "r2.md"]

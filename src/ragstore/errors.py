@@ -532,21 +532,34 @@ def hide_addresses(text: str) -> str:
     return _URL.sub(HIDDEN_ADDRESS, text)
 
 
-def public_detail(exc: RagstoreError) -> str:
-    """What a caller may read: an unreachable database is described without its address
-    (the full message, with it, goes to the log). The API's problem details and the
-    errors a background job records (which any reader of the job sees) use it.
+def public_reason(exc: RagstoreError) -> str:
+    """What any reader may be told of ``exc``, and no more: an unreachable database is
+    described without its address (the full message, with it, goes to the log).
 
     Every other error's message is told with any database address in it hidden: a
     schema mismatch ("the database schema on postgresql://user@host:port/db ..."), a
     statement cancelled, a missing extension told API callers the database's address,
-    user and name. The message itself (the CLI's, the log's) keeps it."""
+    user and name. The message itself (the CLI's, the log's) keeps it. Said for no
+    surface in particular: :func:`public_detail` adds what an API caller does next, and
+    a background job's record (``jobs.runner``) what became of its documents."""
+    if isinstance(exc, DatabaseUnavailableError):
+        return exc.public
+    return hide_addresses(exc.message)
+
+
+def public_detail(exc: RagstoreError) -> str:
+    """What an API caller (HTTP problem details, an MCP tool's error) is told:
+    :func:`public_reason`, and for an unreachable database when to send the request again
+    (the ``Retry-After`` it is answered with) and that the server's log has the rest.
+
+    Not a background job's record: its errors said "retry in 5s", a request to repeat
+    that nobody had made, and its reader could do nothing with a wait of seconds."""
     if isinstance(exc, DatabaseUnavailableError):
         return (
-            f"{exc.public}; retry in {max(1, round(exc.retry_after))}s (the server log "
-            "has the details)"
+            f"{public_reason(exc)}; retry in {max(1, round(exc.retry_after))}s (the server "
+            "log has the details)"
         )
-    return hide_addresses(exc.message)
+    return public_reason(exc)
 
 
 # the error types whose message pydantic builds as "<prefix>, <the exception's text>"

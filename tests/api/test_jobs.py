@@ -1169,10 +1169,16 @@ def test_a_jobs_recorded_errors_name_no_database_and_no_internals() -> None:
     with pytest.raises(DatabaseUnavailableError) as lost, db.connect():
         pass
     assert "secretdb" in str(lost.value)  # the log's message names it
-    entry = _error_entry("a.md", lost.value)
+    entry = _error_entry(1, "a.md", lost.value)
     assert entry["code"] == "database_unavailable" and entry["document"] == "a.md"
     assert not any(s in entry["detail"] for s in ("secretuser", "secretdb", "127.0.0.1:1"))
-    broke = _error_entry(None, KeyError("/srv/internal/path"))
+    # a finished job's record: what became of the document, not the API's "retry in 5s"
+    assert entry["detail"].startswith("not stored: the database"), entry
+    assert entry["detail"].endswith("; send it again (the worker's log has the details)")
+    whole = _error_entry(1, None, lost.value)["detail"]
+    assert whole.startswith("the job failed: the database") and "send its documents again" in whole
+    assert not any("retry in" in d for d in (entry["detail"], whole)), whole
+    broke = _error_entry(1, None, KeyError("/srv/internal/path"))
     assert broke["code"] == "internal_error" and "/srv/internal" not in broke["detail"]
 
 

@@ -621,7 +621,10 @@ class Database:
             return
         if isinstance(cause, (psycopg.OperationalError, psycopg.InterfaceError)) and self.answers():
             if not disk_full(cause):
-                exc.public = "the database closed this request's connection; retry the request"
+                # said of no surface: the API adds "retry in 1s" (``public_detail``), a
+                # job's record what became of its documents; "; retry the request" here
+                # was said twice to an API caller and to the reader of a finished job
+                exc.public = "the database closed the connection in use (the server still answers)"
                 exc.retry_after = 1.0
             return
         exc.retry_after = self.breaker.trip(exc)

@@ -49,9 +49,24 @@ SQLSTATE_MAP: dict[str, tuple[type[RagstoreError], str]] = {
         "the database gave up waiting for a lock (a lock timeout set in the database); only "
         "this request failed, retry it",
     ),
-    "57P01": (DatabaseUnavailableError, "the database server is shutting down"),
+    # PostgreSQL ends a session with the same 57P01, words and source (postgres.c's
+    # ProcessInterrupts) for an administrator's pg_terminate_backend and for a fast
+    # shutdown: "the database server is shutting down" was told of one session ended while
+    # the server ran on. Whether the server still takes connections is ``Database._lost``'s
+    # probe, which words an API caller's reason by it
+    "57P01": (
+        DatabaseUnavailableError,
+        "the database ended this session (an administrator's pg_terminate_backend, or the "
+        "server shutting down)",
+    ),
     "57P02": (DatabaseUnavailableError, "the database server crashed"),
-    "57P03": (DatabaseUnavailableError, "the database server is starting up"),
+    # one SQLSTATE for a server starting up, recovering, or shutting down ("the database
+    # system is shutting down"), which was told as starting up
+    "57P03": (
+        DatabaseUnavailableError,
+        "the database server takes no connections now (it is starting up, recovering or "
+        "shutting down)",
+    ),
     "25006": (
         DatabaseUnavailableError,
         "the database refuses writes: it is read-only (a hot standby, or "

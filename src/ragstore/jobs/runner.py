@@ -27,7 +27,7 @@ from ragstore.errors import (
     RagstoreError,
     SchemaMismatchError,
     StatementCancelledError,
-    public_detail,
+    public_reason,
 )
 from ragstore.ingest.documents import DocumentOutcome, NewDocument, add_documents
 from ragstore.ingest.service import IngestReport, stops_ingest
@@ -466,7 +466,7 @@ def _run(
         for r in results:
             outcomes[job_status(r, job, retry=retry)] += 1
             if r.error is not None:
-                errors.append(_error_entry(r.name, r.error))
+                errors.append(_error_entry(job_id, r.name, r.error))
         lost = [(r.name, c) for r in results if (c := passing_cause(r.error)) is not None]
         if lost:
             raise _not_stored(lost, len(results))
@@ -483,7 +483,7 @@ def _run(
             chunks=tracker.chunks,
             errors=[
                 *errors,
-                _error_entry(None, recorded),
+                _error_entry(job_id, None, recorded),
             ],
             summary=dict(outcomes),
         )
@@ -590,8 +590,8 @@ def _not_stored(lost: list[tuple[str, str]], total: int) -> RagstoreError:
         "stored)"
     )
     cls = _CAUSES[causes[0]][0]
-    if cls is DatabaseUnavailableError:
-        return DatabaseUnavailableError(message, public=message)
+    if cls is DatabaseUnavailableError:  # it says what became of them: told as it is
+        return DatabaseUnavailableError(message, public=message, says_outcome=True)
     return cls(message)
 
 
@@ -672,20 +672,51 @@ def _while_unreachable(
     raise AssertionError("unreachable")
 
 
-def _error_entry(document: str | None, exc: BaseException) -> dict[str, Any]:
-    """One of the errors a job records, as every reader of the job sees them: worded as
-    the API words an error (:func:`ragstore.errors.public_detail`). ``str(exc)`` of an
+def _error_entry(job_id: int, document: str | None, exc: BaseException) -> dict[str, Any]:
+    """One of the errors a job records, as every reader of the job sees them: told with
+    no database address (:func:`ragstore.errors.public_reason`); ``str(exc)`` of an
     unreachable database named the database (its host, user and name) to any holder of
-    a read key; an error that is not ragstore's own is ``internal_error`` with no detail
-    beyond it (the worker's log has the traceback), as the API answers one."""
-    if isinstance(exc, RagstoreError):
-        return {"document": document, "code": exc.code, "detail": public_detail(exc)}
-    return {
-        "document": document,
-        "code": "internal_error",
-        "detail": f"the job failed unexpectedly ({type(exc).__name__}); the worker's log "
-        "has the details",
-    }
+    a read key, so the full message goes to the worker's log instead. An error that is
+    not ragstore's own is ``internal_error`` with no detail beyond it (the worker's log
+    has the traceback), as the API answers one.
+
+    An unreachable database's entry says what became of the job's documents and what to
+    do (:func:`_unavailable_detail`), not the API's "retry in 5s (the server log has the
+    details)": that told the reader of a finished job to repeat, within seconds, a
+    request it never made, and pointed at the server's log where the worker's (another
+    process, perhaps) has the message."""
+    if not isinstance(exc, RagstoreError):
+        return {
+            "document": document,
+            "code": "internal_error",
+            "detail": f"the job failed unexpectedly ({type(exc).__name__}); the worker's log "
+            "has the details",
+        }
+    if isinstance(exc, DatabaseUnavailableError):
+        detail = _unavailable_detail(document, exc)
+    else:
+        detail = public_reason(exc)
+    if detail != exc.message:
+        # the reader is told less than the message says: the worker's log says it all
+        log.warning("job %s: %s: %s: %s", job_id, document or "the job", exc.code, exc.message)
+    return {"document": document, "code": exc.code, "detail": detail}
+
+
+def _unavailable_detail(document: str | None, exc: DatabaseUnavailableError) -> str:
+    """A job's record of an unreachable (or read-only, or full) database: its reason, and
+    what became of the work: a document not stored, to send again; the job failed after
+    its runs, its documents to send again (those stored stay). A reason that says so
+    already (``says_outcome``: :func:`_not_stored`'s) is told as it is. The job is
+    finished when its errors are read: nothing of it runs again."""
+    reason = public_reason(exc)
+    if exc.says_outcome:
+        return reason
+    if document is not None:
+        return f"not stored: {reason}; send it again (the worker's log has the details)"
+    return (
+        f"the job failed: {reason}, in {ATTEMPTS} runs of it; send its documents again: "
+        "those stored stay stored (the worker's log has the details)"
+    )
 
 
 def _finish(rt: Runtime, job_id: int, status: str, attempt: int, **outcome: Any) -> store.JobRecord:
