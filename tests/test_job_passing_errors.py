@@ -315,9 +315,11 @@ def test_a_job_whose_database_turns_read_only_runs_again_then_fails(
         def read_only(on: bool, keep: int = 0) -> None:
             value = "on" if on else "off"
             admin.execute(f"ALTER DATABASE {dbname} SET default_transaction_read_only = {value}")
-            # the database's other sessions end: the new ones take the setting
+            # the database's other sessions end: the new ones take the setting. Waited for
+            # (up to 5 s each): a pooled session whose end had not reached its socket yet
+            # passed the pool's check and failed the next run's first statement
             admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
                 " WHERE datname = %s AND pid NOT IN (pg_backend_pid(), %s)",
                 (dbname, keep),
             )
