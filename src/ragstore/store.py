@@ -13,6 +13,7 @@ once per process.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import threading
@@ -73,19 +74,8 @@ def _call(method: _F) -> _F:
 
     @functools.wraps(method)
     def tracked(self: Store, *args: Any, **kwargs: Any) -> Any:
-        me = threading.get_ident()
-        with self._calls:
-            if self._closing:
-                raise RuntimeError(_CLOSED)
-            self._in_flight[me] += 1
-        try:
+        with self.in_call():
             return method(self, *args, **kwargs)
-        finally:
-            with self._calls:
-                self._in_flight[me] -= 1
-                if not self._in_flight[me]:
-                    del self._in_flight[me]
-                self._calls.notify_all()
 
     return cast(_F, tracked)
 
@@ -206,6 +196,28 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @contextlib.contextmanager
+    def in_call(self) -> Iterator[Runtime]:
+        """The runtime, for work done beside the verbs (an integration's own read: the MCP
+        server's ``get_document``, the LlamaIndex embedding), counted as a call in flight
+        while the block runs, as each verb is: :meth:`close` waits for it, and a block
+        begun once close has begun raises RuntimeError. Through :attr:`runtime` such work
+        was not counted: a close from another thread closed the pool under it, and its
+        next statement failed with "the pool 'ragstore' is already closed"."""
+        me = threading.get_ident()
+        with self._calls:
+            if self._closing:
+                raise RuntimeError(_CLOSED)
+            self._in_flight[me] += 1
+        try:
+            yield self._runtime
+        finally:
+            with self._calls:
+                self._in_flight[me] -= 1
+                if not self._in_flight[me]:
+                    del self._in_flight[me]
+                self._calls.notify_all()
 
     # --- collections ---------------------------------------------------------------------
 

@@ -1099,3 +1099,59 @@ def test_a_dotted_key_is_escaped_and_a_dollar_key_is_the_nodes_metadata(store: S
     assert ours.query(query).ids == ["b"]
     names = {m.name for m in ours.vector_store_info("notes").metadata_info}
     assert names == {"$cost", "source", "v1.2"}
+
+
+def test_embedding_a_query_creates_no_collection(store: Store) -> None:
+    """``RagstoreEmbedding`` made its collection (``create=True``) to embed a query: a
+    query against a misspelt name left an empty collection behind. Before the collection
+    exists it embeds with the model an add would make it with, creating nothing."""
+    before = {c["name"] for c in store.list_collections()}
+    embedding = RagstoreEmbedding(store, "li-never-made")
+    query = embedding.get_query_embedding("nightly backups")
+    texts = embedding.get_text_embedding_batch(["nightly backups", "a cat naps"])
+    assert {c["name"] for c in store.list_collections()} == before
+    # the vectors of the model the collection gets when an add makes it
+    store.add_texts("li-never-made", ["a cat naps"], ids=["cat"])
+    try:
+        made = RagstoreEmbedding(store, "li-never-made")
+        # (one text or a batch of two: float32 rounding apart)
+        assert query == pytest.approx(made.get_query_embedding("nightly backups"), abs=1e-5)
+        assert texts[1] == pytest.approx(made.get_text_embedding("a cat naps"), abs=1e-5)
+        assert texts[0] != pytest.approx(texts[1])
+    finally:
+        store.delete_collection("li-never-made")
+
+
+def test_close_waits_for_an_embedding(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``RagstoreEmbedding`` used ``store.runtime`` outside the Store's calls: a close from
+    another thread did not wait for it and closed the pool under its lookup. It is now a
+    call of the Store: a close while it is held waits for it (close(timeout=0) says a call
+    is running), and the embedding then ends."""
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+    own = Store(settings=settings)
+    real = own.runtime.embedder
+
+    def held(spec: Any) -> Any:
+        entered.set()
+        assert release.wait(60)
+        return real(spec)
+
+    monkeypatch.setattr(own.runtime, "embedder", held)
+    got: list[list[float]] = []
+    worker = threading.Thread(
+        target=lambda: got.append(
+            RagstoreEmbedding(own, "li-handbook").get_query_embedding("nightly backups")
+        )
+    )
+    worker.start()
+    try:
+        assert entered.wait(60)
+        with pytest.raises(TimeoutError, match=r"1 call\(s\) of other threads"):
+            own.close(timeout=0)
+    finally:
+        release.set()
+        worker.join(60)
+        own.close()
+    assert len(got) == 1 and len(got[0]) == 384

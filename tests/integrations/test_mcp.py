@@ -957,3 +957,166 @@ async def test_a_search_with_a_key_leaves_the_event_loop_free(handbook: Store) -
             go.set()
             holder.join(30)
     assert "thirty days" in _data(result)["hits"][0]["text"]
+
+
+async def test_over_stdio_add_document_metadata_is_held_to_the_request_limit(
+    handbook: Store,
+) -> None:
+    """The request limit held add_document's text alone: a short text with megabytes of
+    metadata was stored over stdio (on the document and each of its chunks), where the
+    same call over HTTP is refused. The whole call, text and metadata as JSON, is held."""
+    from mcp import Client as McpClient
+
+    writer = KeyStore(handbook.runtime.db).create("write", name="big-meta").secret
+    limit = handbook.runtime.settings.max_request_bytes
+    cases = {
+        "mcp-big-meta": ("# Small\n\nA short text.", {"blob": "x" * limit}),
+        # each part under the limit, the call over it
+        "mcp-big-both": ("# Half\n\n" + "y" * (limit // 2), {"blob": "z" * (limit // 2)}),
+    }
+    async with McpClient(build_server(handbook, key_for(handbook, writer))) as session:
+        for collection, (text, metadata) in cases.items():
+            told = _error(
+                await session.call_tool(
+                    "add_document",
+                    {"collection": collection, "name": "a.md", "text": text, "metadata": metadata},
+                )
+            )
+            assert "error[request_too_large]" in told, told
+            assert "text and metadata as JSON" in told and "RAGSTORE_MAX_REQUEST_BYTES" in told
+            assert f"ragstore ingest PATH -c {collection}" in told
+        # a call under the limit is stored as before
+        added = _data(
+            await session.call_tool(
+                "add_document",
+                {
+                    "collection": "mcp-meta-ok",
+                    "name": "a.md",
+                    "text": "# Ok\n\nStored.",
+                    "metadata": {"blob": "x" * 1000},
+                },
+            )
+        )
+        assert added["status"] == "added"
+    names = {c["name"] for c in handbook.list_collections()}
+    assert "mcp-meta-ok" in names and not names & set(cases)
+
+
+# a Markdown document of many sections, each a heading and a paragraph of a few chunks
+MANY_SECTIONS = "# Atlas\n\nThe atlas.\n\n" + "".join(
+    f"## Region {i}\n\nRegion {i} lies at latitude {i} north. "
+    + " ".join(f"r{i}w{j}" for j in range(120))
+    + "\n\n"
+    for i in range(12)
+)
+
+
+async def test_get_section_finds_a_section_past_the_chunk_limit(
+    handbook: Store, settings: Settings
+) -> None:
+    """``get_section`` looked for the section among the document's first 10,000 chunks
+    only, and answered a section past them with "has no section": a false answer. The
+    section is now read by its heading path, bounded by RAGSTORE_MAX_ANSWER_CHUNKS (shrunk
+    here to 5 rather than writing 10,000 chunks): a section past the first 5 chunks is
+    found, one of more chunks than that is refused with its size, and get_document says
+    that its text is cut."""
+    from mcp import Client as McpClient
+
+    from ragstore.profiles import settings_with
+
+    handbook.add_document("mcp-atlas", "atlas.md", MANY_SECTIONS)
+    with Store(settings=settings_with(settings, max_answer_chunks=5)) as small:
+        doc_id = small.list_documents("mcp-atlas")["data"][0]["id"]
+        assert small.get_collection("mcp-atlas")["chunks"] > 30  # far past 5 chunks
+        async with McpClient(build_server(small)) as session:
+
+            async def section(path: str) -> Any:
+                return await session.call_tool(
+                    "get_section",
+                    {"collection": "mcp-atlas", "document_id": doc_id, "section": path},
+                )
+
+            last = _data(await section("Atlas > Region 11"))
+            assert last["section"] == "Atlas > Region 11" and not last["truncated"]
+            assert last["text"].startswith("Region 11 lies at latitude 11 north.")
+            assert last["text"].endswith("r11w119") and "r10w" not in last["text"]
+            whole = _error(await section("Atlas"))
+            assert whole.startswith("Error executing tool get_section: error[answer_too_large]")
+            assert "section 'Atlas' of document" in whole and "chunks, at most 5" in whole
+            assert "RAGSTORE_MAX_ANSWER_CHUNKS" in whole
+            assert "has no section 'Atlas > Region 12'" in _error(
+                await section("Atlas > Region 12")
+            )
+            doc = _data(
+                await session.call_tool(
+                    "get_document", {"collection": "mcp-atlas", "document_id": doc_id}
+                )
+            )
+            assert doc["truncated"] and "Region 11" not in doc["text"]
+
+
+@pytest.mark.parametrize(
+    ("tool", "reader", "extra"),
+    [
+        ("get_document", "document_chunks", {}),
+        ("get_section", "section_chunks", {"section": "Guide"}),
+        ("list_collections", "is_live", None),  # a key's check before each call
+    ],
+)
+async def test_close_waits_for_a_tool_reading_chunks(
+    handbook: Store,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    tool: str,
+    reader: str,
+    extra: dict[str, Any] | None,
+) -> None:
+    """``get_document`` and ``get_section`` read the chunks, and a server with a key
+    checks it is live, through ``store.runtime``, outside the Store's calls:
+    ``Store.close()`` did not wait for them, and closed the pool under their read. They
+    are now calls of the Store: a close while one is held waits for it (told here by
+    close(timeout=0), which says a call is running), and the held read then ends as it
+    would have without the close."""
+    import anyio
+    import anyio.to_thread
+    from mcp import Client as McpClient
+
+    from ragstore.integrations import mcp as mcp_module
+
+    entered, release = threading.Event(), threading.Event()
+    real = getattr(mcp_module, reader)
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        assert release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mcp_module, reader, held)
+    doc_id = handbook.find_document("handbook", "ops/guide.md")["id"]
+    answers: list[Any] = []
+    own = Store(settings=settings)
+    key = None
+    if extra is None:  # a tool of no document, on a server with a key
+        key = key_for(own, KeyStore(own.runtime.db).create("read", name="held").secret)
+    try:
+        async with McpClient(build_server(own, key)) as session:
+
+            async def call() -> None:
+                args = {} if extra is None else {"collection": "handbook", "document_id": doc_id}
+                answers.append(await session.call_tool(tool, {**args, **(extra or {})}))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call)
+                assert await anyio.to_thread.run_sync(entered.wait, 60)
+                with pytest.raises(TimeoutError, match=r"1 call\(s\) of other threads"):
+                    own.close(timeout=0)
+                release.set()
+    finally:
+        release.set()
+        own.close()
+    if extra is None:
+        # the key checked, the listing is a new call of the Store, refused once its
+        # close has begun (as every call is)
+        assert _error(answers[0]) == "Error executing tool list_collections"
+    else:
+        assert "thirty days" in _data(answers[0])["text"]

@@ -130,6 +130,31 @@ def document_chunks(
     ]
 
 
+def section_chunks(
+    conn: Conn, coll: Collection, document_id: int, path: list[str], *, limit: int
+) -> tuple[list[str], int]:
+    """The texts of the chunks of a document's section ``path`` (a heading path: the chunks whose
+    section path starts with it, its subsections' too), in reading order, at most
+    ``limit``, and how many there are in all (in the same statement's snapshot).
+
+    Selected by the database: read from the whole document's chunks (at most 10,000 of
+    them), a section past those was answered as no section at all. Raises
+    DocumentNotFoundError when the document is not in the collection."""
+    found = conn.execute(
+        "SELECT 1 FROM documents WHERE collection_id = %s AND id = %s", (coll.id, document_id)
+    ).fetchone()
+    if found is None:
+        raise document_not_found(document_id, coll, conn)
+    rows = conn.execute(
+        "SELECT text, count(*) OVER () FROM chunks WHERE document_id = %(d)s"
+        " AND section_path[1:%(n)s] = %(path)s::text[]"
+        " ORDER BY ordinal LIMIT %(limit)s",
+        {"d": document_id, "n": len(path), "path": list(path), "limit": limit},
+    ).fetchall()
+    total = int(rows[0][1]) if rows else 0
+    return [str(r[0]) for r in rows], total
+
+
 # collations that order strings as their bytes (UTF-8's byte order is code point order)
 _BYTE_ORDER = frozenset({"c", "posix", "c.utf8", "c.utf-8", "ucs_basic", "pg_c_utf8"})
 

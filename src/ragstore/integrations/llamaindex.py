@@ -676,18 +676,32 @@ class RagstoreEmbedding(BaseEmbedding):
         self._store = store
         self._name = collection
 
-    def _embedder(self) -> Any:
-        rt = self._store.runtime
-        return rt.embedder_for(rt.collection(self._name, create=True))
+    def _embed(self, texts: list[str], *, query: bool = False) -> list[list[float]]:
+        """``texts`` embedded by the collection's model, or, before the collection exists,
+        by the model an add would make it with (the Store's ``RAGSTORE_MODEL``). Nothing
+        is created: the collection was made (``create=True``) by the first query's
+        embedding, so a query against a misspelt name left an empty collection behind.
+        Counted as a call of the Store (:meth:`Store.in_call`), so that its close waits
+        for it rather than closing the pool under the lookup."""
+        from ragstore.modelops.specs import find_model
+
+        with self._store.in_call() as rt:
+            try:
+                embedder = rt.embedder_for(rt.collection(self._name))
+            except CollectionNotFoundError:
+                embedder = rt.embedder(find_model(rt, rt.settings.model).spec)
+            if query:
+                return [[float(x) for x in embedder.embed_query(t)] for t in texts]
+            return [[float(x) for x in row] for row in embedder.embed(texts)]
 
     def _get_query_embedding(self, query: str) -> list[float]:
-        return [float(x) for x in self._embedder().embed_query(query)]
+        return self._embed([query], query=True)[0]
 
     async def _aget_query_embedding(self, query: str) -> list[float]:
         return self._get_query_embedding(query)
 
     def _get_text_embedding(self, text: str) -> list[float]:
-        return [float(x) for x in self._embedder().embed([text])[0]]
+        return self._embed([text])[0]
 
     def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        return [[float(x) for x in row] for row in self._embedder().embed(texts)]
+        return self._embed(texts)

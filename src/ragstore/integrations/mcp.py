@@ -57,8 +57,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ragstore.auth.keys import ApiKey, KeyStore, is_live
 from ragstore.db.cancel import Cancellation, cancelling
 from ragstore.db.errors import translated
-from ragstore.db.inspection import document_chunks
+from ragstore.db.inspection import document_chunks, section_chunks
 from ragstore.errors import (
+    AnswerTooLargeError,
     AuthenticationError,
     CollectionNotFoundError,
     ConfigError,
@@ -82,7 +83,6 @@ __all__ = ["MAX_TEXT_CHARS", "KeyRequired", "build_server", "http_app", "key_for
 log = logging.getLogger("ragstore.mcp")
 
 MAX_TEXT_CHARS = 50_000  # a document's text handed to an agent at once
-MAX_CHUNKS = 10_000
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -624,14 +624,15 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
     def get_document(collection: Name, document_id: StrictInt) -> dict[str, Any]:
         allow("read", collection)
         doc = store.get_document(collection, document_id)
-        text = "\n\n".join(c["text"] for c in _chunks(store, collection, document_id))
+        texts, more = _document_text(store, collection, document_id)
+        text = "\n\n".join(texts)
         return {
             "id": doc["id"],
             "name": doc["name"],
             "title": doc["title"],
             "format": doc["format"],
             "metadata": doc["metadata"],
-            "truncated": len(text) > MAX_TEXT_CHARS,
+            "truncated": more or len(text) > MAX_TEXT_CHARS,
             "text": text[:MAX_TEXT_CHARS],
         }
 
@@ -652,17 +653,8 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
         want = [p.strip() for p in section.split(">") if p.strip()]
         if not want:
             raise InputError("section is empty; give a heading path such as 'Guide > Setup'")
-        chunks = [
-            c
-            for c in _chunks(store, collection, document_id)
-            if c["section_path"][: len(want)] == want
-        ]
-        if not chunks:  # the heading path as given is echoed cut: it may be megabytes
-            shown = section if len(section) <= 200 else section[:200] + "..."
-            raise InputError(
-                f"document {document_id} has no section {shown!r}; use the section of a search hit"
-            )
-        text = "\n\n".join(c["text"] for c in chunks)
+        texts = _section_text(store, collection, document_id, want, section)
+        text = "\n\n".join(texts)
         return {
             "document_id": document_id,
             "section": " > ".join(want),
@@ -686,17 +678,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
             metadata: dict[str, Any] | None = None,
         ) -> dict[str, Any]:
             allow("write", collection)
-            # over HTTP the whole call is held to RAGSTORE_MAX_REQUEST_BYTES; over stdio
-            # nothing held it: an agent's 10 MB text was chunked and embedded (minutes,
-            # thousands of chunks) where the same call over HTTP is refused
-            limit = store.runtime.settings.max_request_bytes
-            size = len(text.encode("utf-8", "surrogatepass"))
-            if size > limit:
-                raise RequestTooLargeError(
-                    f"text is {size} bytes; add_document takes at most {limit} "
-                    "(RAGSTORE_MAX_REQUEST_BYTES, as over HTTP): add a larger file with "
-                    f"`ragstore ingest PATH -c {collection}`"
-                )
+            _check_call_size(store, collection, name, text, metadata)
             doc = store.add_document(collection, name, text, metadata=metadata)
             return {k: doc[k] for k in ("id", "name", "status", "chunks")}
 
@@ -711,11 +693,62 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
     )
 
 
-def _chunks(store: Store, collection: str, document_id: int) -> list[dict[str, Any]]:
-    rt = store.runtime
-    coll = rt.collection(collection)
-    with rt.db.connection() as conn, translated(f"reading document {document_id}"):
-        return document_chunks(conn, coll, document_id, after=None, limit=MAX_CHUNKS)
+def _check_call_size(
+    store: Store, collection: str, name: str, text: str, metadata: dict[str, Any] | None
+) -> None:
+    """Refuse an ``add_document`` call larger than ``RAGSTORE_MAX_REQUEST_BYTES``, its
+    arguments counted as JSON (as the body of the same call over HTTP is held to it).
+    Over stdio nothing held it: an agent's 10 MB text was chunked and embedded (minutes,
+    thousands of chunks), and then, with the text held, 10 MB of metadata was stored on
+    the document and on each of its chunks, where the same call over HTTP is refused."""
+    limit = store.runtime.settings.max_request_bytes
+    call = {"collection": collection, "name": name, "text": text, "metadata": metadata}
+    size = len(json.dumps(call, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise RequestTooLargeError(
+            f"the call is {size} bytes (its text and metadata as JSON); add_document takes "
+            f"at most {limit} (RAGSTORE_MAX_REQUEST_BYTES, as over HTTP): add a larger "
+            f"file with `ragstore ingest PATH -c {collection}` (its metadata with --meta-json)"
+        )
+
+
+def _document_text(store: Store, collection: str, document_id: int) -> tuple[list[str], bool]:
+    """The texts of a document's first chunks, at most ``RAGSTORE_MAX_ANSWER_CHUNKS`` of
+    them (the bound of every answer), and whether it has more (its text is then cut). Read
+    as a call of the Store (:meth:`Store.in_call`), so that its close waits for it."""
+    with store.in_call() as rt:
+        coll = rt.collection(collection)
+        limit = rt.settings.max_answer_chunks
+        with rt.db.connection() as conn, translated(f"reading document {document_id}"):
+            rows = document_chunks(conn, coll, document_id, after=None, limit=limit + 1)
+    return [c["text"] for c in rows[:limit]], len(rows) > limit
+
+
+def _section_text(
+    store: Store, collection: str, document_id: int, path: list[str], given: str
+) -> list[str]:
+    """The texts of a document's section ``path`` (``given``: as the agent wrote it), read
+    by its heading path as a call of the Store (:meth:`Store.in_call`). A section of more
+    chunks than ``RAGSTORE_MAX_ANSWER_CHUNKS`` is refused with its size; one not found
+    is refused naming it."""
+    shown = given if len(given) <= 200 else given[:200] + "..."  # it may be megabytes
+    with store.in_call() as rt:
+        coll = rt.collection(collection)
+        limit = rt.settings.max_answer_chunks
+        with rt.db.connection() as conn, translated(f"reading document {document_id}"):
+            texts, total = section_chunks(conn, coll, document_id, path, limit=limit)
+    if not total:
+        raise InputError(
+            f"document {document_id} has no section {shown!r}; use the section of a search hit"
+        )
+    if total > limit:
+        raise AnswerTooLargeError(
+            f"section {shown!r} of document {document_id} is too large to answer at once: "
+            f"{total:,} chunks, at most {limit:,} (RAGSTORE_MAX_ANSWER_CHUNKS); ask for one "
+            "of its subsections (a search hit's section), or raise "
+            "RAGSTORE_MAX_ANSWER_CHUNKS where the MCP server runs"
+        )
+    return texts
 
 
 def _require_live(store: Store, key: ApiKey) -> None:
@@ -723,7 +756,11 @@ def _require_live(store: Store, key: ApiKey) -> None:
     the key: it was checked once when the server started, so a revoked write key went
     on adding documents until the agent restarted the server. Over HTTP
     :class:`KeyRequired` checks it too; this is one indexed read per call."""
-    with store.runtime.db.connection() as conn, translated("checking the API key"):
+    with (
+        store.in_call() as rt,
+        rt.db.connection() as conn,
+        translated("checking the API key"),
+    ):
         live = is_live(conn, key.id)
     if not live:
         raise AuthenticationError(
