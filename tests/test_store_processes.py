@@ -119,6 +119,27 @@ def _backends(settings: Settings) -> int:
     return int(row[0])
 
 
+def _until(holds: Callable[[], bool], what: str, within_s: float = 30.0) -> None:
+    """Wait until ``holds()``, checking every 10 ms; fail naming ``what`` after ``within_s``."""
+    deadline = time.monotonic() + within_s
+    while not holds():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.01)
+
+
+def _lock_waiters(settings: Settings) -> int:
+    """This database's sessions waiting for a lock."""
+    import psycopg
+
+    assert settings.database_url is not None
+    with psycopg.connect(settings.database_url.get_secret_value()) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def test_close_waits_for_the_calls_other_threads_have_in_flight(settings: Settings) -> None:
     # closed under a call another thread had started, the call's next statement found the
     # pool gone: it failed with "the database cannot be reached (the pool 'ragstore' is
@@ -137,10 +158,10 @@ def test_close_waits_for_the_calls_other_threads_have_in_flight(settings: Settin
         adding = calls.submit(
             store.add_texts, "in-flight", ["late"], ids=["late"], vectors=[[1, 0, 0]]
         )
-        time.sleep(0.5)  # its lookup of the collection waits for the lock
+        _until(lambda: _lock_waiters(settings) > 0, "the call waits for the lock")
         closing = threading.Thread(target=store.close)
         closing.start()
-        time.sleep(0.5)
+        _until(lambda: store._closing, "the close began")
         with pytest.raises(RuntimeError, match="this Store is closed"):
             store.list_collections()  # a new call once close has begun
         waited = closing.is_alive()  # for the call in flight
@@ -154,7 +175,8 @@ def test_close_waits_for_the_calls_other_threads_have_in_flight(settings: Settin
     with Store(settings=settings) as again:
         assert [t["text"] for t in again.get_texts("in-flight", ["late"])] == ["late"]
         again.delete_collection("in-flight")
-    assert _backends(settings) == before
+    # the closed pools' sessions end as their backends exit, a moment after the close
+    _until(lambda: _backends(settings) == before, "the Stores' sessions all ended")
     assert waited
 
 
