@@ -20,10 +20,15 @@ import threading
 import time
 from dataclasses import dataclass
 
+from psycopg_pool import PoolTimeout
+
 from ragstore.db import ratelimits
 from ragstore.db.database import Database
 from ragstore.db.errors import translated
 from ragstore.errors import DatabaseError, RateLimitedError
+
+# How long a shed request's give-back of its rate-limit token waits for a pooled connection
+GIVE_BACK_WAIT_S = 0.1
 
 log = logging.getLogger("ragstore.auth")
 
@@ -65,17 +70,30 @@ class RateLimiter:
 
     def give_back(self, taken: Taken) -> None:
         """Return ``taken`` to its bucket (a request that never ran): never past the limit,
-        so a bucket that refilled meanwhile is full, not over. A database that fails here
-        leaves the token spent (logged): the caller loses one request of its minute."""
+        so a bucket that refilled meanwhile is full, not over. A database that fails here,
+        or a pool that lends no connection within :data:`GIVE_BACK_WAIT_S`, leaves the token
+        spent (logged): the caller loses one request of its minute.
+
+        It runs before a shed request's 503 goes out, when every worker thread is busy and
+        the pool most likely lent out too: waited for as other work waits (the pool's
+        timeout, 5 s), it held the 503 that long, on a thread of its own for each shed
+        request, and then opened a fresh connection to probe the server."""
         if taken.shared:
             assert self.db is not None
             try:
-                with self.db.connection() as conn, translated("giving back a request's count"):
+                with (
+                    self.db.connection(wait_s=GIVE_BACK_WAIT_S) as conn,
+                    translated("giving back a request's count"),
+                ):
                     ratelimits.give_back(
                         conn, f"key:{taken.key}", float(self.per_minute), self._rate
                     )
             except DatabaseError as exc:
                 log.warning("a shed request's rate-limit count was not given back: %s", exc.code)
+            except PoolTimeout:
+                log.warning(
+                    "a shed request's rate-limit count was not given back: no free connection"
+                )
             return
         now = time.monotonic()
         with self._lock:
