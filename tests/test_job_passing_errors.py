@@ -181,7 +181,10 @@ def test_a_job_whose_write_a_lock_timeout_cancels_runs_again_then_fails(
         whole["document"] is None
         and "1 of the job's 2 documents were not stored" in (whole["detail"])
     )
-    assert "cancelled their writes" in whole["detail"] and "'held.md'" in whole["detail"]
+    assert (
+        "gave up waiting for their writes' locks" in whole["detail"]
+        and "'held.md'" in whole["detail"]
+    )
     assert "could not be reached" not in whole["detail"]
     assert failed.summary.get("added") == 1 and failed.summary.get("failed") == 1
     assert (stored.status, stored.errors, len(runs)) == ("succeeded", [], 2), stored.errors
@@ -212,18 +215,32 @@ def test_a_collision_of_a_job_s_write_runs_it_again(
     assert _stored(rt, name) == ["calm.md", "raced.md"]
 
 
-def test_a_document_s_own_out_of_memory_fails_it_not_the_job(
-    rt: Runtime, database_url: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("state", "message", "code"),
+    [
+        ("53200", "out of memory", "database_unavailable"),
+        ("57014", "canceling statement due to statement timeout", "statement_cancelled"),
+    ],
+)
+def test_a_document_s_own_out_of_memory_or_statement_timeout_fails_it_not_the_job(
+    rt: Runtime,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    state: str,
+    message: str,
+    code: str,
 ) -> None:
     """SQLSTATE 53200 (out of memory) of one document's write is that document's failure
     (the ingest goes on past it: ``stops_ingest``), though it is a
     ``database_unavailable``: the job ran again five times for it and then failed,
     saying the database could not be reached. The job succeeds now, the document's error
-    listed, after one run."""
+    listed, after one run. So does a ``statement_timeout`` of its write (57014): unlike a
+    lock timeout (55P03, another write held the lock), the write takes as long again, and
+    a job run five times over it told the client to send it again."""
     monkeypatch.setattr(runner, "RETRY_S", 0.01)
-    name = "pass-own"
+    name = f"pass-own-{state}"
     Store.from_runtime(rt).create_collection(name)
-    body = "PERFORM nextval('fault_seq'); RAISE EXCEPTION 'out of memory' USING ERRCODE = '53200';"
+    body = f"PERFORM nextval('fault_seq'); RAISE EXCEPTION '{message}' USING ERRCODE = '{state}';"
     ingest = runner._ingest
     runs: list[int] = []
 
@@ -238,9 +255,7 @@ def test_a_document_s_own_out_of_memory_fails_it_not_the_job(
     assert tries is not None and tries[0] >= 1  # the fault was met
     assert len(runs) == 1  # not run again for a document's own failure
     assert done.status == "succeeded", done.errors
-    assert [(e["document"], e["code"]) for e in done.errors] == [
-        ("huge.md", "database_unavailable")
-    ]
+    assert [(e["document"], e["code"]) for e in done.errors] == [("huge.md", code)]
     assert done.summary.get("added") == 1 and done.summary.get("failed") == 1
     assert _stored(rt, name) == ["small.md"]
 

@@ -137,6 +137,15 @@ def recovery_conflict(exc: BaseException) -> bool:
     return "conflict with recovery" in str(exc)
 
 
+def lock_wait_gave_up(exc: BaseException) -> bool:
+    """Whether ``exc`` is our :class:`StatementCancelledError` for a lock waited for past a
+    ``lock_timeout`` (SQLSTATE 55P03): another write held it, and made again the write
+    stores. A statement cancelled by a ``statement_timeout`` (57014) is not one: a write
+    that takes too long takes too long again."""
+    state = getattr(exc.__cause__, "sqlstate", None)
+    return isinstance(exc, StatementCancelledError) and state == "55P03"
+
+
 def collided(exc: BaseException) -> bool:
     """Whether ``exc`` is our :class:`ConflictError` for a write that collided with a
     concurrent one (SQLSTATE class 40: a deadlock, a serialization failure): the write

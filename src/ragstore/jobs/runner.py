@@ -19,7 +19,7 @@ import psycopg
 
 from ragstore.db import jobs as store
 from ragstore.db.documents import model_switched
-from ragstore.db.errors import collided, translated, vector_table_gone
+from ragstore.db.errors import collided, lock_wait_gave_up, translated, vector_table_gone
 from ragstore.errors import (
     CollectionNotFoundError,
     ConflictError,
@@ -510,9 +510,8 @@ _CAUSES: dict[str, tuple[type[RagstoreError], str]] = {
     ),
     "cancelled": (
         StatementCancelledError,
-        "the database cancelled their writes (a lock_timeout or statement_timeout set in "
-        "the database while another write of the same names held them, an administrator's "
-        "cancel)",
+        "the database gave up waiting for their writes' locks (a lock_timeout set in the "
+        "database while another write of the same names held them)",
     ),
     "switched": (
         ConflictError,
@@ -559,7 +558,9 @@ def passing_cause(err: RagstoreError | None) -> str | None:
         return None
     if isinstance(err, DatabaseUnavailableError):
         return "unavailable" if stops_ingest(err) else None
-    if isinstance(err, StatementCancelledError):
+    if lock_wait_gave_up(err):
+        # a statement_timeout (57014) is the document's own: its write takes too long
+        # again, and a job run five times over it then told to send it again
         return "cancelled"
     if model_switched(err):
         return "switched"
