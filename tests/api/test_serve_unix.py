@@ -76,3 +76,24 @@ def test_a_stale_unix_socket_is_replaced_and_a_live_one_or_a_file_refused(
     with pytest.raises(ConfigError, match="not a socket"):
         bind_sockets(f"unix:{path}", 0)
     assert path.read_text() == "not a socket"
+
+
+def test_a_serve_that_fails_to_start_after_binding_removes_its_unix_socket(
+    cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The sockets were released only for a refused setting or once serving ended: a
+    start that failed in between (the server's configuration, the metrics folder) left
+    the socket open and its file behind, until the next start cleared it as stale."""
+    from ragstore.api import server
+    from tests.conftest import run_cli
+
+    path = tmp_path / "api.sock"
+    monkeypatch.setenv("RAGSTORE_AUTH", "off")
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise OSError("the server's configuration could not be made")
+
+    monkeypatch.setattr(server, "server_config", refused)
+    with pytest.raises(OSError, match="could not be made"):
+        run_cli("serve", "--host", f"unix:{path}")
+    assert not path.exists()

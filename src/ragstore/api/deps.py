@@ -91,7 +91,8 @@ def authenticate(
 ) -> Principal:
     """The caller behind the bearer token ``presented``, its request counted against the
     key's rate limit. Runs once a request: in :class:`~ragstore.api.middleware.
-    AuthBeforeBodyMiddleware` for a request with a body, else in the routes' dependency.
+    AuthBeforeBodyMiddleware` for every ``/v1`` request (before its body and its read
+    routing), else in the routes' dependency.
     A request then shed before its work ran (api/shed.py) has the count given back."""
     key = keys.authenticate(presented, client)
     taken = limiter.hit(key.key_id)

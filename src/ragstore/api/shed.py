@@ -295,9 +295,9 @@ class _Arrival:
     parsed to its end and the upload stored for no one. While a write waits, the body is
     read ahead (up to :data:`READ_AHEAD_BYTES`, handed on in order afterwards): the
     server's ``http.disconnect`` ends the wait with Starlette's ``ClientDisconnect``, as a
-    read of the body would have, and the form parser closes (removes) the files it
-    spooled. Past the read-ahead, the wait goes on (the client's sending held back by
-    TCP), as before."""
+    read of the body would have; the files the form parser spooled are unnamed
+    temporary files, freed once closed or collected. Past the read-ahead, the wait goes
+    on (the client's sending held back by TCP), as before."""
 
     def __init__(self, admission: _Admission, receive: Receive) -> None:
         self._admission = admission

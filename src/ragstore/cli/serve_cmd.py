@@ -63,31 +63,27 @@ def _serve(overrides: dict[str, Any], sockets: list[socket.socket], bound: list[
     from uvicorn.supervisors import Multiprocess
 
     from ragstore.api.server import server_config
-    from ragstore.errors import ConfigError
     from ragstore.http.listen import open_unix_sockets, release_sockets
     from ragstore.profiles import get_settings
 
-    try:
+    private_metrics = None
+    try:  # the sockets released however this ends (a Unix one's file left, else)
         settings = get_settings(**overrides)
         from ragstore.api.app import auth_enabled
 
         if auth_enabled(settings):  # refuse an unsafe auth setting before serving
             open_unix_sockets(sockets)  # keys on: the key is the credential
-    except ConfigError:
-        release_sockets(sockets, bound)
-        raise
-    logging.getLogger("ragstore").setLevel(settings.log_level.upper())
-    config = server_config(
-        "ragstore.api.app:create_app",
-        settings,
-        factory=True,
-        workers=settings.api_workers,
-        log_level=settings.log_level,
-        access_log=False,
-    )
-    server = uvicorn.Server(config)
-    private_metrics = _share_metrics(settings.api_workers)
-    try:
+        logging.getLogger("ragstore").setLevel(settings.log_level.upper())
+        config = server_config(
+            "ragstore.api.app:create_app",
+            settings,
+            factory=True,
+            workers=settings.api_workers,
+            log_level=settings.log_level,
+            access_log=False,
+        )
+        server = uvicorn.Server(config)
+        private_metrics = _share_metrics(settings.api_workers)
         if settings.api_workers > 1:
             Multiprocess(config, sockets=sockets).run()
         else:
