@@ -93,6 +93,16 @@ def space_stats(conn: Conn, collection_id: int) -> list[dict[str, Any]]:
     return out
 
 
+def _require_document(conn: Conn, coll: Collection, document_id: int) -> None:
+    """DocumentNotFoundError unless the document is in the collection: a read of its
+    chunks then finds none only where it has no more."""
+    found = conn.execute(
+        "SELECT 1 FROM documents WHERE collection_id = %s AND id = %s", (coll.id, document_id)
+    ).fetchone()
+    if found is None:
+        raise document_not_found(document_id, coll, conn)
+
+
 def document_chunks(
     conn: Conn, coll: Collection, document_id: int, *, after: int | None, limit: int
 ) -> list[dict[str, Any]]:
@@ -101,11 +111,7 @@ def document_chunks(
     Raises DocumentNotFoundError when the document is not in the collection, so an empty
     list always means "no more chunks".
     """
-    found = conn.execute(
-        "SELECT 1 FROM documents WHERE collection_id = %s AND id = %s", (coll.id, document_id)
-    ).fetchone()
-    if found is None:
-        raise document_not_found(document_id, coll, conn)
+    _require_document(conn, coll, document_id)
     rows = conn.execute(
         "SELECT id, ordinal, chunk_type, section_path, page, token_count, char_start,"
         " char_end, text, metadata FROM chunks WHERE document_id = %(d)s"
@@ -140,11 +146,7 @@ def section_chunks(
     Selected by the database: read from the whole document's chunks (at most 10,000 of
     them), a section past those was answered as no section at all. Raises
     DocumentNotFoundError when the document is not in the collection."""
-    found = conn.execute(
-        "SELECT 1 FROM documents WHERE collection_id = %s AND id = %s", (coll.id, document_id)
-    ).fetchone()
-    if found is None:
-        raise document_not_found(document_id, coll, conn)
+    _require_document(conn, coll, document_id)
     rows = conn.execute(
         "SELECT text, count(*) OVER () FROM chunks WHERE document_id = %(d)s"
         " AND section_path[1:%(n)s] = %(path)s::text[]"
