@@ -116,17 +116,11 @@ ABOVE_INGEST = (
 )
 
 # the services and what they stand on: the shared layers import none of them
-SERVICES = (
-    "ragstore.search",
-    "ragstore.ingest",
-    "ragstore.imports",
-    "ragstore.modelops",
-    "ragstore.jobs",
-    "ragstore.backup",
-    "ragstore.integrity",
-    "ragstore.store",
-    "ragstore.runtime",
-    "ragstore.db",
+SERVICES = tuple(
+    p
+    for p in SERVICE_PACKAGES
+    # less the domain modules, which are not services themselves
+    if p not in ("ragstore.parsing", "ragstore.chunking", "ragstore.embedding")
 )
 # besides the client itself, only the CLI (its commands sent to a server) imports it
 CLIENT_USERS = (*CLIENT, "ragstore.cli")

@@ -350,14 +350,12 @@ class _Arrival:
 
 async def _undo(admission: _Admission) -> None:
     """Run what the shed request asked to give back (:func:`if_shed`), each once, on a worker
-    thread past the limit (it was shed: :meth:`SheddingLimiter.__aenter__`); one that fails
-    is logged and the rest still run."""
+    thread past the limit (it was shed: :meth:`SheddingLimiter.__aenter__`). Each step
+    handles its own failures (a rate-limit give-back logs a database it cannot reach and
+    leaves the token spent: :meth:`RateLimiter.give_back`)."""
     while admission.undo:
         fn = admission.undo.pop(0)
-        try:
-            await run_in_threadpool(fn)
-        except Exception:
-            log.exception("undoing a shed request's step failed")
+        await run_in_threadpool(fn)
 
 
 def if_shed(fn: Callable[[], None]) -> None:
