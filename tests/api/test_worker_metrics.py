@@ -152,6 +152,53 @@ def test_a_metrics_port_on_loopback_refuses_other_sites_pages() -> None:
         thread.join(timeout=5)
 
 
+def test_a_metrics_port_on_loopback_refuses_a_client_a_proxy_forwards() -> None:
+    """A reverse proxy on this machine (Apache's ProxyPass: Host 127.0.0.1, X-Forwarded-For)
+    handed the loopback port, which has no key, to the network, where the API refuses such
+    a request (keys off) or asks it for a key (/metrics). A request forwarded for another
+    machine is refused now; one forwarded for this machine is served."""
+    from ragstore.observability import metrics
+
+    server, thread = metrics.serve_process_metrics("127.0.0.1", 0)
+    port = int(server.server_address[1])
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        for forwarded in (
+            {"X-Forwarded-For": "203.0.113.9"},
+            {"X-Real-IP": "2001:db8::1"},
+            {"Forwarded": "for=198.51.100.7;proto=https"},
+        ):
+            request = urllib.request.Request(url, headers=forwarded)
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=5)
+            assert refused.value.code == 403, forwarded
+            said = refused.value.read().decode()
+            assert "no proxy may forward others" in said and "--metrics-host" in said
+        local = urllib.request.Request(url, headers={"X-Forwarded-For": "127.0.0.1"})
+        with urllib.request.urlopen(local, timeout=5) as answer:
+            assert answer.status == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_a_metrics_port_is_never_a_unix_socket(
+    cli_env: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The port has no key, and the API answers keyless requests over a Unix socket only
+    on the owner-only one ``ragstore serve`` binds. The worker's port cannot be one: it
+    listens on TCP only, so a ``unix:`` address stops the worker before it takes a job,
+    and no socket file (which every user of the machine could open) is made."""
+    path = tmp_path / "metrics.sock"
+    code = run_cli("worker", "--burst", "--metrics-port", "0", "--metrics-host", f"unix:{path}")
+    err = capsys.readouterr().err
+    assert code == 78, err
+    assert "metrics port listens on TCP only, not on a Unix socket" in err, err
+    assert not path.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
 MULTIPROCESS_SCRAPE = """
 import urllib.request
 from ragstore.observability import metrics

@@ -8,11 +8,13 @@ import contextlib
 import json
 import os
 import socket
+import stat
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -292,6 +294,50 @@ def test_over_http_without_a_key_a_proxied_client_of_another_machine_is_refused(
         assert httpx.post(url, json=_HELLO, headers=local, timeout=30).status_code == 200
 
 
+@contextmanager
+def _serving_uds(app: Any, path: str) -> Iterator[Any]:
+    """``app`` served as ``uvicorn --uds PATH`` serves it (the socket 0666); an httpx
+    client through that socket."""
+    import httpx
+
+    server = uvicorn.Server(uvicorn.Config(app, uds=path, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=path), timeout=30) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_over_http_without_a_key_a_unix_socket_is_refused(handbook: Store, tmp_path: Path) -> None:
+    """The app served by uvicorn on a Unix socket (``--uds``: mode 0666, open to every
+    user of the machine) answered every local user, with no key, every collection's
+    text, as the API refuses with keys off. Without a key every request over a Unix
+    socket is ``forbidden`` now (``ragstore mcp`` binds none); with a key, the key
+    being the credential, a request presenting it is served."""
+    path = str(tmp_path / "mcp.sock")
+    url = "http://127.0.0.1:8765/mcp"  # a Host the SDK's DNS-rebinding check lets by
+    accept = {"Accept": "application/json, text/event-stream"}
+    with _serving_uds(http_app(build_server(handbook), handbook, None), path) as client:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o666  # every local user connects
+        answer = client.post(url, json=_HELLO, headers=accept)
+        assert answer.status_code == 403, answer.text
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        problem = answer.json()
+        assert problem["code"] == "forbidden"
+        assert "Unix socket" in problem["detail"] and "--api-key" in problem["detail"]
+    secret = KeyStore(handbook.runtime.db).create("read", name="mcp-uds").secret
+    with _serving_uds(_served(handbook, secret), path) as client:
+        assert client.post(url, json=_HELLO, headers=accept).status_code == 401
+        keyed = {**accept, "Authorization": f"Bearer {secret}"}
+        assert client.post(url, json=_HELLO, headers=keyed).status_code == 200
+
+
 def test_over_http_a_body_over_the_request_limit_is_refused_unread(handbook: Store) -> None:
     """The SDK reads a request body whole into memory: without a limit one client could
     make the server hold gigabytes. Bodies are held to RAGSTORE_MAX_REQUEST_BYTES, declared
@@ -325,6 +371,11 @@ def test_http_off_loopback_needs_a_key(capsys: pytest.CaptureFixture[str]) -> No
     assert run_cli("mcp", "--transport", "http", "--host", "0.0.0.0") == 65
     assert "serving MCP on 0.0.0.0 without an API key" in capsys.readouterr().err
     assert run_cli("mcp", "--transport", "carrier-pigeon") == 65
+    capsys.readouterr()
+    # a Unix socket was taken for a host name: "not loopback" without a key, and
+    # uvicorn's bare "Name or service not known" (exit 3) with one
+    assert run_cli("mcp", "--transport", "http", "--host", "unix:/tmp/rag-mcp.sock") == 65
+    assert "ragstore mcp listens on TCP only, not on a Unix socket" in capsys.readouterr().err
 
 
 def _waiting_searches(store: Store) -> int:

@@ -44,6 +44,13 @@ def register(app: typer.Typer) -> None:
         refuse_remote("mcp")
         if transport not in ("stdio", "http"):
             raise InputError(f"--transport {transport!r} is not stdio or http")
+        if transport == "http" and host.startswith("unix:"):
+            # it was taken for a host name: "not loopback" without a key, uvicorn's bare
+            # "Name or service not known" (exit 3) with one
+            raise InputError(
+                f"--host {host!r}: ragstore mcp listens on TCP only, not on a Unix socket; "
+                "give a loopback address (127.0.0.1), or another with --api-key"
+            )
         if transport == "http" and host not in LOOPBACK and not api_key:
             raise InputError(
                 f"serving MCP on {host} without an API key would let anyone on the network "

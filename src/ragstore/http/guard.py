@@ -24,7 +24,8 @@ in front of the socket names its own), but its ``Origin`` and any forwarded clie
 checked: a browser reaches such a socket through a local proxy. It is answered only over
 the owner-only socket ``ragstore serve`` binds for ``RAGSTORE_API_HOST=unix:PATH``: a
 socket made by another (uvicorn's ``--uds``: mode 0666) lets every user of the machine
-in, so its requests are refused.
+in, so its requests are refused (:func:`unowned_socket`; MCP over HTTP without a key
+refuses every Unix socket's, ``ragstore mcp`` binding none).
 """
 
 from __future__ import annotations
@@ -159,6 +160,16 @@ def foreign_sender(scope: Scope) -> str | None:
     return foreign_client(scope.get("client")) or foreign_forwarded(list(scope.get("headers", ())))
 
 
+def unowned_socket(scope: Scope, *, own_socket: bool) -> bool:
+    """Whether a request came over a Unix socket (no client address) that ragstore did not
+    bind owner-only itself (``own_socket``: it did, :func:`ragstore.http.listen.bind_unix`).
+
+    Such a socket was made by another server: uvicorn's ``--uds`` makes it 0666, so every
+    user of the machine can connect. A surface that answers without a key (the API with
+    keys off, MCP over HTTP started without one) refuses its requests."""
+    return not scope.get("client") and not own_socket
+
+
 class LoopbackGuardMiddleware:
     """Refuses requests addressed to, or sent from, another site (see the module doc).
 
@@ -182,7 +193,7 @@ class LoopbackGuardMiddleware:
         # socket sends its own (nginx: localhost). A browser's page behind such a proxy
         # still says where it comes from, so the Origin is checked.
         unix = not scope.get("client")
-        if unix and not self.own_socket:
+        if unowned_socket(scope, own_socket=self.own_socket):
             await send_problem(
                 scope,
                 send,

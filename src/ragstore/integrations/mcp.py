@@ -72,7 +72,7 @@ from ragstore.errors import (
     pydantic_message,
 )
 from ragstore.http.bearer import bearer_token
-from ragstore.http.guard import foreign_sender
+from ragstore.http.guard import foreign_sender, unowned_socket
 from ragstore.http.limits import BodyLimitMiddleware
 from ragstore.http.problems import send_problem
 from ragstore.store import Store
@@ -438,7 +438,12 @@ class LocalOnly:
     ``ragstore mcp`` refuses to bind another address than loopback without a key, and the
     SDK refuses other sites' pages (DNS rebinding) by their ``Host``; but a reverse proxy
     on this machine (Apache's ``ProxyPass``, an nginx) connects from loopback and names
-    ``127.0.0.1`` as the ``Host``, and served every collection to the network."""
+    ``127.0.0.1`` as the ``Host``, and served every collection to the network.
+
+    A request over a Unix socket is refused too, as the API refuses it with keys off
+    (:func:`ragstore.http.guard.unowned_socket`): ``ragstore mcp`` listens on TCP only, so
+    such a socket is another server's, uvicorn's ``--uds`` one (0666) when the app is
+    served that way, and every user of the machine read every collection through it."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -446,6 +451,19 @@ class LocalOnly:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if unowned_socket(scope, own_socket=False):
+            await send_problem(
+                scope,
+                send,
+                PermissionDeniedError(
+                    "this request came over a Unix socket that ragstore did not create "
+                    "(uvicorn's --uds makes one every user of this machine can open): an MCP "
+                    "server started without a key is served on loopback TCP only (`ragstore "
+                    "mcp --transport http`); start it with --api-key (RAGSTORE_API_KEY), "
+                    "which every request must then present, to serve it on a socket"
+                ),
+            )
             return
         party = foreign_sender(scope)
         if party is None:

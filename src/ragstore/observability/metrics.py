@@ -1092,8 +1092,20 @@ def _loopback_hosts_only(app: Any) -> Any:
     makes resolve to 127.0.0.1 (DNS rebinding) read it as that site (the replicas' hosts,
     the routes, the job and model figures), as the API's guard refuses with keys off
     (``http/guard.py``). A scraper on this machine names ``127.0.0.1`` or
-    ``localhost``."""
-    from ragstore.http.guard import foreign_party
+    ``localhost``.
+
+    A request a proxy forwards for a client of another machine (``X-Forwarded-For``,
+    ``X-Real-IP``, ``Forwarded``) is refused too, as the API's guard and its keyless
+    /metrics refuse it (:func:`ragstore.http.guard.foreign_forwarded`): a reverse proxy
+    on this machine (Apache's ``ProxyPass``) connects from loopback and names
+    ``127.0.0.1``, and handed the port, meant for this machine alone, to the network."""
+    from ragstore.http.guard import foreign_forwarded, foreign_party
+
+    forwarding = (
+        (b"x-forwarded-for", "HTTP_X_FORWARDED_FOR"),
+        (b"x-real-ip", "HTTP_X_REAL_IP"),
+        (b"forwarded", "HTTP_FORWARDED"),
+    )
 
     def guarded(environ: dict[str, Any], start_response: Any) -> Any:
         given = {
@@ -1101,15 +1113,29 @@ def _loopback_hosts_only(app: Any) -> Any:
             for name, key in ((b"host", "HTTP_HOST"), (b"origin", "HTTP_ORIGIN"))
             if key in environ
         }
-        party = foreign_party(given)
+        forwarded = foreign_forwarded(
+            [
+                (name, str(environ[key]).encode("latin-1"))
+                for name, key in forwarding
+                if key in environ
+            ]
+        )
+        party = forwarded or foreign_party(given)
         if party is None:
             return app(environ, start_response)
-        body = (
-            f"forbidden: {party} is not this machine: this metrics port on loopback answers "
-            "only requests to localhost, 127.0.0.1 or [::1] (a guard against other sites' "
-            "pages); scrape it by one of those names, or bind --metrics-host to the "
-            "address the scraper reaches\n"
-        ).encode()
+        if forwarded is not None:
+            body = (
+                f"forbidden: {forwarded} is not this machine: this metrics port on loopback "
+                "answers only this machine, and no proxy may forward others to it; bind "
+                "--metrics-host to the address the scraper reaches (on a private network)\n"
+            ).encode()
+        else:
+            body = (
+                f"forbidden: {party} is not this machine: this metrics port on loopback "
+                "answers only requests to localhost, 127.0.0.1 or [::1] (a guard against "
+                "other sites' pages); scrape it by one of those names, or bind "
+                "--metrics-host to the address the scraper reaches\n"
+            ).encode()
         start_response(
             "403 Forbidden",
             [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
@@ -1139,6 +1165,13 @@ def serve_process_metrics(
     from ragstore.errors import ConfigError
     from ragstore.http.listen import bind_remedy
 
+    if host.startswith("unix:"):
+        # taken for a host name, it was told "does not resolve: Name or service not known"
+        raise ConfigError(
+            f"RAGSTORE_WORKER_METRICS_HOST={host!r}: the worker's metrics port listens on "
+            "TCP only, not on a Unix socket; give --metrics-host an address of this machine "
+            "(127.0.0.1 for it alone)"
+        )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ProcessMetrics(sync))
     for collector in extra:
