@@ -3,6 +3,7 @@ that reach it through a real database."""
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -36,6 +37,7 @@ from ragstore.errors import (
     SearchTimeoutError,
     StatementCancelledError,
     public_detail,
+    public_reason,
 )
 from ragstore.http.problems import problem_body
 from ragstore.runtime import Runtime
@@ -285,6 +287,75 @@ def test_a_session_an_administrator_ends_is_not_told_as_a_server_shutting_down(
             assert conn.execute("SELECT 1").fetchone() == (1,)
     finally:
         db.close()
+
+
+def test_a_session_its_idle_session_timeout_ended_names_the_setting(database_url: str) -> None:
+    """A session left idle past the server's ``idle_session_timeout`` is ended by the
+    server (SQLSTATE 57P05), which the next statement on it finds: it was told "the
+    database cannot be reached", sending the reader after a server that was up all along,
+    and the API's reason said only that a connection closed. Both name the setting now;
+    the server answers, so no breaker opens and the next block is served."""
+    db = Database(database_url)
+    try:
+        with (
+            pytest.raises(DatabaseUnavailableError) as err,
+            db.connection() as conn,
+            translated("listing collections"),
+        ):
+            conn.execute("SET idle_session_timeout = '50ms'")
+            conn.commit()  # idle outside a transaction: the timeout runs
+            # the server's FATAL and the socket's close make it readable: the session ended
+            readable, _, _ = select.select([conn.fileno()], [], [], 60)
+            assert readable, "the session did not time out"
+            conn.execute("SELECT 1")
+        assert isinstance(err.value.__cause__, pg.IdleSessionTimeout)  # what the server sent
+        said, told = str(err.value), public_detail(err.value)
+        assert said.startswith(
+            "listing collections: the database ended this session: it sat "
+            "idle longer than the server's idle_session_timeout"
+        ), said
+        assert told.startswith(
+            "the database ended this session: it sat idle longer than the "
+            "server's idle_session_timeout"
+        ), told
+        assert told.endswith("; retry in 1s (the server log has the details)"), told
+        assert "cannot be reached" not in said + told
+        assert db.breaker.failures == 0
+        with db.connection() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        db.close()
+
+
+def test_a_dropped_database_is_told_as_dropped() -> None:
+    """SQLSTATE 57P04 (the session's database dropped) was told "the database cannot be
+    reached", as a server down is."""
+    got = translate(pg.DatabaseDropped("terminating connection: database dropped"), "storing x")
+    assert isinstance(got, DatabaseUnavailableError)
+    assert got.public.startswith("the database was dropped"), got.public
+    assert "RAGSTORE_DATABASE_URL" in got.public and "cannot be reached" not in str(got)
+
+
+@pytest.mark.parametrize(
+    ("exc", "advice"),
+    [
+        (pg.QueryCanceled("canceling statement due to statement timeout"), "retry it"),
+        (pg.LockNotAvailable("canceling statement due to lock timeout"), "retry it"),
+        (pg.SerializationFailure("could not serialize access"), "retry the request"),
+        (pg.DeadlockDetected("deadlock detected"), "retry the request"),
+        (pg.UndefinedTable('relation "emb_12" does not exist'), "retry the request"),
+    ],
+)
+def test_a_passing_failure_s_advice_is_the_request_s_alone(exc: Exception, advice: str) -> None:
+    """A cancelled statement's "only this request failed, retry it" and a collision's
+    "retry the request" end the message and the API's detail, as before, and are not part
+    of its reason (``public_reason``), which a background job's record tells with its own
+    "send it again": it told the reader of a job to retry a request nobody had made."""
+    got = translate(exc, "storing document x.md")
+    assert got.advice.endswith(advice)
+    assert str(got).endswith(f"; {got.advice}") and public_detail(got) == str(got)
+    reason = public_reason(got)
+    assert reason.startswith("storing document x.md: ") and "retry" not in reason, reason
 
 
 def test_a_server_that_takes_no_connections_is_not_told_as_starting_up() -> None:

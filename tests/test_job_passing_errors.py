@@ -25,6 +25,7 @@ from ragstore.db import jobs as store
 from ragstore.embedding.registry import TRUNCATED_MODEL
 from ragstore.errors import (
     CollectionNotFoundError,
+    ConflictError,
     DatabaseUnavailableError,
     StatementCancelledError,
 )
@@ -131,7 +132,8 @@ def test_a_job_whose_write_a_lock_timeout_cancels_runs_again_then_fails(
     cancelled (``statement_cancelled``, "only this request failed, retry it"). The job
     was recorded ``succeeded`` with {'failed': 1} and nothing stored. It runs again now
     (here: the lock let go after the first run, and the document is stored), and where
-    it is still cancelled after its last run the job fails, saying why."""
+    it is still cancelled after its last run the job fails, saying why; its record of
+    the document says to send it again (it said "only this request failed, retry it")."""
     monkeypatch.setattr(runner, "RETRY_S", 0.01)
     monkeypatch.setattr(runner, "ATTEMPTS", 2)
     name = "pass-lock"
@@ -176,6 +178,7 @@ def test_a_job_whose_write_a_lock_timeout_cancels_runs_again_then_fails(
     assert failed.status == "failed", (failed.summary, failed.errors)
     assert [e["code"] for e in failed.errors] == ["statement_cancelled"] * 2
     assert failed.errors[0]["document"] == "held.md"
+    _says_send_it_again(failed.errors[0]["detail"], "gave up waiting for a lock")
     whole = failed.errors[-1]
     assert (
         whole["document"] is None
@@ -215,11 +218,68 @@ def test_a_collision_of_a_job_s_write_runs_it_again(
     assert _stored(rt, name) == ["calm.md", "raced.md"]
 
 
+def test_a_collision_in_every_run_fails_the_job_saying_to_send_it_again(
+    rt: Runtime, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A document whose write collides (SQLSTATE class 40) in every run of the job: the
+    job fails, its record of the document saying it was not stored and to send it again.
+    It said the HTTP API's "retry the request", of a request the job's reader never made.
+    Each document's passing cause is told once a run: it was told twice, and again after
+    the last run."""
+    monkeypatch.setattr(runner, "RETRY_S", 0.01)
+    monkeypatch.setattr(runner, "ATTEMPTS", 2)
+    told = runner.passing_cause
+    asked: list[str | None] = []
+
+    def counted(err: Any) -> str | None:
+        cause = told(err)
+        asked.append(cause)
+        return cause
+
+    monkeypatch.setattr(runner, "passing_cause", counted)
+    name = "pass-collide-always"
+    Store.from_runtime(rt).create_collection(name)
+    body = "RAISE EXCEPTION 'could not serialize access' USING ERRCODE = '40001';"
+    with _trigger(database_url, body, "NEW.source LIKE '%/raced.md'"):
+        job_id = _queue(rt, name, ["raced.md", "calm.md"])
+        with pytest.raises(ConflictError):  # recorded, and told the queue
+            run_job(rt, job_id)
+    with rt.db.connection() as conn:
+        failed = store.get(conn, job_id)
+    assert failed.status == "failed", (failed.summary, failed.errors)
+    assert [(e["document"], e["code"]) for e in failed.errors] == [
+        ("raced.md", "conflict"),
+        (None, "conflict"),
+    ]
+    _says_send_it_again(failed.errors[0]["detail"], "collided with a concurrent change")
+    assert failed.errors[1]["detail"].endswith(
+        "; send them again (the documents that were stored stay stored)"
+    )
+    # two runs, two documents: each told once a run (the calm one's None too)
+    assert sorted(asked, key=str) == [None, None, "collided", "collided"], asked
+    assert _stored(rt, name) == ["calm.md"]
+
+
+def _says_send_it_again(detail: str, why: str) -> None:
+    """A job's record of a document not stored: why, and to send it again; none of the
+    HTTP API's "retry it" / "retry the request", said of a request nobody had made."""
+    assert detail.startswith("not stored: ") and why in detail, detail
+    assert detail.endswith("; send it again (the worker's log has the details)"), detail
+    assert "retry" not in detail, detail
+
+
 @pytest.mark.parametrize(
-    ("state", "message", "code"),
+    ("state", "message", "code", "why"),
     [
-        ("53200", "out of memory", "database_unavailable"),
-        ("57014", "canceling statement due to statement timeout", "statement_cancelled"),
+        # (its reason, as ``Database._lost`` words it for a server that still answers: "the
+        # database closed the connection in use", which it did not)
+        ("53200", "out of memory", "database_unavailable", "the database"),
+        (
+            "57014",
+            "canceling statement due to statement timeout",
+            "statement_cancelled",
+            "the database cancelled the statement",
+        ),
     ],
 )
 def test_a_document_s_own_out_of_memory_or_statement_timeout_fails_it_not_the_job(
@@ -229,6 +289,7 @@ def test_a_document_s_own_out_of_memory_or_statement_timeout_fails_it_not_the_jo
     state: str,
     message: str,
     code: str,
+    why: str,
 ) -> None:
     """SQLSTATE 53200 (out of memory) of one document's write is that document's failure
     (the ingest goes on past it: ``stops_ingest``), though it is a
@@ -236,7 +297,9 @@ def test_a_document_s_own_out_of_memory_or_statement_timeout_fails_it_not_the_jo
     saying the database could not be reached. The job succeeds now, the document's error
     listed, after one run. So does a ``statement_timeout`` of its write (57014): unlike a
     lock timeout (55P03, another write held the lock), the write takes as long again, and
-    a job run five times over it told the client to send it again."""
+    a job run five times over it told the client to send it again. The document's record
+    says to send it again, as a job's records do: a statement timeout's said "only this
+    request failed, retry it", of a request the job's reader never made."""
     monkeypatch.setattr(runner, "RETRY_S", 0.01)
     name = f"pass-own-{state}"
     Store.from_runtime(rt).create_collection(name)
@@ -256,6 +319,7 @@ def test_a_document_s_own_out_of_memory_or_statement_timeout_fails_it_not_the_jo
     assert len(runs) == 1  # not run again for a document's own failure
     assert done.status == "succeeded", done.errors
     assert [(e["document"], e["code"]) for e in done.errors] == [("huge.md", code)]
+    _says_send_it_again(done.errors[0]["detail"], why)
     assert done.summary.get("added") == 1 and done.summary.get("failed") == 1
     assert _stored(rt, name) == ["small.md"]
 

@@ -80,6 +80,11 @@ class RagstoreError(Exception):
         # members the HTTP API adds to this error's problem+json body (RFC 9457
         # extensions), e.g. what an upload stored before one of its files failed
         self.problem_members: dict[str, Any] = {}
+        # what the one who made the failed request does about it ("only this request
+        # failed, retry it"), said as the message's last words: a background job's
+        # record, which has no request to retry, says its own instead (public_reason
+        # leaves it out, public_detail keeps it)
+        self.advice = ""
 
     def __str__(self) -> str:
         return self.message
@@ -541,10 +546,13 @@ def public_reason(exc: RagstoreError) -> str:
     statement cancelled, a missing extension told API callers the database's address,
     user and name. The message itself (the CLI's, the log's) keeps it. Said for no
     surface in particular: :func:`public_detail` adds what an API caller does next, and
-    a background job's record (``jobs.runner``) what became of its documents."""
+    a background job's record (``jobs.runner``) what became of its documents. An error's
+    ``advice`` (the message's last words, "only this request failed, retry it") is left
+    out: a job's records said "retry the request" of a request nobody had made."""
     if isinstance(exc, DatabaseUnavailableError):
         return exc.public
-    return hide_addresses(exc.message)
+    told = hide_addresses(exc.message)
+    return told.removesuffix(f"; {exc.advice}") if exc.advice else told
 
 
 def public_detail(exc: RagstoreError) -> str:
@@ -553,13 +561,15 @@ def public_detail(exc: RagstoreError) -> str:
     (the ``Retry-After`` it is answered with) and that the server's log has the rest.
 
     Not a background job's record: its errors said "retry in 5s", a request to repeat
-    that nobody had made, and its reader could do nothing with a wait of seconds."""
+    that nobody had made, and its reader could do nothing with a wait of seconds; nor
+    the ``advice`` of an error (a statement cancelled: "only this request failed, retry
+    it"), which the API tells as the message does."""
     if isinstance(exc, DatabaseUnavailableError):
         return (
             f"{public_reason(exc)}; retry in {max(1, round(exc.retry_after))}s (the server "
             "log has the details)"
         )
-    return public_reason(exc)
+    return f"{public_reason(exc)}; {exc.advice}" if exc.advice else public_reason(exc)
 
 
 # the error types whose message pydantic builds as "<prefix>, <the exception's text>"

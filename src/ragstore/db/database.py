@@ -621,11 +621,16 @@ class Database:
             return
         if isinstance(cause, (psycopg.OperationalError, psycopg.InterfaceError)) and self.answers():
             if not disk_full(cause):
+                exc.retry_after = 1.0
                 # said of no surface: the API adds "retry in 1s" (``public_detail``), a
                 # job's record what became of its documents; "; retry the request" here
-                # was said twice to an API caller and to the reader of a finished job
-                exc.public = "the database closed the connection in use (the server still answers)"
-                exc.retry_after = 1.0
+                # was said twice to an API caller and to the reader of a finished job. A
+                # session ended by its idle_session_timeout (57P05) keeps its reason,
+                # which names the setting: it was told as any connection closed
+                if cause.sqlstate != "57P05":
+                    exc.public = (
+                        "the database closed the connection in use (the server still answers)"
+                    )
             return
         exc.retry_after = self.breaker.trip(exc)
 

@@ -42,12 +42,11 @@ SQLSTATE_MAP: dict[str, tuple[type[RagstoreError], str]] = {
     "57014": (
         StatementCancelledError,
         "the database cancelled the statement (an administrator's cancel or a statement "
-        "timeout set in the database); only this request failed, retry it",
+        "timeout set in the database)",
     ),
     "55P03": (
         StatementCancelledError,
-        "the database gave up waiting for a lock (a lock timeout set in the database); only "
-        "this request failed, retry it",
+        "the database gave up waiting for a lock (a lock timeout set in the database)",
     ),
     # PostgreSQL ends a session with the same 57P01, words and source (postgres.c's
     # ProcessInterrupts) for an administrator's pg_terminate_backend and for a fast
@@ -60,6 +59,19 @@ SQLSTATE_MAP: dict[str, tuple[type[RagstoreError], str]] = {
         "server shutting down)",
     ),
     "57P02": (DatabaseUnavailableError, "the database server crashed"),
+    # both end one session while the server runs on: "the database cannot be reached"
+    # (psycopg's OperationalError) was told of each, and sent the reader to look for a
+    # server that was up all along
+    "57P04": (
+        DatabaseUnavailableError,
+        "the database was dropped (DROP DATABASE) while this session used it; point "
+        "RAGSTORE_DATABASE_URL at a database that exists",
+    ),
+    "57P05": (
+        DatabaseUnavailableError,
+        "the database ended this session: it sat idle longer than the server's "
+        "idle_session_timeout (a setting of the server, the database or the role)",
+    ),
     # one SQLSTATE for a server starting up, recovering, or shutting down ("the database
     # system is shutting down"), which was told as starting up
     "57P03": (
@@ -78,7 +90,7 @@ SQLSTATE_MAP: dict[str, tuple[type[RagstoreError], str]] = {
     "23": (InputError, "a value breaks a rule of the stored data"),
     "23505": (ConflictError, "it already exists"),
     "23503": (ConflictError, "it refers to something that was removed meanwhile"),
-    "40": (ConflictError, "it collided with a concurrent change; retry the request"),
+    "40": (ConflictError, "it collided with a concurrent change"),
     "42704": (InputError, "it names something the database does not know"),
     "54": (InputError, "a value is over a database limit"),
 }
@@ -188,8 +200,7 @@ def classify(exc: BaseException) -> tuple[type[RagstoreError], str]:
         # that looked the collection up before another deleted it (or rolled its model
         # back) reads a table that is gone; retried, it gets collection_not_found
         return ConflictError, (
-            "the collection was deleted or its model rolled back while this request ran; "
-            "retry the request"
+            "the collection was deleted or its model rolled back while this request ran"
         )
     if recovery_conflict(exc):
         # a hot standby's replay needed what the statement held (a lock, rows): it races
@@ -197,7 +208,7 @@ def classify(exc: BaseException) -> tuple[type[RagstoreError], str]:
         # said; a read-only server on the standby answers it 503 with Retry-After
         return StatementCancelledError, (
             "the hot standby cancelled the statement to replay the primary's changes "
-            "(a conflict with recovery); only this request failed, retry it"
+            "(a conflict with recovery)"
         )
     if isinstance(state, str) and state:
         for key in (state, state[:2]):
@@ -210,17 +221,44 @@ def classify(exc: BaseException) -> tuple[type[RagstoreError], str]:
     return DatabaseError, "the database failed"
 
 
+# what the caller of a request that failed for a passing cause does: the last words of
+# the error's message, its ``advice``, which a background job's record (no request of
+# its own to retry) says its own way instead (``errors.public_reason`` leaves it out)
+RETRY_IT = "only this request failed, retry it"
+RETRY_REQUEST = "retry the request"
+
+
+def advice(exc: BaseException, cls: type[RagstoreError]) -> str:
+    """What the caller of the failed request is told to do about ``exc`` (translated to
+    ``cls``): a cancelled statement and a collision (class 40, a vector table dropped
+    under the request) pass, the request retried; the rest say nothing of a retry."""
+    if cls is StatementCancelledError:
+        return RETRY_IT
+    state = getattr(exc, "sqlstate", None)
+    if cls is ConflictError and isinstance(state, str) and (state[:2] == "40" or state == "42P01"):
+        return RETRY_REQUEST
+    return ""
+
+
 def translate(exc: BaseException, where: str) -> RagstoreError:
-    """The ragstore error for ``exc`` raised while doing ``where``."""
+    """The ragstore error for ``exc`` raised while doing ``where``; its :func:`advice`
+    ends its message."""
     cls, reason = classify(exc)
     detail = _first_line(exc)
     if cls is DatabaseUnavailableError:
         return DatabaseUnavailableError(f"{where}: {reason} ({detail})", public=reason)
     if cls is InputError or cls is ConflictError:
-        return cls(f"{where}: {reason}: {_without_context(detail)}")
-    if cls is StatementCancelledError:
-        return StatementCancelledError(f"{where}: {reason} ({_without_context(detail)})")
-    return DatabaseError(f"{where}: {detail}")
+        err: RagstoreError = cls(f"{where}: {reason}: {_without_context(detail)}")
+    elif cls is StatementCancelledError:
+        err = StatementCancelledError(f"{where}: {reason} ({_without_context(detail)})")
+    else:
+        return DatabaseError(f"{where}: {detail}")
+    told = advice(exc, cls)
+    if told:
+        err.message = f"{err.message}; {told}"
+        err.args = (err.message,)
+        err.advice = told
+    return err
 
 
 @contextmanager

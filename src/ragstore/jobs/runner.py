@@ -418,7 +418,7 @@ def _run(
     runs = 0
     switched_only = False  # the last run's documents not stored were all a model switch's
 
-    def ingest() -> tuple[list[DocumentOutcome], IngestReport]:
+    def ingest() -> tuple[list[DocumentOutcome], IngestReport, list[tuple[str, str]]]:
         nonlocal runs, tracker, switched_only
         runs += 1
         switched_only = False  # a run lost to the database itself waits as before
@@ -438,18 +438,18 @@ def _run(
                 raise
             switched_only = True
             raise DatabaseUnavailableError(f"the ingest stopped: {exc}") from exc
-        causes = [c for r in results if (c := passing_cause(r.error)) is not None]
-        if causes and runs < ATTEMPTS:
+        # each document's passing cause, told once a run: the documents not stored for one
+        lost = [(r, c) for r in results if (c := passing_cause(r.error)) is not None]
+        if lost and runs < ATTEMPTS:
             # documents not stored for a passing cause are not the client's to send again:
             # the run again stores them (and leaves the ones stored unchanged); after a
             # model switch at once (it reads the collection's new model)
-            first = next(r.error for r in results if passing_cause(r.error) is not None)
-            switched_only = set(causes) <= {"switched", "vectors_gone"}
-            raise DatabaseUnavailableError(f"{len(causes)} documents not stored: {first}")
-        return results, report
+            switched_only = {c for _, c in lost} <= {"switched", "vectors_gone"}
+            raise DatabaseUnavailableError(f"{len(lost)} documents not stored: {lost[0][0].error}")
+        return results, report, [(r.name, c) for r, c in lost]
 
     try:
-        results, report = _while_unreachable(
+        results, report, lost = _while_unreachable(
             job_id, "ingesting its documents", ingest, at_once=lambda: switched_only
         )
         # a run after a lost one finds what that one stored: it counts as this job's work
@@ -467,7 +467,6 @@ def _run(
             outcomes[job_status(r, job, retry=retry)] += 1
             if r.error is not None:
                 errors.append(_error_entry(job_id, r.name, r.error))
-        lost = [(r.name, c) for r in results if (c := passing_cause(r.error)) is not None]
         if lost:
             raise _not_stored(lost, len(results))
     except (Superseded, SchemaMismatchError):
@@ -695,6 +694,8 @@ def _error_entry(job_id: int, document: str | None, exc: BaseException) -> dict[
         }
     if isinstance(exc, DatabaseUnavailableError):
         detail = _unavailable_detail(document, exc)
+    elif exc.advice:  # the request's "retry it": what became of the work instead
+        detail = _send_again(document, public_reason(exc))
     else:
         detail = public_reason(exc)
     if detail != exc.message:
@@ -712,11 +713,21 @@ def _unavailable_detail(document: str | None, exc: DatabaseUnavailableError) -> 
     reason = public_reason(exc)
     if exc.says_outcome:
         return reason
+    return _send_again(document, reason, runs=ATTEMPTS)
+
+
+def _send_again(document: str | None, reason: str, runs: int = 1) -> str:
+    """A job's record of work not done for a passing ``reason``: the document not stored,
+    or the job failed (after ``runs`` runs of it), to be sent again. Said too of an error
+    whose ``advice`` is a request's ("only this request failed, retry it": a statement
+    cancelled, a collision): a job's records told their reader to retry a request that
+    nobody had made."""
     if document is not None:
         return f"not stored: {reason}; send it again (the worker's log has the details)"
+    runs_of_it = f", in {runs} runs of it" if runs > 1 else ""
     return (
-        f"the job failed: {reason}, in {ATTEMPTS} runs of it; send its documents again: "
-        "those stored stay stored (the worker's log has the details)"
+        f"the job failed: {reason}{runs_of_it}; send its documents again: those stored stay "
+        "stored (the worker's log has the details)"
     )
 
 
