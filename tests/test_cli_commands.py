@@ -460,6 +460,68 @@ def test_documents_list_next_page_hint_keeps_the_filter_and_page_size(
     assert "tea.md" in captured.out and "more:" not in captured.err
 
 
+def _next_page(capsys: pytest.CaptureFixture[str]) -> tuple[list[int], list[str] | None]:
+    """The ids a ``documents list --json`` printed and its ``more:`` line's arguments."""
+    captured = capsys.readouterr()
+    hint = captured.err.strip()
+    assert not hint or hint.startswith("more: ragstore documents list "), hint
+    more = shlex.split(hint.removeprefix("more: ragstore ")) if hint else None
+    return [d["id"] for d in json.loads(captured.out)], more
+
+
+def test_documents_list_cursor_is_refused_for_a_collection_made_again(
+    remote_env: dict[str, str],
+    local: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The ``more:`` line said ``--after LAST_ID``: run after the collection was deleted
+    and made again under its name, it went on into the new collection's documents (their
+    ids follow the old ones') as if they followed. It gives the page's ``--cursor`` now,
+    which carries the collection's id; ``--after ID`` stays a plain id."""
+    from ragstore import Client
+
+    def fill(prefix: str) -> None:
+        with Client(remote_env["RAGSTORE_URL"], api_key=remote_env["RAGSTORE_API_KEY"]) as c:
+            for i in range(3):
+                c.add_document("paged-remade", f"{prefix}{i}.txt", f"{prefix} note {i}")
+
+    fill("old")
+    listing = ("documents", "list", "-c", "paged-remade", "--limit", "1")
+    assert run_cli(*listing, "--json") == 0  # each page once, by the more: lines
+    seen, more = _next_page(capsys)
+    stale = more
+    while more is not None:
+        assert "--cursor" in more and "--after" not in more, more
+        assert run_cli(*more, "--json") == 0
+        ids, more = _next_page(capsys)
+        seen += ids
+    assert run_cli("documents", "list", "-c", "paged-remade", "--json") == 0
+    assert seen == _next_page(capsys)[0] and len(seen) == 3
+    assert stale is not None
+    run_cli("collections", "delete", "paged-remade", "--yes")
+    fill("new")
+    capsys.readouterr()
+    for remote in (False, True):
+        if remote:
+            through_server(monkeypatch, remote_env)
+        assert run_cli(*stale) == 65, remote
+        err = capsys.readouterr().err
+        assert err.startswith("error[cursor_stale]: ") and err.count("\n") == 1, err
+        assert "list again from the first page" in err
+    # --after is a plain id, unchecked: the ids above it in the collection the name holds
+    assert run_cli(*listing, "--after", str(seen[0]), "--json") == 0
+    ids, _ = _next_page(capsys)
+    assert ids and all(i > seen[0] for i in ids), ids
+    token = stale[stale.index("--cursor") + 1]
+    assert run_cli(*listing, "--after", "1", "--cursor", token) == 64
+    assert "give one" in capsys.readouterr().err
+    assert run_cli(*listing, "--cursor", "not-a-cursor") == 64
+    err = capsys.readouterr().err
+    assert err.startswith("error[usage]: Invalid value for '--cursor'"), err
+    run_cli("collections", "delete", "paged-remade", "--yes")
+
+
 def test_documents_list_show_delete(
     ingested: dict[str, object], local: None, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -57,25 +57,64 @@ def decode_name_cursor(cursor: str | None) -> str | None:
     raise InputError(f"invalid cursor {cursor[:100]!r}; pass the next_cursor of a previous page")
 
 
-def encode_text_cursor(last_id: str) -> str:
-    """An opaque cursor after the text ``last_id`` (``POST .../texts/query`` is keyset on
-    the text id)."""
-    return base64.urlsafe_b64encode(f"text:{last_id}".encode()).decode().rstrip("=")
+def encode_text_cursor(last_id: str, scope: int) -> str:
+    """An opaque cursor after the text ``last_id`` of the collection of id ``scope``
+    (``POST .../texts/query`` is keyset on the text id); :func:`decode_text_cursor` refuses
+    it for another collection of the name, as :func:`decode_cursor` does documents'."""
+    return base64.urlsafe_b64encode(f"text.{scope}:{last_id}".encode()).decode().rstrip("=")
 
 
-def decode_text_cursor(cursor: str | None) -> str | None:
+def decode_text_cursor(cursor: str | None, scope: int) -> str | None:
     """The last text id of the previous page from an opaque cursor; InputError when
-    mangled."""
+    mangled.
+
+    ``scope``: the id of the collection queried now. A cursor made for another one (the
+    name deleted and made again since its page) raises CursorStaleError: the texts are
+    another collection's, even where their ids are the same. A cursor of the format
+    before cursors had it (``text:ID``) is taken as it is, so a walk under way while the
+    server was upgraded goes on."""
     if not cursor:
         return None
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         kind, _, value = text.partition(":")
-        if kind == "text" and value and "\x00" not in value:
+        name, _, made_for = kind.partition(".")
+        if (
+            name == "text"
+            and (not made_for or _ID.fullmatch(made_for))
+            and value
+            and "\x00" not in value
+        ):
+            if made_for and int(made_for) != scope:
+                raise _stale(cursor)
             return value
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass
     raise InputError(f"invalid cursor {cursor[:100]!r}; pass the next_cursor of a previous page")
+
+
+def _stale(cursor: str) -> CursorStaleError:
+    return CursorStaleError(
+        f"cursor {cursor[:100]!r} is from another collection of this name: it was deleted "
+        "and made again, or switched to another model with its documents cut again (new "
+        "ids), since that page; list again from the first page (no cursor)"
+    )
+
+
+def cursor_parts(cursor: str) -> tuple[int | None, int] | None:
+    """The collection id a documents cursor was made for (None: made without one, as
+    ``ragstore documents list --after ID`` makes it) and the last id of its page; None
+    when ``cursor`` is no such cursor. The CLI's ``--cursor`` is checked with it before
+    anything is asked."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    kind, _, value = text.partition(":")
+    name, _, made_for = kind.partition(".")
+    if name != "id" or not _ID.fullmatch(value) or (made_for and not _ID.fullmatch(made_for)):
+        return None
+    return (int(made_for) if made_for else None), int(value)
 
 
 def decode_cursor(cursor: str | None, scope: int | None = None) -> int | None:
@@ -88,23 +127,10 @@ def decode_cursor(cursor: str | None, scope: int | None = None) -> int | None:
     is taken as it is."""
     if not cursor:
         return None
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, _, value = text.partition(":")
-        name, _, made_for = kind.partition(".")
-        if (
-            name == "id"
-            and (not made_for or (scope is not None and _ID.fullmatch(made_for)))
-            and _ID.fullmatch(value)
-        ):
-            if made_for and int(made_for) != scope:
-                raise CursorStaleError(
-                    f"cursor {cursor[:100]!r} is from another collection of this name: it "
-                    "was deleted and made again, or switched to another model with its "
-                    "documents cut again (new ids), since that page; list again from the "
-                    "first page (no cursor)"
-                )
-            return int(value)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        pass
-    raise InputError(f"invalid cursor {cursor!r}; pass the next_cursor of a previous page")
+    parts = cursor_parts(cursor)
+    if parts is None or (parts[0] is not None and scope is None):
+        raise InputError(f"invalid cursor {cursor!r}; pass the next_cursor of a previous page")
+    made_for, last_id = parts
+    if made_for is not None and made_for != scope:
+        raise _stale(cursor)
+    return last_id

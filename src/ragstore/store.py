@@ -393,7 +393,7 @@ class Store:
         """The ids of the texts (documents' sources) that ``where`` (search's filter
         language) keeps, among ``ids`` when given, in id order: a document is kept when
         one of its chunks is, as search finds it. No filter: every text."""
-        return text_ids_page(self._rt, collection, where=where, ids=ids)
+        return text_ids_page(self._rt, collection, where=where, ids=ids)[0]
 
     @_call
     def delete_texts_where(
@@ -713,14 +713,27 @@ def text_ids_page(
     *,
     where: Mapping[str, Any] | None = None,
     ids: Sequence[str] | None = None,
-    after: str | None = None,
+    cursor: str | None = None,
     limit: int | None = None,
-) -> list[str]:
+) -> tuple[list[str], str | None]:
     """:meth:`Store.text_ids` as the Store and the HTTP route (``POST .../texts/query``)
-    run it, the route a page at a time: the ids after ``after``, at most ``limit``."""
+    run it, the route a page at a time: the ids after ``cursor``'s, at most ``limit``
+    (None: all), and the cursor of the next page (None on the last).
+
+    The cursor carries the collection's id: one from another collection of the name (it
+    was deleted and made again since that page) raises CursorStaleError, where the walk
+    went on into the new collection's texts as if they followed the old one's."""
+    from ragstore.paging import decode_text_cursor, encode_text_cursor, split_page
+
     coll, selection = _text_selection(rt, collection, where, ids)
+    after = decode_text_cursor(cursor, coll.id)
+    asked = None if limit is None else limit + 1  # the row past the page says if one follows
     with rt.db.connection() as conn, translated(f"listing texts of {collection!r}"):
-        return texts.sources_matching(conn, coll.id, selection, after=after, limit=limit)
+        rows = texts.sources_matching(conn, coll.id, selection, after=after, limit=asked)
+    if limit is None:
+        return rows, None
+    page, more = split_page(rows, limit)
+    return page, (encode_text_cursor(page[-1], coll.id) if more else None)
 
 
 def _text_selection(

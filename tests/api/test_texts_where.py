@@ -104,6 +104,40 @@ def test_the_query_route_pages_by_cursor(filled: Client, open_url: str) -> None:
     assert r.status_code == 422
 
 
+def test_a_texts_cursor_of_a_collection_made_again_is_refused(
+    client: Client, open_url: str
+) -> None:
+    """Paged on across a deletion and re-creation of the name, the cursor went on into the
+    new collection's texts (after the same id) as if they followed the old one's."""
+    import base64
+
+    url = f"{open_url}/v1/collections/texts-remade/texts/query"
+    _fill(client, "texts-remade")
+    first = httpx.post(url, json={"limit": 2}).json()
+    assert first["data"] == IDS[:2] and first["next_cursor"]
+    client.delete_collection("texts-remade")
+    _fill(client, "texts-remade")  # the same ids, in another collection
+    r = httpx.post(url, json={"limit": 2, "cursor": first["next_cursor"]})
+    assert r.status_code == 409, r.text
+    assert r.json()["code"] == "cursor_stale"
+    assert "list again from the first page" in r.json()["detail"]
+    seen: list[str] = []  # from the first page again: every text once
+    cursor = None
+    while True:
+        page = httpx.post(url, json={"limit": 2, **({"cursor": cursor} if cursor else {})})
+        assert page.status_code == 200, page.text
+        seen += page.json()["data"]
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == IDS
+    # a cursor of the format before (no collection in it) is taken as it was
+    old = base64.urlsafe_b64encode(f"text:{IDS[1]}".encode()).decode().rstrip("=")
+    r = httpx.post(url, json={"limit": 2, "cursor": old})
+    assert r.status_code == 200 and r.json()["data"] == IDS[2:4], r.text
+    client.delete_collection("texts-remade")
+
+
 def test_ids_over_one_request_are_asked_in_several_and_merged(filled: Client) -> None:
     # 10,000 ids is what one request holds: the Client asks the rest in a second one
     many = [f"zz-{i:05d}" for i in range(10_050)] + ["e-ops-22", "b-ops-23", "a-db-24"]

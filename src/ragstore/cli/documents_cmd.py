@@ -127,6 +127,28 @@ def _relative_prefix_hint(collection: str, source_prefix: str | None, *, remote:
     )
 
 
+def _check_start(after: int | None, cursor: str | None) -> None:
+    """A usage error (64) for a ``--cursor`` that is no page's token, or given with
+    ``--after``, checked before anything is asked: a mangled token read through a server
+    as "pass the next_cursor of a previous page", naming no option of this command."""
+    from ragstore.paging import cursor_parts
+
+    if cursor is None:
+        return
+    if after is not None:
+        raise typer.BadParameter(
+            "--after and --cursor both say where the page starts; give one (the more: "
+            "line's --cursor)",
+            param_hint="'--cursor'",
+        )
+    if cursor_parts(cursor) is None:
+        raise typer.BadParameter(
+            f"{printable(cursor[:100])!r} is no page's token; give the --cursor of a more: "
+            "line, or no --cursor for the first page",
+            param_hint="'--cursor'",
+        )
+
+
 @app.command("list")
 def list_cmd(
     collection: str | None = _collection_option(),
@@ -138,19 +160,34 @@ def list_cmd(
         min=0,
         max=MAX_AFTER,
         metavar="ID",
-        help="Start after this document id (next page).",
+        help=(
+            "Start after this document id: the ids above it in the collection the name "
+            "holds now, unchecked (the more: line's --cursor is checked)."
+        ),
+    ),
+    cursor: str | None = typer.Option(
+        None,
+        "--cursor",
+        metavar="TOKEN",
+        help=(
+            "Start after the page whose more: line gave this token; refused "
+            "(cursor_stale) once the collection was deleted and made again."
+        ),
     ),
     source_prefix: str | None = typer.Option(
         None, "--source-prefix", metavar="PATH", help="Only sources starting with this."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Documents in id order, a page at a time (`--after LAST_ID` for the next page)."""
+    """Documents in id order, a page at a time (`--cursor TOKEN` of the more: line, or
+    `--after LAST_ID`, for the next page)."""
     from ragstore.paging import encode_cursor
 
+    _check_start(after, cursor)
     settings, client = _settings_and_client()
     name = collection or settings.collection
-    cursor = encode_cursor(after) if after is not None else None
+    if after is not None:  # a plain id: "after N", whichever collection the name holds now
+        cursor = encode_cursor(after)
     # Client here, Store on the database: the same verb and the same answer either way
     # (rows read from the catalog lacked the API's name, collection and status, and
     # printed other dates; an uploaded document showed its staging path, not its name)
@@ -168,14 +205,25 @@ def list_cmd(
                 name, limit=limit, source_prefix=source_prefix, cursor=cursor
             )
     rows: list[dict[str, Any]] = page["data"]
+    more = ["ragstore", "documents", "list", "-c", name]
+    sized = str(limit) if limit != DEFAULT_LIMIT else None
+    # the next page of this listing: without its --source-prefix the hint listed every
+    # document after the id, and without its --limit pages of another size. Its --cursor
+    # is the page's cursor, not the last id: it carries the collection's id, so the
+    # command run later refuses another collection of the name (cursor_stale) where
+    # `--after ID` went on into its documents as if they followed
+    options = {"--source-prefix": source_prefix, "--limit": sized}
     if as_json:
-        echo_json(rows)
+        echo_json(rows)  # the list as it was; the more: line on stderr, for a script
+        if page.get("next_cursor"):
+            print_more(more, options, str(page["next_cursor"]), flag="--cursor")
         return
     if not rows:
         console().print(
             f"no documents in {escape(name)!r}"
             + (f" whose source starts with {escape(source_prefix)!r}" if source_prefix else "")
             + (" after that id" if after is not None else "")
+            + (" after that page" if after is None and cursor else "")
         )
         _relative_prefix_hint(name, source_prefix, remote=client is not None)
         return
@@ -193,13 +241,8 @@ def list_cmd(
             for r in rows
         ],
     )
-    if page.get("next_cursor"):
-        # only when a row follows: a page exactly full printed a line to an empty page.
-        # The next page of this listing: without its --source-prefix the hint listed every
-        # document after the id, and without its --limit pages of another size
-        sized = str(limit) if limit != DEFAULT_LIMIT else None
-        options = {"--source-prefix": source_prefix, "--limit": sized}
-        print_more(["ragstore", "documents", "list", "-c", name], options, rows[-1]["id"])
+    if page.get("next_cursor"):  # only when a row follows (a page exactly full: none)
+        print_more(more, options, str(page["next_cursor"]), flag="--cursor")
 
 
 @app.command("show")

@@ -85,16 +85,22 @@ def print_table(columns: list[str], rows: list[list[str]]) -> None:
     console().print(table)
 
 
-def print_more(command: list[str], options: dict[str, str | None], after: object) -> None:
+def print_more(
+    command: list[str],
+    options: dict[str, str | None],
+    after: object,
+    *,
+    flag: str = "--after",
+) -> None:
     """The ``more:`` line (standard error) after a listing's full page: the command for its
-    next page, each of ``options`` given a value kept, then ``--after`` the last row's id.
-    A hint without the listing's filters listed other rows, and without its ``--limit``
-    pages of another size."""
+    next page, each of ``options`` given a value kept, then ``flag`` with ``after`` (the
+    last row's id, or the page's cursor for ``--cursor``). A hint without the listing's
+    filters listed other rows, and without its ``--limit`` pages of another size."""
     words = list(command)
-    for flag, value in options.items():
+    for option, value in options.items():
         if value is not None:
-            words += [flag, value]
-    words += ["--after", str(after)]
+            words += [option, value]
+    words += [flag, str(after)]
     err_console().print(f"more: {escape(shlex.join(words))}")
 
 

@@ -14,7 +14,6 @@ from starlette.concurrency import run_in_threadpool
 from ragstore.api.answers import json_answer
 from ragstore.api.deps import CollectionName, ReadAccess, Rt, WriteAccess
 from ragstore.api.errors_doc import responses
-from ragstore.paging import decode_text_cursor, encode_text_cursor, split_page
 from ragstore.schemas import (
     TextIds,
     TextIdsPage,
@@ -73,18 +72,16 @@ def delete_texts(name: CollectionName, body: TextIds, rt: Rt, caller: WriteAcces
     "/query",
     response_model=TextIdsPage,
     summary="List the ids of the texts a filter keeps, a page at a time",
-    responses=responses(400, 404),
+    responses=responses(400, 404, 409),
 )
 def query_texts(name: CollectionName, body: TextsQuery, rt: Rt, caller: ReadAccess) -> Response:
     """``Store.text_ids``: in id order, ``limit`` at a time (keyset on the id, as the other
-    lists page); ``next_cursor`` is null on the last page."""
+    lists page); ``next_cursor`` is null on the last page, and refused (409
+    ``cursor_stale``) for another collection of the name."""
     caller.require("read", name)
-    after = decode_text_cursor(body.cursor)
-    ids, more = split_page(
-        text_ids_page(rt, name, where=body.where, ids=body.ids, after=after, limit=body.limit + 1),
-        body.limit,
+    ids, nxt = text_ids_page(
+        rt, name, where=body.where, ids=body.ids, cursor=body.cursor, limit=body.limit
     )
-    nxt = encode_text_cursor(ids[-1]) if more else None
     return json_answer(TextIdsPage(data=ids, count=len(ids), next_cursor=nxt))
 
 
