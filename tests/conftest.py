@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -278,6 +279,31 @@ def _no_log_handler_on_a_closed_stream() -> Iterator[None]:
     _drop_handlers_on_closed_streams()
     yield
     _drop_handlers_on_closed_streams()
+
+
+def _forget_a_signalled_sse_shutdown() -> None:
+    """Clear sse-starlette's process-wide "the server is stopping" flag, if it is loaded."""
+    sse = sys.modules.get("sse_starlette.sse")
+    if sse is not None:
+        sse.AppStatus.should_exit = False
+
+
+@pytest.fixture(autouse=True)
+def _no_sse_shutdown_left_by_a_signal() -> Iterator[None]:
+    """A server an earlier test stopped with a signal does not end later SSE streams.
+
+    sse-starlette (the MCP SDK's streamable HTTP answers every request on an SSE stream)
+    patches ``uvicorn.Server.handle_exit``: a SIGTERM or SIGINT that stops a uvicorn
+    server in a process's main thread sets ``AppStatus.should_exit``, process-wide, and
+    nothing clears it (a served process is expected to exit). A test that stops an
+    in-process ``serve`` or ``mcp --transport http`` so (``serve_in_process``) left it
+    set, and every MCP HTTP stream later in that pytest-xdist worker ended at once,
+    before its answer: ``initialize`` failed with "SSE stream ended without a response",
+    only when pytest-xdist gave both files to one worker. Cleared here, as sse-starlette's
+    documentation says of tests that signal an in-process server and go on."""
+    _forget_a_signalled_sse_shutdown()
+    yield
+    _forget_a_signalled_sse_shutdown()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

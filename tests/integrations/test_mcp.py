@@ -1171,3 +1171,37 @@ async def test_close_waits_for_a_tool_reading_chunks(
         assert _error(answers[0]) == "Error executing tool list_collections"
     else:
         assert "thirty days" in _data(answers[0])["text"]
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_an_http_server_in_this_process_stopped_by_sigterm(cli_env: dict[str, str]) -> None:
+    """``ragstore mcp --transport http`` run here and stopped as a service manager stops
+    it. sse-starlette then holds the process as stopping (``AppStatus.should_exit``); the
+    next test shows that no later session pays for it (``tests/conftest.py`` clears it)."""
+    from tests.conftest import run_cli
+    from tests.sigterm import sigterm_when
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with sigterm_when(lambda: _accepts(port)) as sent:
+        status = run_cli("mcp", "--transport", "http", "--port", str(port))
+    assert sent == [True] and status == 0
+    assert sys.modules["sse_starlette.sse"].AppStatus.should_exit
+
+
+async def test_an_http_session_after_a_server_stopped_by_sigterm_is_answered(
+    handbook: Store,
+) -> None:
+    """Run after the test above (pytest-xdist gives a file to one worker, in order): the
+    SIGTERM that stopped that server ended every SSE stream of this one at once, and
+    ``initialize`` failed with "SSE stream ended without a response"."""
+    with _serving(http_app(build_server(handbook), handbook, None)) as url:
+        async with _session(url) as session:
+            assert {t.name for t in (await session.list_tools()).tools} == READ_TOOLS
+            listed = _data(await session.call_tool("list_collections", {}))
+            assert {c["name"] for c in listed["collections"]} >= {"handbook", "other"}
