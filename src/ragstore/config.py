@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ragstore.errors import pydantic_message
 from ragstore.models import COLLECTION_NAME
+from ragstore.urls import shown_url
 
 ENV_PREFIX = "RAGSTORE_"
 
@@ -506,7 +507,10 @@ class Settings(BaseSettings):
         return ",".join(p.strip() for p in value.split(",") if p.strip())
 
     def redacted(self) -> dict[str, Any]:
-        """The settings as plain values with every secret replaced by ``**********``."""
+        """The settings as plain values with every secret replaced by ``**********``, and
+        the password of a URL in any other setting masked as the CLI's errors mask it:
+        RAGSTORE_URL (whose ``user:password@`` httpx sends as basic auth, for a proxy
+        before the server) is no secret setting, and `config show` printed it whole."""
         out: dict[str, Any] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
@@ -514,6 +518,8 @@ class Settings(BaseSettings):
                 value = "**********" if value.get_secret_value() else ""
             elif isinstance(value, Path):
                 value = str(value)
+            elif isinstance(value, str):
+                value = shown_url(value)
             out[name] = value
         return out
 
