@@ -71,6 +71,27 @@ def test_config_show_redacts_secrets(
     assert json.loads(out)["database_url"] == "**********"
 
 
+def test_config_show_masks_the_password_of_ragstore_url(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """RAGSTORE_URL is no secret setting, but its ``user:password@`` is basic auth for a
+    proxy before the server: the CLI's errors masked it and `config show` (table and
+    JSON) printed it whole. Every other value is printed as it was."""
+    monkeypatch.setenv("RAGSTORE_URL", "http://127.0.0.1:9/rag")
+    assert run_cli("config", "show", "--json") == 0
+    plain = json.loads(capsys.readouterr().out)
+    monkeypatch.setenv("RAGSTORE_URL", "http://alice:s3cretpw@127.0.0.1:9/rag")
+    assert run_cli("config", "show", "--json") == 0
+    out = capsys.readouterr().out
+    assert "s3cretpw" not in out
+    shown = json.loads(out)
+    assert shown == {**plain, "url": "http://alice:***@127.0.0.1:9/rag"}
+    assert run_cli("config", "show") == 0
+    out = capsys.readouterr().out
+    assert "s3cretpw" not in out
+    assert "alice:***@127.0.0.1:9/rag" in out
+
+
 def test_demo_upgrades_an_older_embedded_schema_first(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

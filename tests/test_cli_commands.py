@@ -777,10 +777,13 @@ def test_a_password_in_ragstore_url_is_never_printed(
 ) -> None:
     """RAGSTORE_URL may carry basic-auth credentials for a proxy before the server
     (``https://user:secret@proxy/``); the URL was printed whole in errors and summaries."""
-    from ragstore._requests import shown_url
+    from ragstore.urls import shown_url
 
     assert shown_url("https://ops:s3cret@proxy.example/rag") == "https://ops:***@proxy.example/rag"
     assert shown_url("http://127.0.0.1:8000") == "http://127.0.0.1:8000"
+    # the host starts after the last @, as httpx reads it: a password's own @ is hidden
+    assert shown_url("http://ops:s3@cret@proxy.example/") == "http://ops:***@proxy.example/"
+    assert shown_url(httpx.URL("http://ops:s3cret@[::1]:8/")) == "http://ops:***@[::1]:8/"
     through_server(monkeypatch, remote_env)
     url = remote_env["RAGSTORE_URL"].replace("://", "://ops:s3cret@", 1)
     monkeypatch.setenv("RAGSTORE_URL", url)

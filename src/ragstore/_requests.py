@@ -47,6 +47,7 @@ from ragstore.files import (
 )
 from ragstore.interrupts import deferred
 from ragstore.models import COLLECTION_NAME
+from ragstore.urls import shown_url
 from ragstore.wire import (
     IDEMPOTENCY_HEADER,
     MAX_UPLOAD_FILES,
@@ -210,19 +211,6 @@ def error_from_problem(status: int, body: Mapping[str, Any]) -> RagstoreError:
     if code == "rate_limited" and "retry_after" not in vars(exc):
         exc.retry_after = 1.0  # type: ignore[attr-defined]
     return exc
-
-
-def shown_url(url: object) -> str:
-    """``url`` as it may be printed: a password in it (``https://user:secret@proxy/``,
-    which httpx sends as basic auth) masked. RAGSTORE_URL's was printed whole in errors
-    and in a remote ingest's summary."""
-    try:
-        parsed = httpx.URL(str(url))
-    except (httpx.InvalidURL, TypeError, ValueError):
-        return re.sub(r"(//[^/@:\s]*):[^/@\s]*@", r"\1:***@", str(url))
-    if not parsed.password:
-        return str(parsed)
-    return str(parsed.copy_with(username=parsed.username, password="***"))
 
 
 def read_answer(call: Call[T], response: httpx.Response) -> T:

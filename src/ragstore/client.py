@@ -37,6 +37,7 @@ from ragstore.errors import (
     RagstoreError,
 )
 from ragstore.uploads.names import name_path
+from ragstore.urls import shown_url
 from ragstore.wire import IDEMPOTENCY_SUPPORT_HEADER, LSN_HEADER
 
 __all__ = ["AsyncClient", "Client", "error_from_problem"]
@@ -122,7 +123,7 @@ def _transport_error(
     known not done), a read without answer (nothing changed either way), and a write
     without answer, an :class:`OutcomeUnknownError` saying how to find out and whether
     sending it again is safe."""
-    url = calls.shown_url(base_url)
+    url = shown_url(base_url)
     why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     if isinstance(exc, _NOT_SENT):
         error: RagstoreError = DatabaseUnavailableError(

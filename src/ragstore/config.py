@@ -15,10 +15,12 @@ from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from ragstore.errors import pydantic_message
+from ragstore.errors import ConfigError, pydantic_message
 from ragstore.models import COLLECTION_NAME
+from ragstore.urls import shown_url
 
 ENV_PREFIX = "RAGSTORE_"
 
@@ -52,12 +54,63 @@ def proxy_network_forms(
     return (network,)
 
 
+# fields ``ragstore serve`` passes to the app it serves, never read from the environment
+# or .env: the loopback guard trusts a Unix socket named in api_bound as the owner-only one
+# serve made, and RAGSTORE_API_BOUND=unix:PATH beside `uvicorn --uds PATH` (a socket every
+# local user can open) gave every user admin rights with keys off
+SERVE_ONLY = frozenset({"api_bound"})
+
+
+class _UserSource(PydanticBaseSettingsSource):
+    """The environment or ``.env`` (``source``), refusing the fields only ``ragstore
+    serve`` passes (:data:`SERVE_ONLY`)."""
+
+    def __init__(self, source: PydanticBaseSettingsSource) -> None:
+        super().__init__(source.settings_cls)
+        self.source = source
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.source.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        values = self.source()
+        for name in sorted(SERVE_ONLY & values.keys()):
+            if values[name] == "":
+                continue  # the default's value
+            raise ConfigError(
+                f"{ENV_PREFIX}{name.upper()} is set (in the environment or .env), but it is "
+                "no setting: `ragstore serve` tells the app it serves which addresses it "
+                "bound, and the app trusts a Unix socket named there as the owner-only one "
+                f"serve made; unset {ENV_PREFIX}{name.upper()} ({ENV_PREFIX}API_HOST names "
+                "the address to serve on)"
+            )
+        return values
+
+
 class Settings(BaseSettings):
     """The effective configuration of one ragstore process."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """pydantic-settings' sources in its order, the environment and .env refusing
+        the fields only ``ragstore serve`` passes (:data:`SERVE_ONLY`)."""
+        return (
+            init_settings,
+            _UserSource(env_settings),
+            _UserSource(dotenv_settings),
+            file_secret_settings,
+        )
 
     profile: Literal["dev", "test", "prod"] = Field(
         "dev", description="Settings profile; prod refuses unsafe defaults."
@@ -239,8 +292,9 @@ class Settings(BaseSettings):
     api_port: int = Field(8080, ge=0, le=65535, description="Port `ragstore serve` binds.")
     api_bound: str = Field(
         "",
-        description="Set by `ragstore serve` for its workers: the addresses it bound "
-        "(comma-separated); auth=auto is decided from them.",
+        description="Not settable (refused from the environment and .env): the addresses "
+        "`ragstore serve` bound (comma-separated), which it passes to the app it serves; "
+        "auth=auto and the loopback guard are decided from them.",
     )
     api_workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
     max_request_bytes: int = Field(
@@ -506,7 +560,10 @@ class Settings(BaseSettings):
         return ",".join(p.strip() for p in value.split(",") if p.strip())
 
     def redacted(self) -> dict[str, Any]:
-        """The settings as plain values with every secret replaced by ``**********``."""
+        """The settings as plain values with every secret replaced by ``**********``, and
+        the password of a URL in any other setting masked as the CLI's errors mask it:
+        RAGSTORE_URL (whose ``user:password@`` httpx sends as basic auth, for a proxy
+        before the server) is no secret setting, and `config show` printed it whole."""
         out: dict[str, Any] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
@@ -514,6 +571,8 @@ class Settings(BaseSettings):
                 value = "**********" if value.get_secret_value() else ""
             elif isinstance(value, Path):
                 value = str(value)
+            elif isinstance(value, str):
+                value = shown_url(value)
             out[name] = value
         return out
 

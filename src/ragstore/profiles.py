@@ -79,7 +79,7 @@ def is_loopback(host: str) -> bool:
 
 def served_on_loopback(settings: Settings) -> bool:
     """Whether every address the API listens on is loopback: the ones ``ragstore serve``
-    bound (``RAGSTORE_API_BOUND``, set by it) when known, else ``RAGSTORE_API_HOST``."""
+    bound (``api_bound``, passed by it: no setting) when known, else ``RAGSTORE_API_HOST``."""
     hosts = [h for h in settings.api_bound.split(",") if h] or [settings.api_host]
     return all(is_loopback(h) for h in hosts)
 

@@ -16,7 +16,6 @@ from ragstore.cli import main
 
 # what serve passes on to its workers through the environment
 PASSED = (
-    "RAGSTORE_API_BOUND",
     "RAGSTORE_API_HOST",
     "RAGSTORE_API_PORT",
     "RAGSTORE_API_WORKERS",
@@ -101,12 +100,14 @@ def test_serve_that_stopped_leaves_the_environment_as_it_found_it(
             return False
 
     def while_up() -> None:
-        seen.update({name: os.environ.get(name) for name in PASSED})
+        seen.update({name: os.environ.get(name) for name in (*PASSED, "RAGSTORE_API_BOUND")})
 
     code = serve_in_process(["serve", "--host", "127.0.0.1", "--port", str(port)], up, while_up)
     assert code == 0
     # while it served, its workers' variables were there
-    assert seen["RAGSTORE_API_BOUND"] == "127.0.0.1"
+    assert seen["RAGSTORE_API_HOST"] == "127.0.0.1"
+    # not the addresses it bound: no setting (the app's factory takes them)
+    assert seen["RAGSTORE_API_BOUND"] is None
     assert seen["RAGSTORE_SERVE_PARENT"] == str(os.getpid())
     assert _ours(os.environ) == clean_env
 

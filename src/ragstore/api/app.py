@@ -66,7 +66,7 @@ def auth_enabled(settings: Settings) -> bool:
     is refused on any other address.
 
     "Served on loopback" is judged from the addresses ``ragstore serve`` actually bound
-    (``RAGSTORE_API_BOUND``) when it set them, else from ``RAGSTORE_API_HOST``.
+    (``api_bound``, which it passes to the app) when it did, else from ``RAGSTORE_API_HOST``.
     """
     local = served_on_loopback(settings)
     if settings.auth == "auto":
@@ -186,20 +186,26 @@ def _read_only(rt: Runtime) -> bool:
         return False
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, bound: str | None = None) -> FastAPI:
     """The API over ``settings``; without them, over the environment's, as the factory of
     ``uvicorn ragstore.api.app:create_app --factory`` (and of ``ragstore serve``'s
     workers). There a bad setting ends the process as ``ragstore serve`` does: one
     ``error[config_invalid]`` line and exit 78 (EX_CONFIG). uvicorn stops on an exception
-    of its factory with a traceback and exit 1 (it lets ``SystemExit`` through)."""
+    of its factory with a traceback and exit 1 (it lets ``SystemExit`` through).
+
+    ``bound``: the addresses ``ragstore serve`` bound (comma-separated), which only it
+    passes (the environment's settings are read with them as ``api_bound``, no setting a
+    user can make: ``config.SERVE_ONLY``)."""
     if settings is None:
         try:
-            settings = get_settings()
+            settings = get_settings() if bound is None else get_settings(api_bound=bound)
             secure = auth_enabled(settings)
         except ConfigError as exc:
             log.error("error[%s]: %s", exc.code, " ".join(exc.message.split()))
             raise SystemExit(exc.exit_code) from None
     else:
+        if bound is not None:
+            settings = settings.model_copy(update={"api_bound": bound})
         secure = auth_enabled(settings)
     stop_with_parent()
 

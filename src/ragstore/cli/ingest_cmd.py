@@ -318,7 +318,7 @@ def register(app: typer.Typer) -> None:
                 raise InputError(
                     "--sync needs the database itself: unset RAGSTORE_URL to sync a folder"
                 )
-            from ragstore._requests import shown_url
+            from ragstore.urls import shown_url
 
             _ingest_through(
                 client,

@@ -47,9 +47,9 @@ def refuse_remote(command: str, hint: str = "") -> None:
     the occasion) and report success on it. Called before anything opens a database, so
     that a refusal leaves nothing behind. ``hint`` is appended to the message (e.g. the
     HTTP route that does the same thing)."""
-    from ragstore._requests import shown_url
     from ragstore.errors import ConfigError
     from ragstore.profiles import get_settings
+    from ragstore.urls import shown_url
 
     url = get_settings().url
     if url:

@@ -9,6 +9,7 @@ died (even by ``kill -9``) is told to stop by the kernel.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -48,8 +49,9 @@ def register(app: typer.Typer) -> None:
         settings = get_settings(**overrides)
         sockets = bind_sockets(settings.api_host, settings.api_port)
         bound = bound_addresses(sockets)
-        overrides["api_bound"] = ",".join(bound)
-        # uvicorn's worker processes build the app from the environment: pass the overrides on
+        # uvicorn's worker processes build the app from the environment: pass the overrides
+        # on. Not the bound addresses, which are no setting (config.SERVE_ONLY): the app's
+        # factory takes them (_serve)
         passed = {f"RAGSTORE_{name.upper()}": str(value) for name, value in overrides.items()}
         passed[PARENT_ENV] = str(os.getpid())
         with _environment(passed):
@@ -68,14 +70,17 @@ def _serve(overrides: dict[str, Any], sockets: list[socket.socket], bound: list[
 
     private_metrics = None
     try:  # the sockets released however this ends (a Unix one's file left, else)
-        settings = get_settings(**overrides)
-        from ragstore.api.app import auth_enabled
+        settings = get_settings(**overrides, api_bound=",".join(bound))
+        from ragstore.api.app import auth_enabled, create_app
 
         if auth_enabled(settings):  # refuse an unsafe auth setting before serving
             open_unix_sockets(sockets)  # keys on: the key is the credential
         logging.getLogger("ragstore").setLevel(settings.log_level.upper())
         config = server_config(
-            "ragstore.api.app:create_app",
+            # the bound addresses reach the app as its factory's argument, which uvicorn
+            # pickles to each worker process: not through the environment or .env, where
+            # anyone running uvicorn could set them (config.SERVE_ONLY)
+            functools.partial(create_app, bound=settings.api_bound),
             settings,
             factory=True,
             workers=settings.api_workers,

@@ -174,7 +174,7 @@ class LoopbackGuardMiddleware:
     """Refuses requests addressed to, or sent from, another site (see the module doc).
 
     ``own_socket``: whether ``ragstore serve`` bound the Unix socket this app may be
-    served on (``unix:`` in ``RAGSTORE_API_BOUND``), owner-only
+    served on (``unix:`` in the settings' ``api_bound``, which only serve passes), owner-only
     (:func:`ragstore.http.listen.bind_unix`). A request over any other Unix socket is
     refused: uvicorn's ``--uds`` makes its socket 0666, so with keys off every user of
     the machine had admin rights through it."""

@@ -186,7 +186,7 @@ def release_sockets(sockets: list[socket.socket], bound: list[str]) -> None:
 
 def bound_addresses(sockets: list[socket.socket]) -> list[str]:
     """Each socket's address as ``RAGSTORE_API_HOST`` spells it (``unix:PATH`` for a Unix
-    socket), for ``RAGSTORE_API_BOUND``."""
+    socket), for the settings' ``api_bound``."""
     return [
         f"{UNIX_PREFIX}{s.getsockname()}" if s.family == socket.AF_UNIX else str(s.getsockname()[0])
         for s in sockets
