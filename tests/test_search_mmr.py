@@ -175,7 +175,7 @@ def test_explain_tells_the_mmr_pick_and_the_plan_its_depth(store: Store) -> None
         ({"lambda_mult": 1.5}, "lambda_mult must be between 0 .* and 1 .*, got 1.5"),
         ({"lambda_mult": -0.1}, "lambda_mult must be between 0 .* and 1 .*, got -0.1"),
         ({"lambda_mult": "0.5"}, "lambda_mult must be a number, got '0.5'"),
-        ({"lambda_mult": float("nan")}, "lambda_mult must be between"),
+        ({"lambda_mult": float("nan")}, r"lambda_mult must be a finite number \(not NaN"),
         ({"mmr": "yes"}, "mmr must be True or False, got 'yes'"),
         # named as a Store, API or MCP caller spells them (not the CLI's --mmr)
         ({"mmr": False, "fetch_k": 20}, "^fetch_k only applies to a maximal-marginal-relevance"),

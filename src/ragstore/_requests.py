@@ -334,6 +334,7 @@ def create_collection(
     distance: str | None = None,
 ) -> Call[dict[str, Any]]:
     body: dict[str, Any] = {"name": name, "settings": dict(settings or {})}
+    dimension = _integer(dimension)  # a NumPy integer, as the Store takes it
     for key, value in (("model", model), ("dimension", dimension), ("distance", distance)):
         if value is not None:
             body[key] = value
@@ -1327,7 +1328,7 @@ def search(
     fetch_k: int | None = None,
     lambda_mult: float | None = None,
 ) -> Call[dict[str, Any]]:
-    from ragstore.validation import flag
+    from ragstore.validation import finite_number, flag
 
     # a NumPy integer (``k=np.int64(2)``, from an array's argmax or len) is taken as the
     # Store takes it, as the int it is: refused here as not JSON-serialisable, the same
@@ -1335,6 +1336,17 @@ def search(
     k, ef_search, fetch_k = _integer(k), _integer(ef_search), _integer(fetch_k)
     if not isinstance(context, str):
         context = _integer(context)
+    # and a NumPy float (``rrf_k=np.float32(20)``) as the float it is; NaN and infinity
+    # refused as the Store refuses them (the Store's check: validation.finite_number)
+    rrf_k, vector_weight, fulltext_weight, lambda_mult = (
+        None if value is None else finite_number(value, name)
+        for name, value in (
+            ("rrf_k", rrf_k),
+            ("vector_weight", vector_weight),
+            ("fulltext_weight", fulltext_weight),
+            ("lambda_mult", lambda_mult),
+        )
+    )
     body: dict[str, Any] = {"k": k, "explain": flag(explain, "explain")}
     if not flag(
         sections, "sections"
@@ -1377,7 +1389,12 @@ def model_status(collection: str) -> Call[dict[str, Any]]:
 def migrate_model(
     collection: str, to: str, *, batch_size: int = 256, switch: bool = True, sample_queries: int = 8
 ) -> Call[dict[str, Any]]:
-    body = {"to": to, "batch_size": batch_size, "switch": switch, "sample_queries": sample_queries}
+    body = {
+        "to": to,
+        "batch_size": _integer(batch_size),
+        "switch": switch,
+        "sample_queries": _integer(sample_queries),
+    }
     return Call("POST", f"/v1/collections/{_n(collection)}/model/migrate", _body, json=body)
 
 
@@ -1399,7 +1416,7 @@ def list_jobs(
     status: str | None = None,
     collection: str | None = None,
 ) -> Call[dict[str, Any]]:
-    params: dict[str, Any] = {"limit": limit}
+    params: dict[str, Any] = {"limit": _integer(limit)}
     for key, value in (("cursor", cursor), ("status", status), ("collection", collection)):
         if value:
             params[key] = value

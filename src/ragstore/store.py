@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import operator
 import threading
 import time
 from collections import Counter
@@ -55,6 +56,7 @@ from ragstore.validation import (
     check_value,
     flag,
     id_list,
+    integral,
     page_limit,
     row_id,
     storable_text,
@@ -243,13 +245,13 @@ class Store:
                 "model is empty; name an embedding model (see `ragstore models list`), or "
                 "leave it out for the default"
             )
-        if dimension is not None and (
-            isinstance(dimension, bool) or not isinstance(dimension, int)
-        ):
-            # True passed the range check as 1 and failed in the database ("column
-            # dimension is of type integer but expression is of type boolean"), "4" with
-            # a bare TypeError
-            raise InputError(f"dimension must be an integer, got {dimension!r}")
+        if dimension is not None:
+            if not integral(dimension):
+                # True passed the range check as 1 and failed in the database ("column
+                # dimension is of type integer but expression is of type boolean"), "4"
+                # with a bare TypeError
+                raise InputError(f"dimension must be an integer, got {dimension!r}")
+            dimension = operator.index(dimension)  # a NumPy one, as the Client sends it
         if settings is not None and not isinstance(settings, Mapping):
             # a list failed in dict() with a bare TypeError
             raise InputError(
@@ -547,7 +549,7 @@ class Store:
         from ragstore.paging import decode_cursor, encode_cursor, split_page
         from ragstore.uploads import names
 
-        page_limit(limit)
+        limit = page_limit(limit)  # a NumPy integer as the int it is
         # checked as the HTTP route checks them: a NaN or a NUL reached PostgreSQL and came
         # back as "invalid input syntax for type json", naming neither the value nor where
         check_value(
@@ -605,7 +607,7 @@ class Store:
 
     @_call
     def get_document(self, collection: str, document_id: int) -> dict[str, Any]:
-        row_id(document_id, "document")
+        document_id = row_id(document_id, "document")
         coll = self._rt.collection(collection)
         with self._rt.db.connection() as conn, translated(f"reading document {document_id}"):
             return self._document(collection, catalog.document(conn, coll, document_id))
@@ -622,7 +624,7 @@ class Store:
 
     @_call
     def delete_document(self, collection: str, document_id: int) -> None:
-        row_id(document_id, "document")
+        document_id = row_id(document_id, "document")
         coll = self._rt.collection(collection)
         with self._rt.db.connection() as conn, translated(f"deleting document {document_id}"):
             catalog.delete_document(conn, coll, document_id)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
+import operator
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence, Set, Sized
@@ -308,15 +310,37 @@ def id_list(ids: Any, what: str) -> list[str]:
     return out
 
 
+def integral(value: Any) -> bool:
+    """Whether ``value`` is an integer, Python's or NumPy's (``np.int64(5)``, from an
+    array's ``argmax`` or ``len``: any ``numbers.Integral``), and not a bool (True is no
+    count of 1). The checks below take one as the int it is (``operator.index``), so that
+    the Store and the HTTP clients, which must send JSON, take the same values."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def finite_number(value: Any, name: str) -> float:
+    """``value`` as a Python float when it is a finite number, Python's or NumPy's
+    (``np.float32(0.7)``, ``np.int64(20)``), else InputError naming option ``name``. The
+    HTTP clients refused a NumPy number as "not JSON-serialisable" where the Store took it,
+    and NaN reached the range checks, which named a range it was not out of. A float, as
+    the HTTP schema reads such an option (``rrf_k=30`` is searched, and planned, as 30.0)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputError(f"{name} must be a number, got {value!r}")
+    out = float(value)
+    if not math.isfinite(out):
+        raise InputError(f"{name} must be a finite number (not NaN or infinity), got {out}")
+    return out
+
+
 def page_limit(value: Any) -> int:
     """``value`` when it is a page size the API takes (an integer from 1 to 500), else
     InputError. The Store compared it unchecked (``limit="5"`` a TypeError, ``True`` and
     ``2.5`` went on to PostgreSQL's LIMIT) and the Client sent ``"5"`` as a page of 5."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not integral(value):
         raise InputError(f"limit must be an integer, got {value!r}")
     if not 1 <= value <= 500:
         raise InputError(f"limit must be between 1 and 500, got {value}")
-    return value
+    return operator.index(value)
 
 
 def flag(value: Any, name: str) -> bool:
@@ -334,9 +358,9 @@ def row_id(value: Any, what: str) -> int:
     paths take), else InputError. Unchecked, the Store answered ``True`` with a database
     error and ``0``, ``-1`` or ``"1"`` as a document not found, where the Client says the
     id is invalid."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= INT64_MAX:
+    if not integral(value) or not 1 <= value <= INT64_MAX:
         raise InputError(f"invalid {what} id {value!r}: give a positive integer")
-    return value
+    return operator.index(value)
 
 
 class _RepeatedKey(Exception):

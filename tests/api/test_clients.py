@@ -692,3 +692,78 @@ def test_a_numpy_integer_option_is_taken_alike(
 
     out = asyncio.run(over_async())
     assert [h["source"] for h in out["data"]] == [h["source"] for h in expected["data"]]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "plain"),
+    [
+        ("rrf_k", np.float32(20.5), 20.5),
+        ("rrf_k", np.int64(30), 30.0),
+        ("vector_weight", np.float32(0.25), 0.25),
+        ("fulltext_weight", np.float16(2), 2.0),
+        ("lambda_mult", np.float32(0.75), 0.75),
+    ],
+    ids=["rrf_k-float32", "rrf_k-int64", "vector_weight", "fulltext_weight", "lambda_mult"],
+)
+def test_a_numpy_number_option_is_taken_alike(
+    notes: Client, open_url: str, store: Store, option: str, value: Any, plain: float
+) -> None:
+    # the Store takes any real number for the fusion knobs and lambda_mult; the Client
+    # refused np.float32(20.5) (and np.int64(30)) as "not JSON-serialisable". Each is
+    # searched with as the float the HTTP schema reads it as
+    options: dict[str, Any] = {"k": 3, "explain": True, option: value}
+    if option == "lambda_mult":
+        options["mmr"] = True
+    expected = store.search("notes", "backups", **{**options, option: plain})
+    ranked = [(h["source"], h["score"]) for h in expected["data"]]
+    for backend in (store, notes):
+        out = backend.search("notes", "backups", **options)
+        assert [(h["source"], h["score"]) for h in out["data"]] == ranked, backend
+        assert out["plan"] == expected["plan"], backend
+        plan = out["plan"]
+        planned = (
+            plan["mmr"]["lambda_mult"]
+            if option == "lambda_mult"
+            else plan["fusion"]["k" if option == "rrf_k" else option]
+        )
+        # the value searched with is the Python number (the Store kept the NumPy scalar)
+        assert planned == plain and type(planned) is type(plain), backend
+
+    async def over_async() -> dict[str, Any]:
+        async with AsyncClient(open_url) as client:
+            return await client.search("notes", "backups", **options)
+
+    assert [(h["source"], h["score"]) for h in asyncio.run(over_async())["data"]] == ranked
+
+
+@pytest.mark.parametrize("option", ["rrf_k", "vector_weight", "fulltext_weight", "lambda_mult"])
+@pytest.mark.parametrize(
+    "value", [float("nan"), float("-inf"), np.float32("inf"), np.float64("nan")]
+)
+def test_a_nan_or_infinite_option_is_refused_alike(
+    notes: Client, store: Store, option: str, value: Any
+) -> None:
+    # the Store said NaN was out of range ("must be between 0 and 10000, got nan"), the
+    # Client that it was not JSON; both now say what is wrong with it, in the same words
+    options: dict[str, Any] = {option: value, "mmr": option == "lambda_mult"}
+    for backend in (store, notes):
+        with pytest.raises(
+            InputError, match=rf"^{option} must be a finite number \(not NaN or infinity\)"
+        ) as caught:
+            backend.search("notes", "backups", **options)
+        assert type(caught.value) is InputError, backend
+
+
+def test_a_numpy_integer_limit_id_or_dimension_is_taken_alike(notes: Client, store: Store) -> None:
+    # the Store checked them as Python ints and refused np.int64 ("limit must be an
+    # integer, got np.int64(2)"), as the Client did, where search took a NumPy k
+    first = store.list_documents("notes", limit=2)
+    doc_id = first["data"][0]["id"]
+    for backend in (store, notes):
+        page = backend.list_documents("notes", limit=np.int64(2))
+        assert [d["id"] for d in page["data"]] == [d["id"] for d in first["data"]], backend
+        assert backend.get_document("notes", np.int64(doc_id))["id"] == doc_id, backend
+    for name, backend in (("np-dim-store", store), ("np-dim-client", notes)):
+        made = backend.create_collection(name, model="their-model@2024", dimension=np.int64(3))
+        assert made["dimension"] == 3 and type(made["dimension"]) is int, backend
+        backend.delete_collection(name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ from ragstore.embedding.registry import DEFAULT_MODEL, TRUNCATED_MODEL, resolve_
 from ragstore.ingest import ingest_paths
 from ragstore.modelops import rechunk
 from ragstore.modelops.migrate import migrate
+from ragstore.modelops.specs import find_model
 from ragstore.runtime import Runtime
 from ragstore.search import search
 from tests.conftest import run_cli
@@ -85,6 +87,36 @@ def _space_held(url: str, space_id: int) -> Iterator[Callable[[], None]]:
         conn.rollback()
 
 
+WRITE_WAITING = (  # a backend waits for a document write lock (documents.lock_sources)
+    "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+    " AND datname = current_database() AND wait_event_type = 'Lock'"
+    " AND wait_event = 'advisory' AND query LIKE 'SELECT count(pg_advisory_xact_lock(k))%'"
+)
+
+
+@contextmanager
+def _second_batch_stopped(
+    url: str, shadow_id: int, order: list[str]
+) -> Iterator[Callable[[], None]]:
+    """The write lock of one document of the re-cut's second batch (``order``: the live
+    documents in the order the backfill takes them) held in the shadow, one that no
+    document of the first batch shares (sources hash into ``LOCK_BUCKETS`` locks): the
+    first batch commits, the second waits as it writes. Yields what lets go of it."""
+    first = rechunk.BATCH_DOCUMENTS
+    taken = {_bucket(s) for s in order[:first]}
+    free = [s for s in order[first : 2 * first] if _bucket(s) not in taken]
+    assert free, "every document of the second batch shares a lock with the first"
+    with psycopg.connect(url) as conn:
+        documents.lock_sources(conn, shadow_id, free[:1])
+        yield conn.rollback
+        conn.rollback()
+
+
+def _bucket(source: str) -> int:
+    """The write lock of ``source`` among its collection's (as documents.lock_sources)."""
+    return zlib.crc32(source.encode()) % documents.LOCK_BUCKETS
+
+
 def _check_clean(capsys: pytest.CaptureFixture[str], collection: str) -> str:
     capsys.readouterr()
     assert run_cli("db", "check", "-c", collection) == 0
@@ -106,27 +138,29 @@ def test_a_recut_migration_killed_after_some_batches_resumes_and_switches(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     coll_name = "killed-recut"
-    # the kill lands between the first batch's commit and the last's: the documents past
-    # the first batch are that margin (about a second of encoding on an idle machine)
-    docs = rechunk.BATCH_DOCUMENTS + 120
+    # two batches: the first commits, the second is stopped as it writes
+    docs = rechunk.BATCH_DOCUMENTS + 16
     ingest_paths(rt, [_write(tmp_path / "c", docs)], coll_name)
     coll = rt.collection(coll_name)
     old_key = coll.model.key
     with rt.db.connection() as conn:
         chunks_before = spaces.count_vectors(conn, coll.table)
-
-    def some_committed() -> bool:
-        with rt.db.connection() as conn:
-            sh = rechunk.building_shadow(conn, rt.collection(coll_name))
-            return sh is not None and documents.count_documents(conn, sh.id) > 0
-
-    killed_when(
-        ["models", "migrate", "-c", coll_name, "--to", narrow],
-        _env(settings),
-        cli_env["RAGSTORE_DATABASE_URL"],
-        some_committed,
-        tmp_path / "m.log",
-    )
+        # the shadow made as the command makes it (what a run killed before its first
+        # batch leaves; the command resumes it), so that its write locks can be held
+        shadow, _ = rechunk.prepare(conn, coll, find_model(rt, narrow))
+        order = [rec.source for _, rec in documents.without_twin(conn, coll.id, shadow.id, 0, docs)]
+    assert len(order) == docs
+    with _second_batch_stopped(cli_env["RAGSTORE_DATABASE_URL"], shadow.id, order) as release:
+        # killed while the second batch waits to write: the first has committed, the
+        # rest cannot, however fast the machine (no margin of documents to outrun)
+        killed_when(
+            ["models", "migrate", "-c", coll_name, "--to", narrow],
+            _env(settings),
+            cli_env["RAGSTORE_DATABASE_URL"],
+            WRITE_WAITING,
+            tmp_path / "m.log",
+            release=release,
+        )
     coll = rt.collection(coll_name)
     assert coll.model.key == old_key
     with rt.db.connection() as conn:
@@ -134,7 +168,7 @@ def test_a_recut_migration_killed_after_some_batches_resumes_and_switches(
         sh = rechunk.building_shadow(conn, coll)
         assert sh is not None
         stored = documents.count_documents(conn, sh.id)
-    assert 0 < stored < docs, "killed midway, with a batch committed"
+    assert stored == rechunk.BATCH_DOCUMENTS, "killed midway: the first batch committed, alone"
     assert _hits(rt, coll_name) == 5
     out = _check_clean(capsys, coll_name)
     assert "the same `ragstore models migrate` again finishes it" in out, out

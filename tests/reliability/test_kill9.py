@@ -25,6 +25,7 @@ from ragstore.chunking.chunker import document_hash
 from ragstore.config import Settings
 from tests.conftest import run_cli
 from tests.imports.helpers import vectors, write_jsonl
+from tests.killing import killed_when
 from tests.models.corpus import write_corpus
 
 DOCS = 10
@@ -48,17 +49,12 @@ def _env(settings: Settings) -> dict[str, str]:
     }
 
 
-def _kill_when(args: list[str], env: dict[str, str], log: Path, ready: Callable[[], bool]) -> None:
-    """Run ``ragstore ARGS`` and SIGKILL it as soon as ``ready()`` holds (it must not finish
-    first: the test would prove nothing)."""
-    assert _signal_when(args, env, log, ready, signal.SIGKILL) == -signal.SIGKILL
-
-
 def _signal_when(
     args: list[str], env: dict[str, str], log: Path, ready: Callable[[], bool], sig: int
 ) -> int:
     """Run ``ragstore ARGS``, send it ``sig`` as soon as ``ready()`` holds (it must not end
-    first) and return its exit status."""
+    first) and return its exit status: a signal the command handles (SIGTERM), where
+    :func:`tests.killing.killed_when` kills it outright."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-c", "from ragstore.cli import main; main()", *args],
@@ -103,6 +99,15 @@ def _stored(url: str, coll: str) -> dict[str, tuple[str, int, int, int]]:
     return {str(r[0]): (str(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows}
 
 
+def _stored_at_least(coll: str, n: int) -> str:
+    """A probe for :func:`killed_when`: whether ``coll`` holds ``n`` documents yet."""
+    assert "'" not in coll
+    return (
+        f"SELECT count(*) >= {int(n)} FROM documents d JOIN collections c"
+        f" ON c.id = d.collection_id WHERE c.name = '{coll}'"
+    )
+
+
 def _doc_count(url: str, coll: str) -> int:
     with psycopg.connect(url) as conn:
         row = conn.execute(
@@ -132,11 +137,12 @@ def test_ingest_killed_leaves_whole_documents_and_a_rerun_converges(
     coll = f"kill-{point}"
     folder = write_corpus(tmp_path / "corpus", docs=DOCS, paragraphs=3)
     threshold = max(1, int(DOCS * fraction))
-    _kill_when(
+    killed_when(
         ["ingest", str(folder), "-c", coll],
         _env(settings),
+        url,
+        _stored_at_least(coll, threshold),
         tmp_path / "ingest.log",
-        lambda: _doc_count(url, coll) >= threshold,
     )
     partial = _stored(url, coll)
     assert threshold <= len(partial) < DOCS
@@ -178,6 +184,13 @@ def test_ingest_sigterm_says_what_was_stored_and_how_to_resume(
     assert "Traceback" not in text, text
 
 
+WRITING = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+    " AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
+    " AND (query ILIKE 'COPY%' OR query ILIKE 'CREATE INDEX%')"
+)
+
+
 def test_import_killed_mid_transaction_keeps_nothing_and_a_rerun_completes(
     settings: Settings, cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -197,17 +210,9 @@ def test_import_killed_mid_transaction_keeps_nothing_and_a_rerun_completes(
         "--no-backup",
     ]
 
-    def writing() -> bool:
-        with psycopg.connect(url, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
-                " AND (query ILIKE 'COPY%%' OR query ILIKE 'CREATE INDEX%%')"
-            ).fetchone()
-        return bool(row and row[0])
-
-    _kill_when(args, _env(settings), tmp_path / "import.log", writing)
-    time.sleep(0.5)  # the server notices the dead client and rolls its transaction back
+    # killed while it writes (its COPY or its index build, inside its one transaction);
+    # killed_when returns once its sessions are gone, their transaction rolled back
+    killed_when(args, _env(settings), url, WRITING, tmp_path / "import.log")
     with psycopg.connect(url) as conn:
         left = conn.execute(
             "SELECT count(*) FROM collections WHERE name = 'kill-import'"

@@ -8,12 +8,12 @@ combine them.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 from ragstore.errors import InputError
+from ragstore.validation import finite_number
 
 # Tuned on SciFact's train judgments (bench/search_quality.py): k=10 beat the customary 60
 # there (0.708 vs 0.701 nDCG@10) and on the held-out test split (0.714 vs 0.706).
@@ -33,15 +33,15 @@ class FusionParams:
     fulltext_weight: float = DEFAULT_FULLTEXT_WEIGHT
 
     def __post_init__(self) -> None:
-        # numbers only, as the HTTP schema takes them: "20" raised a TypeError below and
-        # True was taken as 1
-        for name, value in (
-            ("rrf_k", self.k),
-            ("vector_weight", self.vector_weight),
-            ("fulltext_weight", self.fulltext_weight),
+        # finite numbers only, as the HTTP schema takes them: "20" raised a TypeError
+        # below, True was taken as 1 and NaN was said to be out of range. A NumPy scalar
+        # is kept as the Python number it is, as the HTTP clients send it
+        for attr, name in (
+            ("k", "rrf_k"),
+            ("vector_weight", "vector_weight"),
+            ("fulltext_weight", "fulltext_weight"),
         ):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise InputError(f"{name} must be a number, got {value!r}")
+            object.__setattr__(self, attr, finite_number(getattr(self, attr), name))
         if not 0 <= self.k <= 10_000:
             raise InputError(f"the RRF constant k must be between 0 and 10000, got {self.k:g}")
         for name, w in (("vector", self.vector_weight), ("full-text", self.fulltext_weight)):

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-import numbers
 import os
 import threading
 import time
@@ -75,7 +74,13 @@ from ragstore.search.filters import compile_filter, ranges_metadata
 from ragstore.search.fused import fused_rows
 from ragstore.search.hybrid import FusionParams
 from ragstore.uploads.names import source_name
-from ragstore.validation import MAX_QUERY_CHARS, float32_array, storable_text
+from ragstore.validation import (
+    MAX_QUERY_CHARS,
+    finite_number,
+    float32_array,
+    integral,
+    storable_text,
+)
 
 Mode = Literal["vector", "fulltext", "hybrid"]
 MODES: tuple[Mode, ...] = ("vector", "fulltext", "hybrid")
@@ -132,17 +137,12 @@ class SearchParams:
             ("fulltext_depth", self.fulltext_depth),
             ("fetch_k", self.fetch_k),
         ):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, numbers.Integral)
-            ):
+            if value is not None and not integral(value):
                 raise InputError(f"{name} must be an integer, got {value!r}")
-        for label, real in (
-            ("BM25 k1", self.k1),
-            ("BM25 b", self.b),
-            ("lambda_mult", self.lambda_mult),
-        ):
-            if real is not None and (isinstance(real, bool) or not isinstance(real, numbers.Real)):
-                raise InputError(f"{label} must be a number, got {real!r}")
+        for attr, label in (("k1", "BM25 k1"), ("b", "BM25 b"), ("lambda_mult", "lambda_mult")):
+            real = getattr(self, attr)
+            if real is not None:  # a NaN was said to be out of range (validation.finite_number)
+                object.__setattr__(self, attr, finite_number(real, label))
         if self.mode not in MODES:
             raise InputError(f"unknown search mode {self.mode!r}; use one of {', '.join(MODES)}")
         if not 1 <= self.k <= 1000:
