@@ -638,6 +638,13 @@ def _ingest(
             # account of it instead
             _check_collection_at_start(rt, job)
             raise
+    if any(isinstance(r.error, CollectionNotFoundError) for r in results):
+        # a round's write found the collection deleted (``hold_live``, before the guard):
+        # the ingest stopped there, the rest ``not_attempted``. A delete that skipped the
+        # job's row (held by its progress write) left the job running, and it was then
+        # recorded ``succeeded`` with those documents never stored: the job's account of
+        # it instead (a delete that did fail the job: the outcome's record is Superseded)
+        _check_collection_at_start(rt, job)
     return results, report
 
 
