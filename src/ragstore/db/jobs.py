@@ -461,10 +461,12 @@ def fail_for_deleted_collection(conn: Conn, collection: str) -> list[int]:
 
     A job whose row another transaction holds is skipped, not waited on: only a worker
     running it holds it (its start, a progress write, a round's commit: ``hold_current``),
-    and that run fails the job itself at its next check of the collection (or, its
-    worker dead, the run that takes it over does). Waited on, a row held by a vanished
-    worker's transaction (open until the server notices the dead session: minutes, hours
-    by the system's default keepalives) hung the delete all that while.
+    and that run fails the job itself as ``collection_not_found``: its next write finds the
+    collection gone (``documents.hold_live``), and the runner then checks the collection
+    again (``jobs.runner._ingest``); or, its worker dead, the run that takes it over fails
+    it at its start check. Waited on, a row held by a vanished worker's transaction (open
+    until the server notices the dead session: minutes, hours by the system's default
+    keepalives) hung the delete all that while.
 
     A failed job's queue entry that still waits goes too: kept, it held the job out of
     the finished-job sweep (``PRUNE_FINISHED`` keeps a job whose entry waits) until a

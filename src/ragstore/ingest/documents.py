@@ -41,6 +41,7 @@ class DocumentOutcome:
     document: dict[str, Any] | None = None
     error: RagstoreError | None = None
     chunks: int = 0
+    again: bool = False  # written again after its round failed (``FileOutcome.again``)
 
 
 def add_documents(
@@ -82,5 +83,5 @@ def add_documents(
     out = []
     for d, item in zip(docs, items, strict=True):
         o = by_source[item.source]
-        out.append(DocumentOutcome(d.name, o.status, o.document, o.exc, o.chunks))
+        out.append(DocumentOutcome(d.name, o.status, o.document, o.exc, o.chunks, o.again))
     return out

@@ -84,7 +84,10 @@ class BulkLoad(enum.Enum):
 class FileOutcome:
     """What happened to one input. ``document`` is the stored row as this ingest's own
     transaction left it (absent for files skipped before parsing and for failures);
-    ``exc`` is the error of a failed input."""
+    ``exc`` is the error of a failed input. ``again``: written again on its own after its
+    round's transaction failed, which may have committed (its answer lost): then this
+    write found the round's own rows, ``unchanged`` (a job counts it as a retry does:
+    ``jobs.runner.job_status``)."""
 
     source: str
     # added | updated | unchanged | superseded | failed | not_attempted | vanished | removed
@@ -95,6 +98,7 @@ class FileOutcome:
     code: str | None = None
     document: dict[str, Any] | None = None
     exc: RagstoreError | None = None
+    again: bool = False
 
 
 @dataclass(frozen=True)
@@ -351,16 +355,19 @@ class _Ingestor:
                     conn, self.coll, [self._as_write(p) for p in pending], staged=staged
                 )
         except RagstoreError:
+            # a round of its own transaction may have committed, its answer lost: what it
+            # stored is then found unchanged below (a bulk load's savepoint did not)
+            again = self._conn is None
             for p in pending:
                 if self.stopped:  # the rest of the round: not attempted
                     break
-                self._write_one(p)
+                self._write_one(p, again=again)
             return
         self._stage_vectors(staged)
         for w in written:
             self._stored(w)
 
-    def _write_one(self, p: _Pending) -> None:
+    def _write_one(self, p: _Pending, *, again: bool = False) -> None:
         staged = self._held()
         # translated inside the transaction too: a failed statement's OperationalError (a
         # full disk, SQLSTATE 53100) was translated by the pool's connection() first, as
@@ -378,7 +385,7 @@ class _Ingestor:
             self._done(_fail(p.record.source, exc))
             return
         self._stage_vectors(staged)
-        self._stored(written[0])
+        self._stored(written[0], again=again)
 
     def _held(self) -> documents.StagedRows | None:
         """Where a bulk load's write keeps the active space's vectors back."""
@@ -398,10 +405,10 @@ class _Ingestor:
             p.record, p.chunks, p.vectors, p.extra_vectors, accepted_at=p.item.accepted_at
         )
 
-    def _stored(self, w: documents.Written) -> None:
+    def _stored(self, w: documents.Written, *, again: bool = False) -> None:
         stored = w.status in ("added", "updated") and w.document is not None
         chunks = int(w.document["chunks"]) if stored and w.document else 0
-        outcome = FileOutcome(w.source, w.status, chunks=chunks, document=w.document)
+        outcome = FileOutcome(w.source, w.status, chunks=chunks, document=w.document, again=again)
         if self._conn is not None:
             self._bulk_outcomes.append(outcome)
         self._done(outcome)

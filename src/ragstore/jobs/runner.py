@@ -131,8 +131,9 @@ class _Progress:
     this run's attempt is current (:class:`Superseded` where it is not).
 
     The chunks are the job's as :func:`job_chunks` counts them: on a retry, those of the
-    documents an earlier attempt stored (found ``unchanged`` now) too, read from the
-    run's :class:`IngestReport` (:meth:`follow`) as each document's outcome lands."""
+    documents an earlier attempt stored (found ``unchanged`` now) too, and so those of
+    documents written again after their round failed (``again``), read from the run's
+    :class:`IngestReport` (:meth:`follow`) as each document's outcome lands."""
 
     def __init__(self, rt: Runtime, job: store.JobRecord, attempt: int, *, retry: bool) -> None:
         self.rt = rt
@@ -152,11 +153,11 @@ class _Progress:
         self._report = report
 
     def __call__(self, event: str, files_done: int, chunks_done: int) -> None:
-        if self.retry and self._report is not None:
+        if self._report is not None:
             landed = self._report.outcomes[self._seen :]
             self._seen += len(landed)
             for o in landed:
-                if o.status == "unchanged":
+                if o.status == "unchanged" and (self.retry or o.again):
                     self._earlier += job_chunks(o.status, o.document, 0, self.job, retry=True)
         self.docs = files_done
         self.chunks = chunks_done + self._earlier
@@ -185,8 +186,14 @@ def job_status(outcome: DocumentOutcome, job: store.JobRecord, *, retry: bool) -
     it also stays ``unchanged`` on a retry when it was stored before the job was sent.
     (An identical upload of the same name by another request while the job waited would
     count for the job as well: same bytes, same result.)
+
+    A document written again on its own after its round's transaction failed
+    (``outcome.again``) is counted as a retry's: that commit may have landed with its
+    answer lost, and the write again found the round's own rows. Taken as found, a job's
+    first run counted documents it had added ``unchanged``, their chunks left out of its
+    ``chunks_done``.
     """
-    return _job_status(outcome.status, outcome.document, job, retry=retry)
+    return _job_status(outcome.status, outcome.document, job, retry=retry or outcome.again)
 
 
 def _job_status(
@@ -458,7 +465,7 @@ def _run(
         # the chunks of every document the summary counts as this job's (stored by this
         # run or an earlier one): the finished job's figures add up
         tracker.chunks = sum(
-            job_chunks(r.status, r.document, r.chunks, job, retry=retry) for r in results
+            job_chunks(r.status, r.document, r.chunks, job, retry=retry or r.again) for r in results
         )
         changed = [r.error for r in results if isinstance(r.error, SchemaMismatchError)]
         if changed:
@@ -637,6 +644,13 @@ def _ingest(
             # account of it instead
             _check_collection_at_start(rt, job)
             raise
+    if any(isinstance(r.error, CollectionNotFoundError) for r in results):
+        # a round's write found the collection deleted (``hold_live``, before the guard):
+        # the ingest stopped there, the rest ``not_attempted``. A delete that skipped the
+        # job's row (held by its progress write) left the job running, and it was then
+        # recorded ``succeeded`` with those documents never stored: the job's account of
+        # it instead (a delete that did fail the job: the outcome's record is Superseded)
+        _check_collection_at_start(rt, job)
     return results, report
 
 
