@@ -368,7 +368,8 @@ def test_over_http_a_body_over_the_request_limit_is_refused_unread(handbook: Sto
 def test_http_off_loopback_needs_a_key(capsys: pytest.CaptureFixture[str]) -> None:
     from tests.conftest import run_cli
 
-    assert run_cli("mcp", "--transport", "http", "--host", "0.0.0.0") == 65
+    # the sockets are bound before they are judged: a port of its own (8765 may be taken)
+    assert run_cli("mcp", "--transport", "http", "--host", "0.0.0.0", "--port", "0") == 65
     assert "serving MCP on 0.0.0.0 without an API key" in capsys.readouterr().err
     assert run_cli("mcp", "--transport", "carrier-pigeon") == 65
     capsys.readouterr()
