@@ -294,3 +294,27 @@ def test_the_job_queue_pool_in_use_and_waiting_reach_the_worker_port(settings: S
 async def _borrow(pool: Any) -> None:
     async with pool.connection(timeout=30):
         pass
+
+
+def test_a_metrics_port_on_loopback_spelled_otherwise_keeps_its_guard(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Loopback was judged from the host as typed, where ``ragstore serve`` judges from the
+    address bound: ``--metrics-host 127.1`` or ``LOCALHOST`` bound 127.0.0.1 yet served
+    other sites' pages (DNS rebinding), and the worker warned the port reached every
+    host. Judged from the address bound, both keep the guard and say nothing."""
+    for host in ("127.1", "LOCALHOST"):
+        caplog.clear()
+        chosen = with_(settings, worker_metrics_host=host, worker_metrics_port=0)
+        with (
+            caplog.at_level(logging.WARNING, logger="ragstore.jobs"),
+            serving_metrics(chosen) as port,
+        ):
+            url = f"http://127.0.0.1:{port}/metrics"
+            rebound = urllib.request.Request(url, headers={"Host": "evil.example"})
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(rebound, timeout=5)
+            assert refused.value.code == 403, host
+            assert "evil.example" in refused.value.read().decode()
+            assert "ragstore_ingest_documents_total" in _scrape(int(port or 0))
+        assert "without authentication" not in caplog.text, (host, caplog.text)

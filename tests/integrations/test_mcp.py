@@ -368,7 +368,8 @@ def test_over_http_a_body_over_the_request_limit_is_refused_unread(handbook: Sto
 def test_http_off_loopback_needs_a_key(capsys: pytest.CaptureFixture[str]) -> None:
     from tests.conftest import run_cli
 
-    assert run_cli("mcp", "--transport", "http", "--host", "0.0.0.0") == 65
+    # the sockets are bound before they are judged: a port of its own (8765 may be taken)
+    assert run_cli("mcp", "--transport", "http", "--host", "0.0.0.0", "--port", "0") == 65
     assert "serving MCP on 0.0.0.0 without an API key" in capsys.readouterr().err
     assert run_cli("mcp", "--transport", "carrier-pigeon") == 65
     capsys.readouterr()
@@ -376,6 +377,83 @@ def test_http_off_loopback_needs_a_key(capsys: pytest.CaptureFixture[str]) -> No
     # uvicorn's bare "Name or service not known" (exit 3) with one
     assert run_cli("mcp", "--transport", "http", "--host", "unix:/tmp/rag-mcp.sock") == 65
     assert "ragstore mcp listens on TCP only, not on a Unix socket" in capsys.readouterr().err
+
+
+def test_without_a_key_loopback_is_judged_from_the_address_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The no-key check compared ``--host`` with ``127.0.0.1``, ``::1`` and ``localhost``
+    as typed: ``127.1``, ``127.0.0.2`` and ``[::1]`` (loopback all) were refused, and
+    ``localhost`` let by whatever it resolved to. It is judged from the sockets bound now,
+    the ones uvicorn serves on, as ``ragstore serve`` judges its own."""
+    import ipaddress
+
+    from ragstore.cli.mcp_cmd import listening
+    from ragstore.errors import InputError
+
+    for host in ("127.1", "127.0.0.2", "[::1]", "localhost"):
+        sockets = listening(host, 0, keyed=False)
+        try:
+            assert sockets, host
+            for sock in sockets:
+                assert ipaddress.ip_address(sock.getsockname()[0]).is_loopback, host
+        finally:
+            for sock in sockets:
+                sock.close()
+    for host in ("0.0.0.0", ""):
+        with pytest.raises(InputError, match="without an API key") as refused:
+            listening(host, 0, keyed=False)
+        assert "not on loopback alone" in refused.value.message, host
+    # a localhost that resolves to every interface (an odd hosts file) binds them: refused
+    real = socket.getaddrinfo
+
+    def odd(host: Any, *args: Any, **kwargs: Any) -> Any:
+        return real("0.0.0.0" if host == "localhost" else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", odd)
+    with pytest.raises(InputError, match=r"listens on 0\.0\.0\.0,? "):
+        listening("localhost", 0, keyed=False)
+
+
+def test_ragstore_mcp_on_loopback_spelled_otherwise_serves_only_this_machines_pages(
+    handbook: Store, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """``ragstore mcp --transport http --host 127.1`` (no key) starts now, and, the SDK's
+    DNS-rebinding check covering only ``127.0.0.1``, ``localhost`` and ``::1`` as typed,
+    ragstore's own refuses another site's ``Host`` or ``Origin`` with 403 ``forbidden``
+    while a client of this machine is served."""
+    import subprocess
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    env = {**os.environ, **cli_env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    log = tmp_path / "mcp.log"
+    command = [sys.executable, "-c", "from ragstore.cli import main; main()", "mcp"]
+    args = ["--transport", "http", "--host", "127.1", "--port", str(port)]
+    with log.open("wb") as out:
+        served = subprocess.Popen([*command, *args], env=env, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 120
+        while served.poll() is None and time.monotonic() < deadline:
+            with socket.socket() as client:
+                if client.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        assert served.poll() is None, log.read_text()
+        url = f"http://127.0.0.1:{port}/mcp"
+        accept = {"Accept": "application/json, text/event-stream"}
+        for foreign in ({"Host": "evil.example"}, {"Origin": "https://evil.example"}):
+            answer = httpx.post(url, json=_HELLO, headers={**accept, **foreign}, timeout=30)
+            assert answer.status_code == 403, (foreign, answer.text)
+            assert answer.json()["code"] == "forbidden"
+            assert "evil.example" in answer.json()["detail"]
+        assert httpx.post(url, json=_HELLO, headers=accept, timeout=30).status_code == 200
+    finally:
+        served.terminate()
+        served.wait(timeout=60)
 
 
 def _waiting_searches(store: Store) -> int:

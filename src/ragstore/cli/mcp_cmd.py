@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+import socket
+
 import typer
 
 from ragstore.errors import ConfigError, InputError
 
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+def listening(host: str, port: int, *, keyed: bool) -> list[socket.socket]:
+    """The sockets ``ragstore mcp --transport http`` serves on, bound here as ``ragstore
+    serve`` binds its own; without a key (``keyed`` false) refused unless every address
+    bound is loopback.
+
+    The check compared the host as typed with ``127.0.0.1``, ``::1`` and ``localhost``:
+    ``127.1``, ``127.0.0.2`` or ``[::1]`` (loopback all) were refused as another address,
+    and ``localhost`` was let by whatever it resolved to. Judged from the addresses
+    bound, the sockets uvicorn then serves on, nothing else can listen."""
+    from ragstore.http.listen import bind_sockets, bound_addresses
+    from ragstore.profiles import is_loopback
+
+    sockets = bind_sockets(host, port, setting="--host")
+    bound = bound_addresses(sockets)
+    if keyed or all(is_loopback(address) for address in bound):
+        return sockets
+    for sock in sockets:
+        sock.close()
+    raise InputError(
+        f"serving MCP on {host} without an API key would let anyone on the network read "
+        f"every collection (it listens on {', '.join(bound)}, not on loopback alone); pass "
+        "--api-key (RAGSTORE_API_KEY) or bind 127.0.0.1"
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -51,35 +76,40 @@ def register(app: typer.Typer) -> None:
                 f"--host {host!r}: ragstore mcp listens on TCP only, not on a Unix socket; "
                 "give a loopback address (127.0.0.1), or another with --api-key"
             )
-        if transport == "http" and host not in LOOPBACK and not api_key:
-            raise InputError(
-                f"serving MCP on {host} without an API key would let anyone on the network "
-                "read every collection; pass --api-key (RAGSTORE_API_KEY) or bind 127.0.0.1"
-            )
+        sockets = listening(host, port, keyed=bool(api_key)) if transport == "http" else []
         try:
-            from ragstore.integrations.mcp import build_server, http_app, key_for, serve_stdio
-        except ModuleNotFoundError as exc:
-            raise ConfigError(
-                f"ragstore mcp needs the MCP SDK ({exc.name} is missing): "
-                "pip install 'ragstore[mcp]'"
-            ) from None
-        from ragstore.store import Store
+            _serve(transport, host, path, api_key, sockets)
+        finally:
+            for sock in sockets:
+                sock.close()
 
-        with Store() as store:
-            key = key_for(store, api_key)
-            server = build_server(store, key)
-            if transport == "stdio":
-                import anyio
 
-                anyio.run(serve_stdio, server)
-                return
-            import uvicorn
+def _serve(
+    transport: str, host: str, path: str, api_key: str | None, sockets: list[socket.socket]
+) -> None:
+    """Serve the tools over ``transport``: over http on ``sockets`` (:func:`listening`),
+    ``host`` being what they were bound to (the SDK judges DNS rebinding by it)."""
+    try:
+        from ragstore.integrations.mcp import build_server, http_app, key_for, serve_stdio
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"ragstore mcp needs the MCP SDK ({exc.name} is missing): pip install 'ragstore[mcp]'"
+        ) from None
+    from ragstore.store import Store
 
-            from ragstore.api.server import server_config
-            from ragstore.profiles import get_settings
+    with Store() as store:
+        key = key_for(store, api_key)
+        server = build_server(store, key)
+        if transport == "stdio":
+            import anyio
 
-            app = http_app(server, store, key, path=path, host=host)
-            config = server_config(
-                app, get_settings(), host=host, port=port, log_level="warning", access_log=False
-            )
-            uvicorn.Server(config).run()
+            anyio.run(serve_stdio, server)
+            return
+        import uvicorn
+
+        from ragstore.api.server import server_config
+        from ragstore.profiles import get_settings
+
+        app = http_app(server, store, key, path=path, host=host)
+        config = server_config(app, get_settings(), log_level="warning", access_log=False)
+        uvicorn.Server(config).run(sockets=sockets)

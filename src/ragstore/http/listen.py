@@ -22,9 +22,12 @@ PARENT_ENV = "RAGSTORE_SERVE_PARENT"
 UNIX_PREFIX = "unix:"
 
 
-def bind_sockets(host: str, port: int) -> list[socket.socket]:
+def bind_sockets(
+    host: str, port: int, *, setting: str = "RAGSTORE_API_HOST"
+) -> list[socket.socket]:
     """Listening TCP sockets for ``host`` (``""``: every IPv4 and IPv6 interface), or the
-    Unix socket ``unix:PATH`` names (:func:`bind_unix`)."""
+    Unix socket ``unix:PATH`` names (:func:`bind_unix`); ``setting`` names where ``host``
+    was given, in the error of one that does not resolve (``ragstore mcp``'s ``--host``)."""
     if host.startswith(UNIX_PREFIX):
         return [bind_unix(host[len(UNIX_PREFIX) :])]
     # ``[::1]``, ``[::]``: an IPv6 address as a URL writes it, which getaddrinfo reads as a
@@ -35,7 +38,7 @@ def bind_sockets(host: str, port: int) -> list[socket.socket]:
             name or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except socket.gaierror as exc:
-        raise ConfigError(f"RAGSTORE_API_HOST={host!r} does not resolve: {exc.strerror}") from None
+        raise ConfigError(f"{setting}={host!r} does not resolve: {exc.strerror}") from None
     sockets: list[socket.socket] = []
     seen: set[tuple[int, str]] = set()  # (family, address)
     try:

@@ -72,7 +72,7 @@ from ragstore.errors import (
     pydantic_message,
 )
 from ragstore.http.bearer import bearer_token
-from ragstore.http.guard import foreign_sender, unowned_socket
+from ragstore.http.guard import foreign_party, foreign_sender, unowned_socket
 from ragstore.http.limits import BodyLimitMiddleware
 from ragstore.http.problems import send_problem
 from ragstore.store import Store
@@ -438,7 +438,11 @@ class LocalOnly:
     ``ragstore mcp`` refuses to bind another address than loopback without a key, and the
     SDK refuses other sites' pages (DNS rebinding) by their ``Host``; but a reverse proxy
     on this machine (Apache's ``ProxyPass``, an nginx) connects from loopback and names
-    ``127.0.0.1`` as the ``Host``, and served every collection to the network.
+    ``127.0.0.1`` as the ``Host``, and served every collection to the network. The
+    SDK's check covers only a server bound to ``127.0.0.1``, ``localhost`` or ``::1``
+    spelled so, not one on ``127.1`` or ``127.0.0.2`` (loopback, which ``ragstore mcp``
+    serves without a key): the ``Host`` and ``Origin`` are checked here too, as the API
+    checks them with keys off (:func:`ragstore.http.guard.foreign_party`).
 
     A request over a Unix socket is refused too, as the API refuses it with keys off
     (:func:`ragstore.http.guard.unowned_socket`): ``ragstore mcp`` listens on TCP only, so
@@ -465,15 +469,24 @@ class LocalOnly:
                 ),
             )
             return
-        party = foreign_sender(scope)
+        sender = foreign_sender(scope)
+        party = sender or foreign_party(dict(scope.get("headers", ())))
         if party is None:
             await self.app(scope, receive, send)
             return
-        exc = PermissionDeniedError(
-            f"{party} is not this machine: an MCP server started without a key answers only "
-            "clients on this machine, and no proxy may forward others to it; start it with "
-            "--api-key (RAGSTORE_API_KEY) to serve others"
-        )
+        if sender is not None:
+            exc = PermissionDeniedError(
+                f"{party} is not this machine: an MCP server started without a key answers "
+                "only clients on this machine, and no proxy may forward others to it; start "
+                "it with --api-key (RAGSTORE_API_KEY) to serve others"
+            )
+        else:
+            exc = PermissionDeniedError(
+                f"{party} is not this machine: an MCP server started without a key answers "
+                "only requests to and from localhost, 127.0.0.1 or [::1] (a guard against "
+                "other sites' pages); use one of those names, or start it with --api-key "
+                "(RAGSTORE_API_KEY) to serve others"
+            )
         await send_problem(scope, send, exc)
 
 

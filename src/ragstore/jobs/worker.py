@@ -257,17 +257,17 @@ def serving_metrics(
         return
     from ragstore.observability.metrics import (
         JobQueuePoolMetrics,
+        bound_on_loopback,
         serve_process_metrics,
         sync_runtime,
     )
-    from ragstore.profiles import is_loopback
 
     host = settings.worker_metrics_host
     sync = None if runtime is None else functools.partial(sync_runtime, runtime)
     extra = () if queue is None else (JobQueuePoolMetrics(lambda: queue_pool(queue())),)
     server, thread = serve_process_metrics(host, port, sync=sync, extra=extra)
     bound = int(server.server_address[1])
-    if not is_loopback(host):
+    if not bound_on_loopback(server):
         # no API key guards it (it reads no database, so it has none to check): the same
         # figures the API's /metrics gives only to a key of scope metrics
         log.warning(

@@ -1145,6 +1145,19 @@ def _loopback_hosts_only(app: Any) -> Any:
     return guarded
 
 
+def bound_on_loopback(server: Any) -> bool:
+    """Whether the metrics ``server`` listens on this machine alone, judged from the
+    address it bound, as ``ragstore serve`` judges its own (``RAGSTORE_API_BOUND``).
+
+    The host as typed says too little: ``127.1``, ``LOCALHOST`` or this machine's name
+    (Debian maps it to 127.0.1.1) bind loopback yet were judged another address, so the
+    port went without its guard against other sites' pages (DNS rebinding read the
+    metrics) and the worker warned that every host reached it."""
+    from ragstore.profiles import is_loopback
+
+    return is_loopback(str(server.server_address[0]))
+
+
 def serve_process_metrics(
     host: str,
     port: int,
@@ -1178,9 +1191,7 @@ def serve_process_metrics(
         registry.register(collector)
     try:
         server, thread = start_wsgi_server(port, addr=host, registry=registry)
-        from ragstore.profiles import is_loopback
-
-        if is_loopback(host):
+        if bound_on_loopback(server):
             server.set_app(_loopback_hosts_only(server.get_app()))
         return server, thread
     except socket.gaierror as exc:
