@@ -76,10 +76,13 @@ def register(app: typer.Typer) -> None:
             import uvicorn
 
             from ragstore.api.server import server_config
+            from ragstore.cli.signals import stop_signals_end_cleanly
             from ragstore.profiles import get_settings
 
             app = http_app(server, store, key, path=path, host=host)
             config = server_config(
                 app, get_settings(), host=host, port=port, log_level="warning", access_log=False
             )
-            uvicorn.Server(config).run()
+            http_server = uvicorn.Server(config)
+            with stop_signals_end_cleanly(http_server):
+                http_server.run()
