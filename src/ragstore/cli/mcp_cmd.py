@@ -108,8 +108,11 @@ def _serve(
         import uvicorn
 
         from ragstore.api.server import server_config
+        from ragstore.cli.signals import stop_signals_end_cleanly
         from ragstore.profiles import get_settings
 
         app = http_app(server, store, key, path=path, host=host)
         config = server_config(app, get_settings(), log_level="warning", access_log=False)
-        uvicorn.Server(config).run(sockets=sockets)
+        http_server = uvicorn.Server(config)
+        with stop_signals_end_cleanly(http_server):
+            http_server.run(sockets=sockets)

@@ -12,12 +12,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import signal
 import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import FrameType
 from typing import Any
 
 import typer
@@ -65,6 +62,7 @@ def _serve(overrides: dict[str, Any], sockets: list[socket.socket], bound: list[
     from uvicorn.supervisors import Multiprocess
 
     from ragstore.api.server import server_config
+    from ragstore.cli.signals import stop_signals_end_cleanly
     from ragstore.http.listen import open_unix_sockets, release_sockets
     from ragstore.profiles import get_settings
 
@@ -92,7 +90,7 @@ def _serve(overrides: dict[str, Any], sockets: list[socket.socket], bound: list[
         if settings.api_workers > 1:
             Multiprocess(config, sockets=sockets).run()
         else:
-            with _stop_signals_end_cleanly(server):
+            with stop_signals_end_cleanly(server):
                 server.run(sockets=sockets)
     finally:
         release_sockets(sockets, bound)
@@ -128,33 +126,6 @@ def _environment(passed: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-@contextmanager
-def _stop_signals_end_cleanly(server: Any) -> Iterator[None]:
-    """SIGTERM and SIGINT stop a one-process server (a ``uvicorn.Server``) as they stop
-    several: gracefully, and the command exits 0.
-
-    uvicorn's server raises the signal that stopped it again once its shutdown is done,
-    under the handlers it found: with Python's, ``serve --workers 1`` then died of SIGTERM
-    (status -15, 143 in a shell; "Error" to Kubernetes, "Exited (143)" to Docker) or
-    exited 130 on Ctrl-C, while ``--workers 2`` (uvicorn's supervisor, which exits 0, as
-    gunicorn and ``ragstore worker`` do) ended 0 on the same stop. The handlers it finds
-    now ask the server to stop (what its own do): its raise lands there when the server
-    is done, and a signal that comes before it takes over still stops it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signals reach the main thread only: uvicorn leaves them alone there too
-        return
-
-    def stop(_signum: int, _frame: FrameType | None) -> None:
-        server.should_exit = True
-
-    found = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, handler in found.items():
-            signal.signal(sig, handler)
 
 
 def _share_metrics(workers: int) -> str | None:

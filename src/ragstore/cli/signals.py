@@ -6,6 +6,9 @@ keeps the dead process on its list of users), and nothing said about what was st
 Inside :func:`terminate_as_interrupt` SIGTERM raises :class:`Terminated` in the main
 thread instead, a :class:`KeyboardInterrupt`, so the command stops exactly as on Ctrl-C:
 the transaction in flight commits or rolls back whole, and the command can say so.
+
+A one-process HTTP server (``serve --workers 1``, ``mcp --transport http``) stops on
+SIGTERM and SIGINT under :func:`stop_signals_end_cleanly` instead: gracefully, exit 0.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, what a shell reports for a SIGTERM death
 
@@ -75,3 +79,33 @@ def interrupt_says(what_happened: str | Callable[[], str]) -> Iterator[None]:
         said = what_happened if isinstance(what_happened, str) else what_happened()
         err_console().print(f"interrupted by {how}: {said}")
         sys.exit(status)
+
+
+@contextmanager
+def stop_signals_end_cleanly(server: Any) -> Iterator[None]:
+    """SIGTERM and SIGINT stop a one-process server (a ``uvicorn.Server``: ``serve
+    --workers 1``, ``mcp --transport http``) as they stop several: gracefully, and the
+    command exits 0.
+
+    uvicorn's server raises the signal that stopped it again once its shutdown is done,
+    under the handlers it found: with Python's, ``serve --workers 1`` then died of SIGTERM
+    (status -15, 143 in a shell; "Error" to Kubernetes, "Exited (143)" to Docker) or
+    exited 130 on Ctrl-C, while ``--workers 2`` (uvicorn's supervisor, which exits 0, as
+    gunicorn and ``ragstore worker`` do) ended 0 on the same stop; dying of SIGTERM also
+    skipped the exit handlers, so the embedded server the command had started kept
+    running. The handlers it finds now ask the server to stop (what its own do): its
+    raise lands there when the server is done, and a signal that comes before it takes
+    over still stops it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only: uvicorn leaves them alone there too
+        return
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        server.should_exit = True
+
+    found = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in found.items():
+            signal.signal(sig, handler)
