@@ -1251,9 +1251,15 @@ async def test_close_waits_for_a_tool_reading_chunks(
         assert "thirty days" in _data(answers[0])["text"]
 
 
-def _accepts(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+def _answers(port: int) -> bool:
+    """The server answers HTTP on ``port``: its socket accepting is not enough, since
+    ``ragstore mcp`` binds it before it opens its Store and starts serving."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            return sock.recv(16).startswith(b"HTTP/")
+    except OSError:
+        return False
 
 
 def test_an_http_server_in_this_process_stopped_by_sigterm(cli_env: dict[str, str]) -> None:
@@ -1266,7 +1272,7 @@ def test_an_http_server_in_this_process_stopped_by_sigterm(cli_env: dict[str, st
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with sigterm_when(lambda: _accepts(port)) as sent:
+    with sigterm_when(lambda: _answers(port)) as sent:
         status = run_cli("mcp", "--transport", "http", "--port", str(port))
     assert sent == [True] and status == 0
     assert sys.modules["sse_starlette.sse"].AppStatus.should_exit
