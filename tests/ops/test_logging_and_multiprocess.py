@@ -75,6 +75,29 @@ def test_a_keyword_conninfo_loses_its_password_as_a_url_does() -> None:
     assert second["event"] == "replica host=r1 password=********** down"
 
 
+def test_a_password_holding_an_at_sign_is_masked_whole_in_a_url() -> None:
+    """An embedding endpoint's URL in an error (``cannot reach http://u:p@ss@host/...``)
+    kept what followed the password's first ``@``: the host starts after the last one,
+    as httpx reads it, and the whole password is masked (in a traceback too)."""
+    import logging
+
+    out = io.StringIO()
+    configure_logging("info", log_format="json", stream=out)
+    url = "http://embed:p@ss-Hunter2@127.0.0.1:9/v1/embeddings"
+    try:
+        get_logger("ragstore.test").warning("embedding failed", error=f"cannot reach {url}")
+        try:
+            raise RuntimeError(f"{url} answered HTTP 503")
+        except RuntimeError:
+            logging.getLogger("ragstore.test").exception("batch failed")
+    finally:
+        configure_logging("warning", log_format="json")
+    assert "Hunter2" not in out.getvalue(), out.getvalue()
+    first, second = _lines(out)
+    assert first["error"] == "cannot reach http://embed:**********@127.0.0.1:9/v1/embeddings"
+    assert "http://embed:**********@127.0.0.1:9/v1/embeddings answered" in str(second["exception"])
+
+
 def test_queries_are_logged_when_turned_on() -> None:
     out = io.StringIO()
     configure_logging("info", log_format="json", log_queries=True, stream=out)

@@ -10,6 +10,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from ragstore.models import ModelSpec
+from ragstore.urls import shown_url
 
 Conn = psycopg.Connection[Any]
 
@@ -83,6 +84,9 @@ class PinnedModel:
     def as_dict(self) -> dict[str, Any]:
         s = self.spec
         opts = {k: v for k, v in s.options.items() if k != "probe"}
+        if "base_url" in opts:
+            # a pin made before credentials in the URL were refused holds its password
+            opts["base_url"] = shown_url(opts["base_url"])
         return {
             "id": self.id,
             "key": s.key,

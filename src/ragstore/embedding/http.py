@@ -20,7 +20,12 @@ does not hold the others back, and each honours its own ``Retry-After``.
 
 The API key is read from the environment variable ``api_key_env`` names, held as a
 ``SecretStr`` and only ever written into the ``Authorization`` header: it is never stored in
-the database or printed. Rate limits (429) and server errors (5xx) are retried with
+the database or printed. Credentials written into ``base_url`` (``user:password@``) are
+refused when a model is pinned (``modelops.specs``); a pin an older version made with one
+still sends them (httpx: as basic auth, in place of the key), and its errors name the URL
+with them masked.
+
+Rate limits (429) and server errors (5xx) are retried with
 exponential backoff (honouring ``Retry-After``); other 4xx answers fail at once with the
 server's own message.
 
@@ -68,6 +73,7 @@ from ragstore.embedding.paths import resolve_path
 from ragstore.errors import ConfigError, EmbeddingProviderError, ModelError, ModelMismatchError
 from ragstore.models import ModelSpec
 from ragstore.observability import metrics
+from ragstore.urls import shown_url, without_userinfo
 
 DEFAULT_API_KEY_ENV = "RAGSTORE_EMBEDDING_API_KEY"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -91,17 +97,6 @@ def _sendable_key(key: SecretStr, where: str) -> SecretStr:
             "control character or a non-ASCII one); set it to the API key alone"
         )
     return SecretStr(text)
-
-
-# a URL's ``user:password@`` (with or without a scheme before it)
-_USERINFO = re.compile(r"^((?:[^/?#]*:)?//)?[^/?#@]*@")
-
-
-def _without_userinfo(url: str) -> str:
-    """``url`` without its ``user:password@``: a refused base URL is named in the error,
-    and the password written into it must not be (the error said ``{base_url!r}``, its
-    f-string prefix missing, and so named no URL at all)."""
-    return _USERINFO.sub(r"\1", url, count=1)
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -137,10 +132,13 @@ class HttpEmbedder(Embedder):
         if not base_url.startswith(("http://", "https://")):
             raise ModelError(
                 f"model {spec.key}: options.base_url must be an http(s) URL such as "
-                f"http://127.0.0.1:8080/v1, got {_without_userinfo(base_url)!r}"
+                f"http://127.0.0.1:8080/v1, got {without_userinfo(base_url)!r}"
             )
         self.spec = spec
         self.url = base_url + "/embeddings"
+        # how errors name it: a pin made before credentials in the URL were refused
+        # (``modelops.specs``) holds a password there, which httpx still sends
+        self.shown_url = shown_url(self.url)
         self.remote_model = str(opts.get("model") or spec.name)
         self.batch_size = int(batch_size or opts.get("batch_size", 64))
         self.max_retries = int(opts.get("max_retries", 5))
@@ -220,16 +218,16 @@ class HttpEmbedder(Embedder):
             try:
                 response, raw = self._send(body, len(inputs))
             except httpx.TimeoutException:
-                failure = f"no answer within the timeout from {self.url}"
+                failure = f"no answer within the timeout from {self.shown_url}"
             except httpx.TransportError as exc:
-                failure = f"cannot reach {self.url}: {self._masked(str(exc))}"
+                failure = f"cannot reach {self.shown_url}: {self._masked(str(exc))}"
             else:
                 if response.status_code == 200:
                     try:
                         data: dict[str, Any] = json.loads(raw)
                     except ValueError:
                         raise EmbeddingProviderError(
-                            f"{self.url} answered 200 with a body that is not JSON"
+                            f"{self.shown_url} answered 200 with a body that is not JSON"
                         ) from None
                     self._format_settled = True
                     return data
@@ -244,11 +242,11 @@ class HttpEmbedder(Embedder):
                     continue
                 if response.status_code not in RETRY_STATUSES:
                     raise EmbeddingProviderError(
-                        f"{self.url} refused the request for model {self.remote_model!r}: "
+                        f"{self.shown_url} refused the request for model {self.remote_model!r}: "
                         f"HTTP {response.status_code} "
                         f"{self._masked(_server_message(raw))}"
                     )
-                failure = f"{self.url} answered HTTP {response.status_code}"
+                failure = f"{self.shown_url} answered HTTP {response.status_code}"
                 pause = _retry_after(response)
             if attempt >= self.max_retries:
                 # the fix named options of the model spec, which no command sets (`models
@@ -290,8 +288,8 @@ class HttpEmbedder(Embedder):
                 size += len(chunk)
                 if size > limit:
                     raise EmbeddingProviderError(
-                        f"{self.url} answered HTTP {resp.status_code} with a body larger than "
-                        f"{limit // (1024 * 1024)} MiB for {count} texts, far more than their "
+                        f"{self.shown_url} answered HTTP {resp.status_code} with a body larger "
+                        f"than {limit // (1024 * 1024)} MiB for {count} texts, far more than their "
                         "embeddings take; the server is broken: fix or replace it"
                     )
                 chunks.append(chunk)
@@ -318,7 +316,7 @@ class HttpEmbedder(Embedder):
         AttributeError, two embeddings both marked ``index: 0`` stored the first text's
         vector for the second one too, and NaN or infinity (or 1e39, infinite as float32)
         reached the pin as a database error."""
-        return _answered_vectors(self._post(texts, stop), len(texts), self.url)
+        return _answered_vectors(self._post(texts, stop), len(texts), self.shown_url)
 
     def embed_texts(self, texts: Sequence[str]) -> Vectors:
         """Batches of ``batch_size``, up to ``concurrency`` of them in flight, the vectors
@@ -370,7 +368,7 @@ class HttpEmbedder(Embedder):
         if out.shape[1] != self.spec.dimension:
             raise ModelMismatchError(
                 f"model {self.spec.key}: expected {self.spec.dimension} dimensions, got "
-                f"{out.shape[1]} from {self.url}; the server runs a different model than "
+                f"{out.shape[1]} from {self.shown_url}; the server runs a different model than "
                 "the pin: point options.base_url at the pinned model, or pin the new one "
                 "with `ragstore models add` and re-embed with `ragstore models migrate`"
             )
@@ -380,7 +378,7 @@ class HttpEmbedder(Embedder):
             # stored, its cosine distance to every query NaN and its chunk never found
             first = int(np.flatnonzero(norms[:, 0] == 0)[0])
             raise EmbeddingProviderError(
-                f"{self.url} answered a vector of zeros for text {first + 1} of the "
+                f"{self.shown_url} answered a vector of zeros for text {first + 1} of the "
                 f"{len(texts)} in its batch, which cosine "
                 "cannot rank; the server or its model is broken: fix or replace it. "
                 "Nothing of this batch was stored"

@@ -14,6 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from ragstore.db import models, spaces
 from ragstore.db.errors import translated
 from ragstore.db.models import PinnedModel
@@ -41,6 +43,7 @@ from ragstore.errors import (
 )
 from ragstore.models import ModelSpec
 from ragstore.runtime import Runtime
+from ragstore.urls import shown_url, without_userinfo
 
 DISTANCES = ("cosine", "l2", "ip")
 
@@ -167,11 +170,40 @@ def _settings_differ(pinned: ModelSpec, asked: ModelSpec) -> str:
         if getattr(pinned, name) != getattr(asked, name)
     ]
     out += [
-        f"{name} {pinned.options.get(name)!r} -> {asked.options.get(name)!r}"
+        f"{name} {_shown(name, pinned.options.get(name))!r} -> "
+        f"{_shown(name, asked.options.get(name))!r}"
         for name in _option_names(pinned, asked)
         if pinned.options.get(name) != asked.options.get(name)
     ]
     return ", ".join(out)
+
+
+def _shown(name: str, value: Any) -> Any:
+    """An option as a conflict names it: the ``base_url`` of a pin made before credentials
+    in it were refused (:func:`_refuse_credentials`) with its password masked."""
+    return shown_url(value) if name == "base_url" and isinstance(value, str) else value
+
+
+def _refuse_credentials(base_url: str) -> None:
+    """Refuse an endpoint URL that carries ``user:password@`` (or ``token@``).
+
+    httpx sends it as basic auth, but the URL is the pin's ``options.base_url``: the
+    password was stored in the database and printed by ``models show``, ``models list
+    --json``, a conflict and every error of the embedder. The API key belongs in the
+    environment variable ``--api-key-env`` names, which is never stored or printed. A pin
+    an older version made with one still works (its URL is masked where it is shown)."""
+    try:
+        userinfo = httpx.URL(base_url).userinfo
+    except httpx.InvalidURL:
+        return  # not a URL httpx reads: the embedder refuses it with its own error
+    if userinfo:
+        raise InputError(
+            f"the endpoint URL {without_userinfo(base_url)!r} was given with credentials "
+            "(user:password@) in it, which a pin would store in the database and show; "
+            "put the API key in an environment variable and name it with --api-key-env "
+            "(sent as 'Authorization: Bearer KEY'), and give the URL without them; "
+            "nothing was pinned"
+        )
 
 
 def _moved(pinned: ModelSpec, asked: ModelSpec) -> bool:
@@ -292,6 +324,7 @@ def add_http_model(
     refused here, before anything is pinned. ``concurrency``: requests in flight at once
     while documents are embedded (``embedding.http``).
     """
+    _refuse_credentials(base_url)
     _check_common(name, distance, max_tokens)
     if dimensions is not None and dimensions < 1:
         raise InputError(f"dimensions must be a positive number, got {dimensions}")

@@ -31,14 +31,12 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from ragstore.stdfds import fill_closed_std_fds
+from ragstore.urls import masked_urls
 
 REDACTED = "**********"
 _SECRET_KEY = re.compile(
     r"pass(word)?|secret|token|api[_-]?key|authorization|cookie|credential|database_url|dsn",
     re.IGNORECASE,
-)
-_URL_PASSWORD = re.compile(
-    r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+(?P<tail>@)", re.IGNORECASE
 )
 # a libpq keyword conninfo's password (``host=db password=s3cret``, ``password='a b'``),
 # and a URL's ``?password=`` parameter: up to the closing quote or the next blank
@@ -71,8 +69,10 @@ class Redactor:
 def redact_text(text: str) -> str:
     """``text`` with the password of any URL in it masked, and that of any keyword
     conninfo (``host=db user=app password=s3cret``, the other form libpq and
-    RAGSTORE_DATABASE_URL take): it reached the log as it was."""
-    text = _URL_PASSWORD.sub(lambda m: m.group("head") + REDACTED + m.group("tail"), text)
+    RAGSTORE_DATABASE_URL take): it reached the log as it was. A URL's password runs to
+    the last ``@`` of its authority, as httpx reads it (``ragstore.urls``): it stopped at
+    the first, and ``http://u:p@ss@host`` logged ``ss``."""
+    text = masked_urls(text, REDACTED)
     return _KEYWORD_PASSWORD.sub(lambda m: m.group("head") + REDACTED, text)
 
 
