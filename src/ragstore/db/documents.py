@@ -812,10 +812,18 @@ def hold_live(
     deleted from the kept set and was acknowledged, while the live collection kept the
     document and searches went on finding it. Every writer of a collection's documents
     holds the row this way, so a delete either ends before the switch (whose check then
-    sees the two sets out of step and runs another pass) or is refused after it."""
+    sees the two sets out of step and runs another pass) or is refused after it.
+
+    The row gone, the collection may still be there: switched so and the kept set pruned
+    (``ragstore models prune``) since the writer read it, the name on the row swapped in,
+    which keeps the creation time. That is refused as the switch it is: it was refused as
+    ``collection_not_found`` ("was deleted") of a collection still listed, and a job took
+    that for the documents' own failure and was recorded ``succeeded`` without them."""
     row = conn.execute(
         "SELECT shadow_of IS NOT NULL FROM collections WHERE id = %s FOR SHARE", (coll.id,)
     ).fetchone()
+    if row is None and _switched_away(conn, coll):
+        raise ConflictError(f"collection {coll.name!r} {MODEL_SWITCHED} {doing}")
     if row is None:
         # deleted since the writer read it (another client's delete, or the write that
         # made it and stored nothing removing it again): the write went on to fail on a
@@ -825,6 +833,19 @@ def hold_live(
         )
     if bool(row[0]) != coll.shadow:
         raise ConflictError(f"collection {coll.name!r} {MODEL_SWITCHED} {doing}")
+
+
+def _switched_away(conn: Conn, coll: Collection) -> bool:
+    """Whether the live collection of ``coll``'s name is the one ``coll`` was read from,
+    now on another row (a re-cutting model switch moved the name and the creation time
+    there), rather than one made under the name after a delete."""
+    if coll.shadow or coll.created_at is None:
+        return False
+    row = conn.execute(
+        "SELECT 1 FROM collections WHERE name = %s AND shadow_of IS NULL AND created_at = %s",
+        (coll.name, coll.created_at),
+    ).fetchone()
+    return row is not None
 
 
 # what every refusal of a write to a collection whose model was switched under it says

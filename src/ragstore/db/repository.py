@@ -7,7 +7,8 @@ commit. Identifiers are composed with ``psycopg.sql``; values are always paramet
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -36,11 +37,16 @@ class Collection:
     model_id: int
     model: ModelSpec
     shadow: bool = False  # a shadow row: another chunk set of a collection (see create_shadow)
+    # when the collection was made: a model switch moves it with the name to the row
+    # swapped in (:func:`swap_shadow`), so a writer whose row was switched away from and
+    # pruned still knows the collection by it (``documents.hold_live``)
+    created_at: datetime | None = field(default=None, compare=False)
 
 
 _SELECT = (
     f"SELECT c.id, c.name, c.settings, s.id, s.table_name, m.id, c.shadow_of IS NOT NULL,"
-    f" {MODEL_COLS} FROM collections c JOIN embedding_spaces s ON s.id = c.active_space_id"
+    f" c.created_at, {MODEL_COLS} FROM collections c"
+    " JOIN embedding_spaces s ON s.id = c.active_space_id"
     " JOIN embedding_models m ON m.id = s.model_id"
 )
 
@@ -53,8 +59,9 @@ def _collection(row: Any) -> Collection:
         int(row[3]),
         row[4],
         int(row[5]),
-        spec_from_row(row[7:]),
+        spec_from_row(row[8:]),
         bool(row[6]),
+        row[7],
     )
 
 
