@@ -15,7 +15,9 @@ import psycopg
 Conn = psycopg.Connection[Any]
 
 # each range with whether its hit's chunk is still in the document in this statement's
-# snapshot (``live``): a range whose hit is gone reads no chunks and comes back as one row
+# snapshot (``live``): a range whose hit is gone reads no chunks and comes back as one row.
+# ``last``: the range's last ordinal, ``hi`` itself where no heading ends it first (it was
+# an exclusive end of ``hi``, so a section without a later heading lost its last chunk)
 _RANGE_SQL = """
 SELECT q.i, v.live, c.id, c.ordinal, c.chunk_type, c.text, c.section_path, c.page
 FROM unnest(%(doc)s::bigint[], %(hit)s::bigint[], %(lo)s::int[], %(hi)s::int[],
@@ -25,12 +27,11 @@ CROSS JOIN LATERAL (
     SELECT EXISTS (SELECT 1 FROM chunks h WHERE h.id = q.hit AND h.document_id = q.doc) AS live
 ) v
 CROSS JOIN LATERAL (
-    SELECT coalesce(min(e.ordinal), q.hi) AS stop FROM chunks e
+    SELECT coalesce(min(e.ordinal) - 1, q.hi) AS last FROM chunks e
     WHERE e.document_id = q.doc AND e.ordinal > q.lo AND e.ordinal <= q.hi
       AND e.chunk_type = 'heading' AND cardinality(e.section_path) < q.depth
 ) b
-LEFT JOIN chunks c ON v.live AND c.document_id = q.doc AND c.ordinal >= q.lo
-     AND (c.ordinal < b.stop OR (q.depth = 0 AND c.ordinal <= q.hi))
+LEFT JOIN chunks c ON v.live AND c.document_id = q.doc AND c.ordinal BETWEEN q.lo AND b.last
      AND (q.page IS NULL OR c.page = q.page)
 ORDER BY q.i, c.ordinal
 """

@@ -5,7 +5,8 @@
 to the next heading of the same or a higher level (subsections included, at most
 ``MAX_SECTION_CHUNKS``). Hits that share a section are merged into the best-scored one,
 so a section is returned once. A hit outside any section (no heading above it) gets the
-chunks around it, kept to its page for PDFs.
+chunks around it, kept to its page for PDFs; one among the chunks a better such hit gets
+is merged into it, and none of those chunks comes back twice.
 
 The context is read after the search, in statements of its own: a document replaced or
 deleted in between must not lend a hit of its old version the chunks of the new one (or
@@ -226,6 +227,7 @@ def _sections(rt: Runtime, hits: list[Hit]) -> tuple[list[HitWithContext], bool]
     parents: dict[int, tuple[Any, Any]] = {int(r[0]): (r[1], r[2]) for r in found}
     live = [h for h in hits if h.chunk_id in parents]  # the others' chunks are gone
     keys: list[_Range] = []
+    windows: list[_Range] = []
     for h in live:
         start, depth = parents[h.chunk_id]
         if start is not None and depth is not None:
@@ -233,8 +235,7 @@ def _sections(rt: Runtime, hits: list[Hit]) -> tuple[list[HitWithContext], bool]
                 (h.document_id, int(start), int(start) + MAX_SECTION_CHUNKS - 1, int(depth), None)
             )
         else:  # no heading above: the chunks around it, on its page for a PDF
-            lo = max(0, h.ordinal - MAX_SECTION_CHUNKS // 2)
-            keys.append((h.document_id, lo, lo + MAX_SECTION_CHUNKS - 1, 1, h.page))
+            keys.append(_window(h, windows))
     first_of: dict[_Range, int] = {}
     members: dict[int, list[Hit]] = {}
     for i, (h, key) in enumerate(zip(live, keys, strict=True)):
@@ -258,6 +259,33 @@ def _sections(rt: Runtime, hits: list[Hit]) -> tuple[list[HitWithContext], bool]
             )
         )
     return out, len(live) < len(hits) or any(s is None for s in sections)
+
+
+def _window(hit: Hit, earlier: list[_Range]) -> _Range:
+    """The range of a hit with no heading above it: the chunks around it, on its page
+    (``MAX_SECTION_CHUNKS`` at most), without those of the ``earlier`` (better) hits'
+    windows, to which it is added.
+
+    Two such hits a few chunks apart have windows that overlap, and each came back with
+    the chunks they share: the same chunks twice in one answer. So a hit inside an
+    earlier window takes that window (and is merged into its hit, as hits sharing a
+    section are), and a hit outside every earlier window gets its own cut short where one
+    begins. Windows of one page only hold its chunks: only those of the same page count."""
+    lo = max(0, hit.ordinal - MAX_SECTION_CHUNKS // 2)
+    hi = lo + MAX_SECTION_CHUNKS - 1
+    for window in earlier:
+        doc, first, last, _, page = window
+        if doc != hit.document_id or page != hit.page:
+            continue
+        if first <= hit.ordinal <= last:
+            return window
+        if last < hit.ordinal:
+            lo = max(lo, last + 1)
+        else:
+            hi = min(hi, first - 1)
+    window = (hit.document_id, lo, hi, 1, hit.page)
+    earlier.append(window)
+    return window
 
 
 def render_context(hit: HitWithContext, width: int = 2000) -> str:

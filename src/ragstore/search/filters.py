@@ -42,6 +42,7 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from psycopg import sql
@@ -497,7 +498,7 @@ class _Compiler:
 
     def bind(self, value: Any, cast: str | None = None) -> sql.Composable:
         name = f"{self.prefix}{len(self.params)}"
-        self.params[name] = value
+        self.params[name] = _exact(value) if cast == "numeric" else value
         placeholder: sql.Composable = sql.Placeholder(name)
         if cast:
             # CAST(), not ``::``: the full-text list takes the condition as SQL text with
@@ -679,6 +680,21 @@ def _array(field: str, op: str, operand: Any) -> list[Any]:
             f"invalid filter at {field!r}: {op} takes an array, got {_json_type(operand)}"
         )
     return operand
+
+
+def _exact(value: Any) -> Any:
+    """A float operand as the ``Decimal`` of the digits its JSON has (``repr``, as the
+    stored metadata's JSON writes them), for a comparison as ``numeric``.
+
+    psycopg sends a float as ``float8``, and ``float8`` cast to ``numeric`` keeps 15
+    significant digits: ``{"$gte": 1717171717.1234567}`` compared as 1717171717.12346,
+    so the vector list and the texts' selections kept other chunks than the stored
+    (exact) numbers said, and than the full-text list, which takes the condition as
+    client-side quoted text with every digit. ``float.__repr__``, not ``repr``: a NumPy
+    float's ``repr`` is ``np.float64(...)``. Integers are sent exact already."""
+    if isinstance(value, float):
+        return Decimal(float.__repr__(value))
+    return value
 
 
 def _is_number(v: Any) -> bool:
