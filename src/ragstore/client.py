@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
@@ -216,30 +217,67 @@ class _WritePosition:
     sent back on later requests so a read a replica serves already shows that write. Copy
     ``last_lsn`` to another client (one for a read-only server) to carry it over. A write
     whose position the server could not read answers ``primary``: sent back, it has reads
-    served by the primary until a later write answers a position."""
+    served by the primary until a later write answers a position.
 
-    last_lsn: str | None = None
+    "Later" is a write sent after ``primary`` arrived: one sent before it (writes sent at
+    once) may have committed before the write that answered ``primary``, and its position
+    replaced ``primary`` whichever order the answers came in, so a replica at that
+    position, without the other write, served the next read. Each send takes a number
+    (``_sends``); ``primary``, answered or set, notes the number sent by then
+    (``_primary_at``), and only a position answered to a later send replaces it. The
+    lock keeps a send's number and the position it carries together across threads."""
+
     read_your_writes: bool = True
+    _held: str | None = None
+    _sends = 0  # requests sent so far, each numbered
+    _primary_at = 0  # the number sent by the time the held ``primary`` was noted
 
-    def _with_lsn(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        if self.read_your_writes and self.last_lsn:
-            kwargs["headers"] = {LSN_HEADER: self.last_lsn, **dict(kwargs.get("headers") or {})}
-        return kwargs
+    def __init__(self) -> None:
+        self._lsn_lock = threading.Lock()
 
-    def _note_lsn(self, response: httpx.Response) -> None:
-        """Keep the later of the position held and the one answered. Writes sent at once
-        (``asyncio.gather``, threads) answer in any order: keeping the last answer could
-        step back to an earlier write's position, and a read sent after all of them could
-        be served by a replica without the later ones. (A client that outlives its
-        server's database being replaced by a new cluster, whose positions start low
-        again, should be made anew.)"""
+    @property
+    def last_lsn(self) -> str | None:
+        """The position sent back with each request (None: no write yet)."""
+        return self._held
+
+    @last_lsn.setter
+    def last_lsn(self, value: str | None) -> None:
+        with self._lsn_lock:
+            self._held = value
+            self._primary_at = self._sends  # set ``primary``: sends in flight are earlier
+
+    def _with_lsn(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """``kwargs`` with the held position, and the number of this send (for
+        :meth:`_note_lsn`)."""
+        with self._lsn_lock:
+            self._sends += 1
+            sent, held = self._sends, self._held
+        if self.read_your_writes and held:
+            kwargs["headers"] = {LSN_HEADER: held, **dict(kwargs.get("headers") or {})}
+        return kwargs, sent
+
+    def _note_lsn(self, response: httpx.Response, sent: int) -> None:
+        """Keep the later of the position held and the one answered to send number
+        ``sent``. Writes sent at once (``asyncio.gather``, threads) answer in any order:
+        keeping the last answer could step back to an earlier write's position, and a
+        read sent after all of them could be served by a replica without the later ones.
+        ``primary`` (no position known) is kept until a position answers a send made
+        after it arrived (see the class). (A client that outlives its server's database
+        being replaced by a new cluster, whose positions start low again, should be made
+        anew.)"""
         written = response.headers.get(LSN_HEADER)
         if not written:
             return
-        held = _lsn_value(self.last_lsn) if self.last_lsn else None
         new = _lsn_value(written)
-        if held is None or new is None or new >= held:
-            self.last_lsn = written
+        with self._lsn_lock:
+            held = _lsn_value(self._held) if self._held else None
+            if new is None:  # ``primary``: no position; sends made so far are earlier
+                self._held, self._primary_at = written, self._sends
+            elif self._held and held is None:  # ``primary`` held
+                if sent > self._primary_at:
+                    self._held = written
+            elif held is None or new >= held:
+                self._held = written
 
 
 class _KeyedWrites:
@@ -355,6 +393,7 @@ class Client(_WritePosition, _KeyedWrites):
         retries: int = 3,
         max_retry_wait: float = 30.0,
     ) -> None:
+        _WritePosition.__init__(self)
         self.read_your_writes = read_your_writes
         self.retries, self.max_retry_wait = _retry_options(retries, max_retry_wait)
         self._http = httpx.Client(
@@ -406,13 +445,14 @@ class Client(_WritePosition, _KeyedWrites):
     def _request_once(
         self, method: str, path: str, effect: str, kwargs: dict[str, Any]
     ) -> httpx.Response:
+        sending, sent = self._with_lsn(dict(kwargs))
         try:
-            response = self._http.request(method, path, **self._with_lsn(dict(kwargs)))
+            response = self._http.request(method, path, **sending)
         except httpx.TransportError as exc:
             error = _transport_error(exc, self._http.base_url, method, path, effect)
             self._note_unreached(error)
             raise error from None
-        self._note_lsn(response)  # an error can follow writes that committed
+        self._note_lsn(response, sent)  # an error can follow writes that committed
         self._note_keys(response)
         raise_for_problem(response)
         return response
@@ -751,6 +791,7 @@ class AsyncClient(_WritePosition, _KeyedWrites):
         retries: int = 3,
         max_retry_wait: float = 30.0,
     ) -> None:
+        _WritePosition.__init__(self)
         self.read_your_writes = read_your_writes
         self.retries, self.max_retry_wait = _retry_options(retries, max_retry_wait)
         self._http = httpx.AsyncClient(
@@ -805,13 +846,14 @@ class AsyncClient(_WritePosition, _KeyedWrites):
     async def _request_once(
         self, method: str, path: str, effect: str, kwargs: dict[str, Any]
     ) -> httpx.Response:
+        sending, sent = self._with_lsn(dict(kwargs))
         try:
-            response = await self._http.request(method, path, **self._with_lsn(dict(kwargs)))
+            response = await self._http.request(method, path, **sending)
         except httpx.TransportError as exc:
             error = _transport_error(exc, self._http.base_url, method, path, effect)
             self._note_unreached(error)
             raise error from None
-        self._note_lsn(response)  # an error can follow writes that committed
+        self._note_lsn(response, sent)  # an error can follow writes that committed
         self._note_keys(response)
         raise_for_problem(response)
         return response

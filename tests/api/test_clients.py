@@ -521,11 +521,30 @@ def test_the_write_position_kept_is_the_latest_whatever_order_answers_come_in() 
     # writes sent at once answer in any order: the last answer could be an earlier
     # write's position, and a read after all of them then went to a replica without the rest
     with Client("http://127.0.0.1:9") as c:  # bookkeeping only: nothing is sent
-        for answered in ("0/3000B60", "0/2000000", "0/FFFFFF", "1/10", "0/FFFFFFFF"):
-            c._note_lsn(httpx.Response(201, headers={"RAGStore-LSN": answered}))
+        sends = [c._with_lsn({})[1] for _ in range(5)]  # sent at once, answered now
+        for sent, answered in zip(
+            sends, ("0/3000B60", "0/2000000", "0/FFFFFF", "1/10", "0/FFFFFFFF"), strict=True
+        ):
+            c._note_lsn(httpx.Response(201, headers={"RAGStore-LSN": answered}), sent)
         assert c.last_lsn == "1/10"
-        c._note_lsn(httpx.Response(200))  # a read answers no position: kept
+        c._note_lsn(httpx.Response(200), c._with_lsn({})[1])  # a read: no position, kept
         assert c.last_lsn == "1/10"
+
+
+def test_primary_set_by_hand_is_kept_from_answers_to_requests_already_sent() -> None:
+    # ``primary`` copied in from another client (whose write's position was unread) while
+    # a write was in flight: that write may have committed before the other client's, and
+    # its answer replaced ``primary``; only a request sent after it may
+    with Client("http://127.0.0.1:9") as c:  # bookkeeping only: nothing is sent
+        headers, in_flight = c._with_lsn({})
+        assert "headers" not in headers  # no write yet: nothing to send back
+        c.last_lsn = "primary"
+        c._note_lsn(httpx.Response(201, headers={"RAGStore-LSN": "5/0"}), in_flight)
+        assert c.last_lsn == "primary"
+        headers, after = c._with_lsn({})
+        assert headers["headers"]["RAGStore-LSN"] == "primary"
+        c._note_lsn(httpx.Response(201, headers={"RAGStore-LSN": "0/10"}), after)
+        assert c.last_lsn == "0/10"
 
 
 def test_empty_lists_are_no_ops_in_process_as_over_http(notes: Client, store: Store) -> None:

@@ -3,6 +3,7 @@ replica that cannot be reached (reads fall back to the primary)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -18,7 +19,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from ragstore import Client
+from ragstore import AsyncClient, Client
 from ragstore.api.routing import classify
 from ragstore.config import Settings
 from ragstore.db import lsn, routing
@@ -321,6 +322,130 @@ def test_a_finished_job_whose_position_cannot_be_read_says_primary(
         _fail_next(lsn_fault, 0)
         r = c.request("GET", f"/v1/jobs/{job['id']}")
         assert lsn.parse(r.headers["RAGStore-LSN"]) > 0
+
+
+class _HeldAnswer(httpx.BaseTransport):
+    """A real transport to the test server that hands the client the answer to the first
+    request to ``path`` only once ``release`` is set (its bytes already read off the
+    server's socket): the order two answers arrive in, fixed; nothing in them changed.
+    ``headers`` records each request's ``RAGStore-LSN``."""
+
+    def __init__(self, path: str) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.path, self.held = path, False
+        self.answered, self.release = threading.Event(), threading.Event()
+        self.headers: list[str | None] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.headers.append(request.headers.get("RAGStore-LSN"))
+        response = self.inner.handle_request(request)
+        if request.url.path == self.path and not self.held:
+            self.held = True
+            response.read()
+            self.answered.set()
+            assert self.release.wait(60), "the held answer was never released"
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _HeldAnswerAsync(httpx.AsyncBaseTransport):
+    """:class:`_HeldAnswer` for the AsyncClient."""
+
+    def __init__(self, path: str) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.path, self.held = path, False
+        self.answered, self.release = asyncio.Event(), asyncio.Event()
+        self.headers: list[str | None] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.headers.append(request.headers.get("RAGStore-LSN"))
+        response = await self.inner.handle_async_request(request)
+        if request.url.path == self.path and not self.held:
+            self.held = True
+            await response.aread()
+            self.answered.set()
+            await asyncio.wait_for(self.release.wait(), 60)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_an_earlier_writes_position_does_not_replace_a_later_primary(
+    lsn_fault: str, tmp_path: Path
+) -> None:
+    """Writes sent at once: B commits and its position P_B is read; A commits after it,
+    its position cannot be read, and it answers ``primary``; A's answer reaches the client
+    first, B's second. ``primary`` held no position, so B's replaced it, and the next read
+    carried P_B: a replica at P_B, without A, could serve it. B's request was sent before
+    ``primary`` arrived, so its position says nothing of A's write: ``primary`` is kept
+    until a write sent after it answers. A real server answers both; the client's
+    transport only holds B's answer back until A's has been noted (the order of arrival
+    cannot be fixed otherwise)."""
+    settings = Settings(database_url=lsn_fault, data_dir=tmp_path, profile="test", auth="off")
+    documents = "/v1/collections/kb/documents"
+    held = _HeldAnswer(documents)
+    with running_server(settings) as url, Client(url, transport=held) as c:
+        c.create_collection("kb")
+        b_answer: list[str | None] = []
+
+        def write_b() -> None:
+            r = c.request("POST", documents, json={"name": "b.md", "text": "# B\n\nbeta"})
+            b_answer.append(r.headers.get("RAGStore-LSN"))
+
+        b = threading.Thread(target=write_b)
+        b.start()
+        assert held.answered.wait(60)  # B committed, its position read
+        _fail_next(lsn_fault, 100)  # A's position cannot be read
+        c.add_document("kb", "a.md", "# A\n\nalpha")
+        assert c.last_lsn == "primary"
+        held.release.set()  # B's answer arrives now
+        b.join(60)
+        assert b_answer and lsn.parse(b_answer[0] or "") > 0, b_answer  # B: a position
+        assert c.last_lsn == "primary"
+        names = sorted(d["name"] for d in c.list_documents("kb")["data"])
+        assert names == ["a.md", "b.md"] and held.headers[-1] == "primary", held.headers
+        _fail_next(lsn_fault, 0)
+        c.add_document("kb", "c.md", "# C\n\ncharlie")  # sent after: its position replaces
+        assert c.last_lsn is not None and lsn.parse(c.last_lsn) > lsn.parse(b_answer[0] or "")
+
+
+def test_an_earlier_writes_position_does_not_replace_a_later_primary_async(
+    lsn_fault: str, tmp_path: Path
+) -> None:
+    """:func:`test_an_earlier_writes_position_does_not_replace_a_later_primary` for the
+    AsyncClient, the writes sent at once with ``asyncio.gather``."""
+    settings = Settings(database_url=lsn_fault, data_dir=tmp_path, profile="test", auth="off")
+    documents = "/v1/collections/kb/documents"
+
+    async def scenario(url: str) -> tuple[str | None, str | None, str | None]:
+        held = _HeldAnswerAsync(documents)
+        async with AsyncClient(url, transport=held) as c:
+            await c.create_collection("kb")
+
+            async def write_a() -> str | None:
+                await held.answered.wait()  # B committed, its position read
+                await asyncio.to_thread(_fail_next, lsn_fault, 100)
+                await c.add_document("kb", "a.md", "# A\n\nalpha")
+                noted = c.last_lsn
+                held.release.set()  # B's answer arrives now
+                return noted
+
+            async def write_b() -> str | None:
+                body = {"name": "b.md", "text": "# B\n\nbeta"}
+                r = await c.request("POST", documents, json=body)
+                return r.headers.get("RAGStore-LSN")
+
+            after_a, b_answer = await asyncio.gather(write_a(), write_b())
+            await c.list_documents("kb")
+            return after_a, b_answer, held.headers[-1]
+
+    with running_server(settings) as url:
+        after_a, b_answer, read_sent = asyncio.run(scenario(url))
+    assert after_a == "primary" and lsn.parse(b_answer or "") > 0, (after_a, b_answer)
+    assert read_sent == "primary"
 
 
 def test_a_position_read_after_an_asynchronous_commit_is_past_it(database_url: str) -> None:
