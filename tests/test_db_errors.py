@@ -7,6 +7,7 @@ import select
 import socket
 import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import psycopg
@@ -23,6 +24,7 @@ from ragstore.db.errors import (
     DISK_FULL,
     SQLSTATE_MAP,
     classify,
+    ends_session,
     recovery_conflict,
     translate,
     translated,
@@ -40,6 +42,7 @@ from ragstore.errors import (
     public_reason,
 )
 from ragstore.http.problems import problem_body
+from ragstore.jobs.runner import passing_cause
 from ragstore.runtime import Runtime
 from ragstore.search import search
 from ragstore.search.service import _search_deadline
@@ -65,8 +68,9 @@ def test_every_row_of_the_table_maps_as_listed(key: str) -> None:
 def test_the_table_sends_input_to_4xx_and_only_connections_to_503() -> None:
     statuses = {key: cls.http_status for key, (cls, _) in SQLSTATE_MAP.items()}
     for key, status in statuses.items():
-        # a lock timeout: retry; a read-only database refuses every write until it is fixed
-        if key[:2] in ("08", "53", "57") or key in ("55P03", "25006"):
+        # a lock timeout: retry; a read-only database refuses every write until it is fixed;
+        # a session ended for idling in a transaction (25P03), as class 57's
+        if key[:2] in ("08", "53", "57") or key in ("55P03", "25006", "25P03"):
             assert status == 503, key
         else:
             assert 400 <= status < 500, key
@@ -325,6 +329,120 @@ def test_a_session_its_idle_session_timeout_ended_names_the_setting(database_url
             assert conn.execute("SELECT 1").fetchone() == (1,)
     finally:
         db.close()
+
+
+def test_a_session_its_idle_in_transaction_timeout_ended_names_the_setting(
+    database_url: str,
+) -> None:
+    """A session left idle inside a transaction past the server's
+    ``idle_in_transaction_session_timeout`` is ended by the server (SQLSTATE 25P03, which
+    psycopg raises as an ``InternalError``): it was told 500 ``database_error`` "the
+    database failed", and passed out of a block that did not translate it as psycopg's
+    own error. It is told as 57P05 is now: the setting named, 503 with ``Retry-After: 1``,
+    no breaker opened (the server answers), the next block served."""
+    db = Database(database_url)
+    try:
+        for translating in (True, False):
+            with (
+                pytest.raises(DatabaseUnavailableError) as err,
+                db.connection() as conn,
+                translated("listing collections") if translating else nullcontext(),
+            ):
+                # SET opens the transaction (not autocommit) left idle: the timeout runs
+                conn.execute("SET idle_in_transaction_session_timeout = '50ms'")
+                # the server's FATAL and the socket's close make it readable
+                readable, _, _ = select.select([conn.fileno()], [], [], 60)
+                assert readable, "the session did not time out"
+                conn.execute("SELECT 1")
+            assert isinstance(err.value.__cause__, pg.IdleInTransactionSessionTimeout)
+            said, told = str(err.value), public_detail(err.value)
+            ended = (
+                "the database ended this session: it sat idle inside a transaction longer "
+                "than the server's idle_in_transaction_session_timeout"
+            )
+            # (untranslated by the block, it is told where the pool's connection led)
+            where = "listing collections: " if translating else "using postgresql://"
+            assert said.startswith(where) and ended in said, said
+            assert told.startswith(ended), told
+            assert told.endswith("; retry in 1s (the server log has the details)"), told
+            assert err.value.http_status == 503 and err.value.retry_after == 1.0
+            assert db.breaker.failures == 0
+            with db.connection() as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        db.close()
+
+
+def test_a_statement_refused_on_a_session_kept_is_not_told_as_a_closed_connection(
+    database_url: str,
+) -> None:
+    """A sort past the session's ``temp_file_limit`` is refused with SQLSTATE 53400 (an
+    ``OperationalError``, as a connection lost is), the session kept: whenever the server
+    answered it was told "the database closed the connection in use" (the API's reason, a
+    job's record), which it had not. It keeps its own words, which name the limit; the
+    same connection goes on serving, and no breaker opened."""
+    db = Database(database_url)
+    try:
+        with (
+            pytest.raises(DatabaseUnavailableError) as err,
+            db.connection() as conn,
+            translated("sorting"),
+        ):
+            conn.execute("SET temp_file_limit = '64kB'")
+            conn.execute("SET work_mem = '64kB'")  # the sort spills to a temporary file
+            conn.execute("SELECT g FROM generate_series(1, 200000) g ORDER BY g DESC")
+        assert isinstance(err.value.__cause__, pg.ConfigurationLimitExceeded)
+        told = public_detail(err.value)
+        assert "closed the connection" not in told + str(err.value), told
+        assert told.startswith(
+            "the statement went over a limit set in the database's configuration"
+        ), told
+        assert "temp_file_limit" in str(err.value)
+        assert not conn.closed  # the pool took it back to lend again: the session kept
+        assert db.breaker.failures == 0
+        with db.connection() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        pg.IdleSessionTimeout("terminating connection due to idle-session timeout"),
+        pg.IdleInTransactionSessionTimeout("terminating connection due to ..."),
+    ],
+)
+def test_a_session_ended_for_a_timeout_is_a_background_job_s_passing_cause(
+    exc: Exception,
+) -> None:
+    """A job's document not stored because the server ended its session for idling (57P05,
+    25P03) is a passing cause: the job runs again and stores it. 25P03 was a 500
+    ``database_error``, taken for the document's own failure and the job recorded
+    ``succeeded`` with the document never stored."""
+    err = translate(exc, "storing document x.md")
+    err.__cause__ = exc
+    assert passing_cause(err) == "unavailable"
+
+
+@pytest.mark.parametrize(
+    ("exc", "ended"),
+    [
+        (pg.AdminShutdown("terminating connection due to administrator command"), True),
+        (pg.IdleSessionTimeout("terminating connection due to idle-session timeout"), True),
+        (pg.IdleInTransactionSessionTimeout("terminating connection due to ..."), True),
+        (pg.ConnectionFailure("connection failure"), True),  # class 08
+        (pg.OutOfMemory("out of memory"), False),  # 53200: the statement's, session kept
+        (pg.ConfigurationLimitExceeded("temporary file size exceeds"), False),  # 53400
+        (pg.QueryCanceled("canceling statement due to statement timeout"), False),  # 57014
+        (psycopg.OperationalError("server closed the connection unexpectedly"), False),
+    ],
+)
+def test_only_a_session_ending_sqlstate_says_the_session_ended(exc: Exception, ended: bool) -> None:
+    """``Database._lost`` asks :func:`ends_session` (and the connection's own state, and
+    a psycopg error without a SQLSTATE where that state is not known) whether the
+    connection is gone: an ``OperationalError`` alone is no sign of it."""
+    assert ends_session(exc) is ended
 
 
 def test_a_dropped_database_is_told_as_dropped() -> None:

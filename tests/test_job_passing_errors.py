@@ -271,9 +271,9 @@ def _says_send_it_again(detail: str, why: str) -> None:
 @pytest.mark.parametrize(
     ("state", "message", "code", "why"),
     [
-        # (its reason, as ``Database._lost`` words it for a server that still answers: "the
-        # database closed the connection in use", which it did not)
-        ("53200", "out of memory", "database_unavailable", "the database"),
+        # (its own reason: ``Database._lost`` told it "the database closed the connection
+        # in use" whenever the server still answered, which it had not)
+        ("53200", "out of memory", "database_unavailable", "the database is out of resources"),
         (
             "57014",
             "canceling statement due to statement timeout",

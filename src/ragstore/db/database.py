@@ -34,7 +34,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ragstore import forks
 from ragstore.config import Settings, conninfo_problem
 from ragstore.db import changes, embedded, server_words
-from ragstore.db.errors import disk_full, refused_write, translate, translated
+from ragstore.db.errors import disk_full, ends_session, refused_write, translate, translated
 from ragstore.errors import DatabaseUnavailableError, ExtensionMissingError, known_address
 from ragstore.observability import metrics
 from ragstore.validation import INT64_MAX, INT64_MIN
@@ -53,6 +53,16 @@ CLIENT_CHECK_INTERVAL = "5s"
 # How often a pooled connection handed out checks that the schema is still the code's
 # (Database.guard_schema): a server keeps working at most this long after an upgrade
 SCHEMA_RECHECK_S = 5.0
+# What psycopg raises for a connection that failed in use: its own errors of the socket,
+# and the server's of a session it ended (25P03, idle_in_transaction_session_timeout, is
+# an InternalError: it passed out of a block untranslated)
+_LOST = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    psycopg.errors.IdleInTransactionSessionTimeout,
+)
+# Sessions the server ended for a setting of its own, whose reason names the setting
+NAMES_ITS_END = frozenset({"57P05", "25P03"})
 # A connection refused for a connection limit (the server's, a role's, a database's):
 # SQLSTATE 53300, which a failed connection does not carry (server_words.py says why): it
 # is told by the server's words, in any language PostgreSQL speaks (refused_for_limit)
@@ -157,6 +167,13 @@ def unparseable(exc: psycopg.ProgrammingError) -> DatabaseUnavailableError:
         f"RAGSTORE_DATABASE_URL is not a valid PostgreSQL URL: {conninfo_problem(exc)}; "
         "expected postgresql://user:password@host:port/dbname"
     )
+
+
+def _connection_gone(exc: psycopg.Error, gone: bool | None) -> bool:
+    """Whether the connection ``exc`` was raised on is gone (:meth:`Database._lost`)."""
+    if gone or ends_session(exc):
+        return True
+    return gone is None and exc.sqlstate is None
 
 
 def _readable(fd: int) -> bool:
@@ -597,7 +614,7 @@ class Database:
                 pool.check()
             raise
 
-    def _lost(self, exc: DatabaseUnavailableError) -> None:
+    def _lost(self, exc: DatabaseUnavailableError, gone: bool | None = None) -> None:
         """A connection failed in use (``exc``): open the breaker unless the server still
         takes fresh connections, in which case only this connection was lost (ended by
         an administrator, say) and only its request fails. A full disk (SQLSTATE 53100, an
@@ -615,19 +632,31 @@ class Database:
         second connection while it held one (a bulk load's staging connection, a lookup of
         its reader threads) found every one in use, and that error, passing out through the
         first's block, opened the breaker: every request then failed fast for seconds with
-        "the database is down", even those a connection freed a moment later would serve."""
+        "the database is down", even those a connection freed a moment later would serve.
+
+        Nor did a statement the server answered and refused on a session it kept (out of
+        memory, 53200; a configuration limit such as ``temp_file_limit``, 53400): psycopg
+        raises an ``OperationalError`` for it as for a connection lost, and it was told
+        "the database closed the connection in use" whenever the server answered. Only
+        a connection that is gone counts: ``gone`` is its state when the error left the
+        block (``closed``: libpq saw the socket end), None where no connection was lent
+        or the error came after (a commit); or an error that says its session ended
+        (:func:`ends_session`: class 08, 57P0x, 25P03); or, the connection's state not
+        known, one without a SQLSTATE (no word from the server)."""
         cause = exc.__cause__
         if exc.busy or isinstance(cause, PoolTimeout) or refused_write(cause):
             return
-        if isinstance(cause, (psycopg.OperationalError, psycopg.InterfaceError)) and self.answers():
+        if isinstance(cause, psycopg.Error) and not _connection_gone(cause, gone):
+            return  # the server answered; this request's failure, the connection kept
+        if isinstance(cause, _LOST) and self.answers():
             if not disk_full(cause):
                 exc.retry_after = 1.0
                 # said of no surface: the API adds "retry in 1s" (``public_detail``), a
                 # job's record what became of its documents; "; retry the request" here
                 # was said twice to an API caller and to the reader of a finished job. A
-                # session ended by its idle_session_timeout (57P05) keeps its reason,
+                # session the server ended for a timeout (57P05, 25P03) keeps its reason,
                 # which names the setting: it was told as any connection closed
-                if cause.sqlstate != "57P05":
+                if cause.sqlstate not in NAMES_ITS_END:
                     exc.public = (
                         "the database closed the connection in use (the server still answers)"
                     )
@@ -691,6 +720,7 @@ class Database:
     ) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
         """:meth:`connection`'s body: the pooled connection, its errors translated."""
         lent = False
+        gone: bool | None = None  # the lent connection's state as an error left the block
         try:
             with self.pool.connection(timeout=wait_s) as conn:
                 block.conn = conn
@@ -701,6 +731,10 @@ class Database:
                     metrics.observe_pool_acquire(self.pool_label, time.perf_counter() - started)
                     self._recheck_schema(conn)
                     yield conn
+                except BaseException:
+                    # read before the pool takes it back and closes it, lost or not
+                    gone = conn.closed
+                    raise
                 finally:
                     with self._lent_lock:
                         self._lent -= 1
@@ -724,13 +758,13 @@ class Database:
                 retry_after=wait,
             ) from None
         except DatabaseUnavailableError as exc:
-            self._lost(exc)
+            self._lost(exc, gone)
             raise
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        except _LOST as exc:
             err = translate(exc, f"using {self.where}")  # a cancel: statement_cancelled
             if isinstance(err, DatabaseUnavailableError):
                 err.__cause__ = exc
-                self._lost(err)
+                self._lost(err, gone)
             else:
                 # its message is what an API caller and a job's reader are told
                 # (public_detail): only database_unavailable has a public text apart, so

@@ -39,6 +39,13 @@ SQLSTATE_MAP: dict[str, tuple[type[RagstoreError], str]] = {
         DatabaseUnavailableError,
         "the database is out of resources (connections, memory or disk)",
     ),
+    # a statement refused for a limit the server's settings set (temp_file_limit, the temp
+    # files a session may write): no resource ran out, and more disk would not help
+    "53400": (
+        DatabaseUnavailableError,
+        "the statement went over a limit set in the database's configuration (such as "
+        "temp_file_limit)",
+    ),
     "57014": (
         StatementCancelledError,
         "the database cancelled the statement (an administrator's cancel or a statement "
@@ -71,6 +78,14 @@ SQLSTATE_MAP: dict[str, tuple[type[RagstoreError], str]] = {
         DatabaseUnavailableError,
         "the database ended this session: it sat idle longer than the server's "
         "idle_session_timeout (a setting of the server, the database or the role)",
+    ),
+    # a psycopg InternalError (class 25), told "the database failed" (500) of a session the
+    # server ended on purpose while it ran on, as 57P05's
+    "25P03": (
+        DatabaseUnavailableError,
+        "the database ended this session: it sat idle inside a transaction longer than the "
+        "server's idle_in_transaction_session_timeout (a setting of the server, the database "
+        "or the role)",
     ),
     # one SQLSTATE for a server starting up, recovering, or shutting down ("the database
     # system is shutting down"), which was told as starting up
@@ -123,6 +138,21 @@ def refused_write(exc: BaseException | None) -> bool:
     """Whether ``exc`` is a write the server refused while it still answers (its disk full,
     a read-only database): every later write fails too, but no connection was lost."""
     return getattr(exc, "sqlstate", None) in REFUSED_WRITE
+
+
+# SQLSTATEs that end the session they are sent on (the server's FATAL, or a connection
+# that failed): class 08, 57P01-57P05 (an administrator, a crash, a dropped database, a
+# timeout), 25P03 (idle_in_transaction_session_timeout)
+_SESSION_ENDING = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05", "25P03"})
+
+
+def ends_session(exc: BaseException | None) -> bool:
+    """Whether ``exc``'s SQLSTATE says its session is gone. A statement the server
+    refused on a session it kept (out of memory, 53200; a configuration limit, 53400) is
+    no such error, though psycopg raises an ``OperationalError`` for it as for a
+    connection lost: it was told "the database closed the connection in use"."""
+    state = getattr(exc, "sqlstate", None)
+    return isinstance(state, str) and (state[:2] == "08" or state in _SESSION_ENDING)
 
 
 # The server source files that raise a hot standby's "canceling statement due to conflict
