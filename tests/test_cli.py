@@ -22,10 +22,22 @@ def test_ingest_then_search_json(
     assert hits[0]["section_path"] == ["Cats"]
 
 
+def test_the_ingest_summary_counts_the_headings_it_did_not_embed(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ "3 chunks stored, 1 embedded, 0 reused" left two chunks unexplained: the headings,
+    which have no vector. The line says so, as ``db check`` does."""
+    (tmp_path / "a.md").write_text("# Cats\n\n## Sleep\n\nCats sleep for most of the day.\n")
+    assert run_cli("ingest", str(tmp_path), "-c", "cli-headings") == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "3 chunks stored (2 headings, not embedded), 1 embedded, 0 reused" in err, err
+
+
 def test_missing_path_is_one_line_and_nonzero(
     cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run_cli("ingest", str(tmp_path / "nope.md")) == 1
+    # path_not_found's own status, every path given missing (TROUBLESHOOTING.md)
+    assert run_cli("ingest", str(tmp_path / "nope.md")) == 66
     err = capsys.readouterr().err
     assert "[path_not_found]" in err and "nope.md: no such file or directory" in err
 

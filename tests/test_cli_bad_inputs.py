@@ -786,3 +786,91 @@ def test_a_backup_to_an_empty_path_is_a_usage_error_not_the_current_folder(
         "folder, or leave it out to write under DATA_DIR/backups"
     ), err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_value_from_dot_env_names_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``RAGSTORE_SEARCH_K=abc`` in ./.env said ``RAGSTORE_SEARCH_K='abc' is invalid``,
+    sending the user to an environment with no such variable: the line names the file.
+    The same value from the environment (which wins over .env) names none."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAGSTORE_SEARCH_K", raising=False)
+    (tmp_path / ".env").write_text("RAGSTORE_SEARCH_K=abc\n")
+    assert run_cli("config", "show") == CONFIG_INVALID
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error[config_invalid]: RAGSTORE_SEARCH_K='abc' (from {tmp_path / '.env'}) is invalid: "
+    ), err
+    monkeypatch.setenv("RAGSTORE_SEARCH_K", "xyz")
+    assert run_cli("config", "show") == CONFIG_INVALID
+    assert capsys.readouterr().err.startswith(
+        "error[config_invalid]: RAGSTORE_SEARCH_K='xyz' is invalid: "
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["keys", "create", "--scope", "bogus"], "--scope"),
+        (["ingest", ".", "-c", "x", "--prune"], "--prune"),
+    ],
+)
+def test_a_bad_option_value_is_a_usage_error(
+    cli_env: dict[str, str],
+    args: list[str],
+    option: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """TROUBLESHOOTING.md: a bad option value exits 64 (``error[usage]``), as ``jobs list
+    --status bogus`` does: ``keys create --scope bogus`` and ``--prune`` without
+    ``--sync`` exited 65 (``invalid_input``). Nothing is created."""
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(*args) == 64
+    err = capsys.readouterr().err
+    assert err.startswith(f"error[usage]: Invalid value for '{option}': "), err
+    assert err.count("\n") == 1, err
+    assert run_cli("keys", "list", "--json") == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_a_backup_into_a_missing_folder_is_refused_and_creates_nothing(
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``ragstore backup /nonexistent/dir/x.dump`` created /nonexistent/dir (0700) and
+    exited 0. A folder named is the user's: a missing one is ``path_not_found`` (66), as
+    ``restore nothere.dump`` is; the default folder under the data dir is still made."""
+    target = tmp_path / "nowhere" / "deeper" / "x.dump"
+    assert run_cli("backup", str(target)) == 66
+    err = capsys.readouterr().err
+    assert err == (
+        f"error[path_not_found]: {target.parent}: no such folder; nothing was backed up: "
+        "create it first, or name a file in an existing folder\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+    data_dir = tmp_path / "data"  # a data dir with no backups folder yet
+    monkeypatch.setenv("RAGSTORE_DATA_DIR", str(data_dir))
+    assert run_cli("backup") == 0
+    made = [p.name for p in (data_dir / "backups").iterdir() if p.suffix == ".dump"]
+    assert len(made) == 1 and made[0].endswith("-manual.dump"), made
+
+
+def test_an_ingest_of_only_missing_paths_exits_as_path_not_found(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ragstore ingest missing-dir`` exited 1 where TROUBLESHOOTING.md maps
+    ``path_not_found`` to 66, the status ``restore nothere.dump`` exits with. Every path
+    given missing: 66; a missing one beside a file that is ingested: 1, some failed."""
+    gone, also_gone = tmp_path / "missing-dir", tmp_path / "nope.md"
+    assert run_cli("ingest", str(gone), str(also_gone), "-c", "missing-paths") == 66
+    err = capsys.readouterr().err
+    assert f"[path_not_found] {gone}: no such file or directory" in err, err
+    real = tmp_path / "real.md"
+    real.write_text("# Real\n\nThere is a file here.\n")
+    assert run_cli("ingest", str(gone), str(real), "-c", "missing-paths") == 1
+    assert "1 added" in capsys.readouterr().err

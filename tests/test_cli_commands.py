@@ -590,6 +590,14 @@ def test_documents_show_and_delete_take_a_name_or_source_through_the_server(
         )
         and err.count("\n") == 1
     ), err
+    # a file ingested from disk, named relative to the current folder as works locally:
+    # through the server that is an upload's name, and the error says so
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("documents", "show", "local.md", "-c", "byname") == 66
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("error[document_not_found]: document 'local.md' is not in "), err
+    assert "through a server (RAGSTORE_URL) a relative path names an upload" in err, err
+    assert "by its absolute path or its id" in err, err
     assert run_cli("documents", "delete", "../etc/passwd", "-c", "byname", "--yes") == 66
     assert "document '../etc/passwd' is not in" in capsys.readouterr().err
 
@@ -703,6 +711,44 @@ def test_models_list_prints_whole_keys_and_checksums(
     table = capsys.readouterr().out
     for m in models:
         assert m["key"] in table and m["checksum"] in table
+
+
+def test_an_ingest_through_the_server_of_only_missing_paths_exits_66(
+    ingested: dict[str, object],
+    remote_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """As locally: ``path_not_found``'s 66 when every path given is missing (it was 1)."""
+    through_server(monkeypatch, remote_env)
+    assert run_cli("ingest", str(tmp_path / "missing-dir"), "-c", "remote") == 66
+    assert "[path_not_found]" in capsys.readouterr().err
+
+
+def test_models_status_names_its_chunk_set_column(
+    ingested: dict[str, object], local: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The column holding ``live`` or ``own`` was headed ``chunks``, read as a count."""
+    assert run_cli("models", "status", "-c", "remote") == 0
+    header, row = capsys.readouterr().out.splitlines()[:2]
+    assert "chunk set" in header and " chunks " not in f" {header} ", header
+    assert row.split()[4] == "live", row
+
+
+def test_documents_show_prints_a_missing_value_as_a_dash(
+    ingested: dict[str, object], local: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A value that is not there printed as Python's ``None`` (``status None``)."""
+    assert run_cli("documents", "show", "notes/cats.md", "-c", "remote", "--json") == 0
+    shown = json.loads(capsys.readouterr().out)
+    empty = [k for k, v in shown.items() if v is None]
+    assert empty, shown  # else the test could not fail
+    assert run_cli("documents", "show", "notes/cats.md", "-c", "remote") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "None" not in " ".join(lines)
+    for key in empty:
+        assert [line.split() for line in lines if line.split()[0] == key] == [[key, "-"]]
 
 
 def test_models_status_takes_c_and_still_the_positional_with_a_deprecation(

@@ -192,3 +192,15 @@ def test_a_database_without_the_schema_says_to_upgrade_it(
         out, err = capsys.readouterr()
         assert code == 69 and out == "", (args, code, out, err)
         assert "ragstore db upgrade" in err and "ingest_jobs" not in err, (args, err)
+
+
+def test_jobs_show_prints_a_missing_time_as_a_dash(
+    jobs: dict[str, int], local: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A queued job has not started: ``started_at None`` printed Python's name for it."""
+    assert run_cli("jobs", "show", str(jobs["kept1"])) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "None" not in " ".join(lines)
+    assert [line.split() for line in lines if line.split()[0] == "started_at"] == [
+        ["started_at", "-"]
+    ]

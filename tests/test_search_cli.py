@@ -118,7 +118,7 @@ def test_explain_in_text_output_shows_each_list(
         (["--where", "{year: 1}"], "error[invalid_filter]: the filter is not valid JSON"),
         (
             ["--mode", "semantic"],
-            "error[invalid_input]: unknown search mode 'semantic';"
+            "error[usage]: Invalid value for '--mode': unknown search mode 'semantic';"
             " use one of vector, fulltext, hybrid",
         ),
         (["--rrf-k", "-3"], "error[invalid_input]: the RRF constant k must be between 0 and 10000"),
@@ -145,7 +145,10 @@ def test_explain_in_text_output_shows_each_list(
             "error[invalid_input]: --vector holds an integer too large for a float",
         ),
         # str.isdigit() is true of '²', and int('²') raised a ValueError: a traceback
-        (["--context", "\u00b2"], "error[invalid_input]: --context '\u00b2' is invalid"),
+        (
+            ["--context", "\u00b2"],
+            "error[usage]: Invalid value for '--context': the value '\u00b2' is invalid",
+        ),
     ],
 )
 def test_bad_search_options_are_one_line(
@@ -156,6 +159,43 @@ def test_bad_search_options_are_one_line(
     assert code != 0
     assert err.startswith(start)
     assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [(["-m", "nonsense"], "--mode"), (["--context", "banana"], "--context")],
+)
+def test_a_bad_choice_of_an_option_is_a_usage_error(
+    corpus: str, capsys: pytest.CaptureFixture[str], args: list[str], option: str
+) -> None:
+    """TROUBLESHOOTING.md: a bad option value exits 64 (``error[usage]``), as ``jobs list
+    --status bogus`` does; ``-m nonsense`` and ``--context banana`` exited 65
+    (``invalid_input``, the API's 422)."""
+    assert run_cli("search", "cats", "-c", corpus, *args) == 64
+    err = capsys.readouterr().err
+    assert err.startswith(f"error[usage]: Invalid value for '{option}': "), err
+    assert err.rstrip().endswith("(see 'ragstore search --help')"), err
+
+
+def test_the_printed_score_is_the_one_the_hits_are_ordered_by(
+    corpus: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Hits are ordered by their section's score; the text output printed each chunk's
+    own score, so a reader saw 0.077 above 0.083. It prints the section's (``--json``
+    keeps both); ``--explain`` names the chunk's."""
+    query = ("search", "cats sleep tabby dogs", "-c", corpus, "-k", "5")
+    assert run_cli(*query, "--json") == 0
+    hits = json.loads(capsys.readouterr().out)
+    sorted_by = [f"{h['section_score']:.3f}" for h in hits]
+    own = [f"{h['score']:.3f}" for h in hits]
+    assert len(hits) > 1 and sorted_by != own  # else the test could not tell them apart
+    assert run_cli(*query) == 0
+    out = capsys.readouterr().out
+    ranks = [line.split() for line in out.splitlines() if line[:3].strip().endswith(".")]
+    assert [r[1] for r in ranks] == sorted_by, out
+    assert run_cli(*query, "--explain") == 0
+    out = capsys.readouterr().out
+    assert f"chunk score {own[0]}" in out, out
 
 
 def test_a_vector_file_that_is_not_utf8_is_one_line(

@@ -742,12 +742,20 @@ def create_backup(
         path = path / f"ragstore-{stamp:%Y%m%dT%H%M%S%fZ}-{reason}.dump"
     _refuse_long_name(path, _LONGEST_BESIDE)
     _refuse_special(path)
-    try:
-        path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
-        if ours:  # the default folder holds nothing but whole copies of the database
+    if not ours and not _is_dir(path.parent):
+        # a folder named is the user's, never created: ``backup /nonexistent/dir/x.dump``
+        # made /nonexistent/dir (a typo's folder, 0700) and exited 0
+        raise PathNotFoundError(
+            f"{path.parent}: no such folder; nothing was backed up: create it first, "
+            "or name a file in an existing folder"
+        )
+    if ours:  # the default folder (DATA_DIR/backups) is ragstore's: made where missing
+        try:
+            path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+            # it holds nothing but whole copies of the database
             path.parent.chmod(PRIVATE_DIR)
-    except OSError as exc:
-        raise BackupError(f"cannot create {path.parent}: {exc.strerror}") from None
+        except OSError as exc:
+            raise BackupError(f"cannot create {path.parent}: {exc.strerror}") from None
     if ours:
         _sweep_killed(path.parent)
     _sweep_work_dirs()

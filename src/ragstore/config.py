@@ -879,4 +879,25 @@ def describe_error(err: dict[str, Any]) -> str:
         shown = "(secret)"
     else:
         shown = repr(value)
-    return f"{variable}={shown} is invalid: {pydantic_message(err)}"
+    return f"{variable}={shown}{_env_file_of(variable)} is invalid: {pydantic_message(err)}"
+
+
+def _env_file_of(variable: str) -> str:
+    """`` (from /path/.env)`` where ``variable`` came from the ``.env`` file, not the
+    environment: ``RAGSTORE_SEARCH_K='abc' is invalid`` sent a user whose environment has
+    no such variable looking for it there. Empty otherwise."""
+    import os
+
+    # the environment wins over .env; pydantic-settings reads both ignoring case
+    if variable.lower() in {k.lower() for k in os.environ}:
+        return ""
+    env_file = str(Settings.model_config.get("env_file") or "")
+    if not env_file or not os.path.isfile(env_file):
+        return ""
+    from dotenv import dotenv_values
+
+    try:
+        held = variable.lower() in {k.lower() for k in dotenv_values(env_file)}
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return f" (from {os.path.abspath(env_file)})" if held else ""

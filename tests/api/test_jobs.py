@@ -1838,3 +1838,28 @@ def test_concurrent_bulk_loads_on_a_small_pool_wait_their_turn_and_all_store(
     assert [d.status for d in done] == ["succeeded"] * len(jobs), [d.errors for d in done]
     assert all(d.errors == [] and d.summary.get("added") == 2 for d in done), done
     assert [_counts(database_url, name)[0] for name, _ in jobs] == [2] * len(jobs)
+
+
+def test_jobs_show_names_a_failed_document_once(
+    api: Client,
+    jobs_settings: Settings,
+    open_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``jobs show`` printed "empty.md: empty_document: empty.md: the file is empty": the
+    detail names its file itself, so the line does not name it again. (Last in the file:
+    its job would be counted by the tests that list every job.)"""
+    from tests.conftest import run_cli
+
+    api.create_collection("jobs-show")
+    job = api.upload("jobs-show", [("empty.md", b"")], background=True)
+    run_worker(jobs_settings, burst=True, signals=False)
+    detail = api.wait_for_job(job["id"], timeout=5)["errors"][0]["detail"]
+    assert detail.startswith("empty.md: "), detail  # else the test could not fail
+    monkeypatch.setenv("RAGSTORE_URL", open_url)
+    monkeypatch.delenv("RAGSTORE_API_KEY", raising=False)
+    assert run_cli("jobs", "show", str(job["id"])) == 0
+    out = capsys.readouterr().out
+    assert f"  empty.md: empty_document: {detail.removeprefix('empty.md: ')}\n" in out, out
+    assert out.count("empty.md") == 1, out

@@ -9,7 +9,6 @@ path, as ``ragstore ingest`` through it names each file) or an absolute source.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shlex
 from typing import TYPE_CHECKING, Any
@@ -105,7 +104,18 @@ def _remote_find(client: Any, collection: str, document: str) -> dict[str, Any]:
         return dict(client.get_document(collection, int(document)))
     if not _storable(document):  # no source, and it cannot be sent as a query
         raise DocumentNotFoundError.missing(document, collection)
-    return dict(client.find_document(collection, document))
+    try:
+        return dict(client.find_document(collection, document))
+    except DocumentNotFoundError as exc:
+        if os.path.isabs(document):
+            raise
+        # ``documents show corpus/notes.txt`` of a file ingested from disk found it here
+        # (its path from the current folder) and not through a server: say why
+        raise DocumentNotFoundError(
+            f"{exc.message}; through a server (RAGSTORE_URL) a relative path names an "
+            "upload, as `ragstore documents list` shows it: name a file ingested from "
+            "disk by its absolute path or its id"
+        ) from None
 
 
 def _relative_prefix_hint(collection: str, source_prefix: str | None, *, remote: bool) -> None:
@@ -266,10 +276,11 @@ def show_cmd(
     if as_json:
         echo_json(data)
         return
+    from ragstore.cli.output import shown_value
+
     out = console()
     for key, value in data.items():
-        shown = json.dumps(value, default=str) if isinstance(value, dict | list) else value
-        out.print(f"[bold]{key:>12}[/]  {escape(str(shown))}")
+        out.print(f"[bold]{key:>12}[/]  {escape(shown_value(value))}")
 
 
 @app.command("delete")

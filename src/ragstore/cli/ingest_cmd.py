@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,6 +77,21 @@ def _parse_meta_json(items: list[str], strings: Mapping[str, str]) -> dict[str, 
     return out
 
 
+def _failed_status(paths: list[Path], failed: Sequence[tuple[str | None, str | None]]) -> int:
+    """The exit status of an ingest in which ``failed`` (document, code) failed and nothing
+    else happened: ``path_not_found``'s 66 when they are every path given, each missing
+    (``ingest missing-dir`` said 1, where TROUBLESHOOTING.md maps the code to 66, as
+    ``restore nothere.dump`` exits); 1 otherwise, some files failed (a file of a folder
+    removed while it was read among them)."""
+    from ragstore.errors import PathNotFoundError
+
+    given = {printable(str(p)) for p in paths}
+    missing = failed and all(code == PathNotFoundError.code for _, code in failed)
+    if missing and {printable(str(doc)) for doc, _ in failed} == given:
+        return PathNotFoundError.exit_code
+    return 1
+
+
 def _print_report(report: IngestReport) -> None:
     synced = ""
     if report.count("removed") or report.count("vanished"):
@@ -84,12 +99,17 @@ def _print_report(report: IngestReport) -> None:
     skipped = f", {report.count('skipped')} skipped" if report.count("skipped") else ""
     unattempted = report.count("not_attempted")
     stopped = f", {unattempted} not attempted" if report.stopped_by is not None else ""
+    # headings have no vector (as `db check` says): 12 stored, 5 embedded, 0 reused left
+    # 7 unexplained
+    n = report.headings
+    headings = f" ({n} heading{'s' if n != 1 else ''}, not embedded)" if n else ""
     err = err_console()
     err.print(
         f"collection {report.collection!r}: {report.count('added')} added, "
         f"{report.count('updated')} updated, {report.count('unchanged')} unchanged, "
-        f"{len(report.failed)} failed{stopped}{skipped}{synced}; {report.chunks} chunks stored, "
-        f"{report.embedded} embedded, {report.reused} reused ({report.seconds:.1f}s)"
+        f"{len(report.failed)} failed{stopped}{skipped}{synced}; {report.chunks} chunks stored"
+        f"{headings}, {report.embedded} embedded, {report.reused} reused "
+        f"({report.seconds:.1f}s)"
     )
     for o in report.failed:
         err.print(f"  [red]failed[/] {escape(printable(f'[{o.code}] {o.error}'))}")
@@ -254,7 +274,9 @@ def _ingest_through(
         line = f"[{f['code']}] {f['detail']}"
         err.print(f"  [yellow]skipped[/] {escape(printable(line))}")
     if result.failed:
-        raise typer.Exit(1)
+        done = sum(result.counts.values()) - len(result.failed)
+        gone = [(f["document"], f["code"]) for f in result.failed]
+        raise typer.Exit(_failed_status(paths, gone) if not done else 1)
 
 
 def register(app: typer.Typer) -> None:
@@ -310,7 +332,11 @@ def register(app: typer.Typer) -> None:
                 f"the metadata holds {found}", ctx=ctx, param_hint="'--meta' / '--meta-json'"
             )
         if prune and not sync:
-            raise InputError("--prune only works with --sync (e.g. ingest docs/ --sync --prune)")
+            raise typer.BadParameter(
+                "it only works with --sync (e.g. ingest docs/ --sync --prune)",
+                ctx=ctx,
+                param_hint="'--prune'",
+            )
         settings = get_settings()
         client = remote_client(settings)
         if client is not None:
@@ -342,7 +368,9 @@ def register(app: typer.Typer) -> None:
         if report.stopped_by is not None:  # its own exit status, as through a server
             raise report.stopped_by
         if report.failed:
-            raise typer.Exit(1)
+            alone = len(report.failed) == len(report.outcomes)  # nothing else happened
+            gone = [(o.source, o.code) for o in report.failed]
+            raise typer.Exit(_failed_status(paths, gone) if alone else 1)
 
     @app.command("demo")
     def demo(

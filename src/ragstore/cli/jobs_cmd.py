@@ -10,7 +10,6 @@ prints the same either way. The API only reads jobs: there is nothing to cancel 
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -198,13 +197,16 @@ def show_cmd(
     if as_json:
         echo_json(job)
         return
+    from ragstore.cli.output import shown_value
+
     out = console()
     errors = job.pop("errors", [])
     for key, value in job.items():
-        shown = json.dumps(value, default=str) if isinstance(value, dict | list) else value
-        out.print(f"[bold]{key:>15}[/]  {escape(str(shown))}")
+        out.print(f"[bold]{key:>15}[/]  {escape(shown_value(value))}")
     out.print(f"[bold]{'errors':>15}[/]  {len(errors)}")
     for e in errors:
-        where = e.get("document") or "(job)"
-        code, detail = e.get("code"), e.get("detail")
-        out.print(f"  {escape(str(where))}: {escape(str(code))}: {escape(str(detail))}")
+        where = str(e.get("document") or "(job)")
+        code, detail = str(e.get("code")), shown_value(e.get("detail"))
+        # "empty.md: empty_document: empty.md: the file is empty" named the file twice
+        detail = detail.removeprefix(f"{where}: ")
+        out.print(f"  {escape(where)}: {escape(code)}: {escape(detail)}")

@@ -29,6 +29,7 @@ def _key_dict(k: ApiKey) -> dict[str, Any]:
 
 @app.command("create")
 def create(
+    ctx: typer.Context,
     scope: str = typer.Option(
         ...,
         "--scope",
@@ -44,9 +45,15 @@ def create(
     as_json: bool = typer.Option(False, "--json", help="Print JSON (with the secret)."),
 ) -> None:
     """Create a key and print it once; only a salted hash of it is stored."""
-    from ragstore.auth import KeyStore
+    from ragstore.auth import SCOPES, KeyStore
     from ragstore.runtime import Runtime
 
+    if scope not in SCOPES:  # a usage error (64) naming the option, as a bad value is
+        raise typer.BadParameter(
+            f"{scope!r} is no scope; give one of {', '.join(SCOPES)}",
+            ctx=ctx,
+            param_hint="'--scope'",
+        )
     refuse_remote("keys create")  # keys live in the database; the API has no route
     with Runtime() as rt:
         new = KeyStore(rt.db).create(scope, collection, name)

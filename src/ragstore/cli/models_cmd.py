@@ -481,7 +481,11 @@ def status_cmd(
     collection: str | None = _collection_option(),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """The embedding spaces of a collection: which model is active, building or retired."""
+    """The embedding spaces of a collection: which model is active, building or retired.
+
+    The chunk set column says which chunks a space's vectors are of: live, the
+    collection's searched chunks; own, a set cut for that model of its own (kept for a
+    rollback after a migration that cut the documents again)."""
     from ragstore.modelops.migrate import model_status
     from ragstore.runtime import Runtime
 
@@ -496,7 +500,9 @@ def status_cmd(
         echo_json(rows)
         return
     print_table(
-        ["space", "model", "dim", "status", "chunks", "vectors", "missing", "activated"],
+        # "chunk set": the collection's live chunks, or a set cut for this model of its
+        # own; a column "chunks" holding "live" and "own" read as a count gone wrong
+        ["space", "model", "dim", "status", "chunk set", "vectors", "missing", "activated"],
         [
             [
                 r["table"],

@@ -68,6 +68,17 @@ def printable(text: str) -> str:
     )
 
 
+def shown_value(value: object) -> str:
+    """A field of a ``show`` command as its human output prints it: ``-`` for a value
+    that is not there, as ``keys list`` prints it (``status None`` and ``started_at None``
+    showed Python's name for it), JSON for a list or an object, the rest as text."""
+    if value is None:
+        return "-"
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
 def echo_json(value: Any) -> None:
     """Print ``value`` as indented JSON on stdout (dates and paths as strings)."""
     typer.echo(json.dumps(value, indent=2, default=str))

@@ -7,8 +7,8 @@ With ``RAGSTORE_URL`` set the query goes to that server; otherwise it runs here,
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
@@ -29,6 +29,8 @@ FULLTEXT_WEIGHT = 1.0
 def _explain_line(h: Hit) -> str:
     assert h.explain is not None
     parts = []
+    if h.section_score is not None:  # the hit's own score, beside its section's
+        parts.append(f"chunk score {h.score:.3f}")
     vec = h.explain.get("vector")
     ft = h.explain.get("fulltext")
     parts.append(f"vector #{vec['rank']} distance {vec['distance']:.4f}" if vec else "vector -")
@@ -36,10 +38,17 @@ def _explain_line(h: Hit) -> str:
     return "; ".join(parts)
 
 
+def _ranked_by(h: Hit) -> float:
+    """The score the list is ordered by: the section's, or the chunk's with ``--chunks``."""
+    return h.score if h.section_score is None else h.section_score
+
+
 def print_hits(hits: Sequence[Hit], width: int = 240) -> None:
     """Each hit on two lines: rank, score, document and section; then the text, cut to
     width. The document is an upload's name, or a file's source (its path): an upload's
-    source is the server's path of it, which its uploader never gave."""
+    source is the server's path of it, which its uploader never gave. The score is the one
+    the list is ordered by: its section's when sections are ranked (the chunk's own
+    score, printed before, read 0.077 above 0.083); ``--explain`` shows the chunk's."""
     out = console()
     if not hits:
         out.print("no results")
@@ -49,7 +58,8 @@ def print_hits(hits: Sequence[Hit], width: int = 240) -> None:
         if len(text) > width:
             text = text[: width - 1] + "…"
         out.print(
-            f"[bold]{rank:>2}.[/] [cyan]{h.score:.3f}[/]  {escape(printable(h.name or h.source))}  "
+            f"[bold]{rank:>2}.[/] [cyan]{_ranked_by(h):.3f}[/]  "
+            f"{escape(printable(h.name or h.source))}  "
             f"[dim]§ {escape(section)} ({h.chunk_type})[/]"
         )
         if h.explain is not None:
@@ -161,6 +171,19 @@ def parse_vector(value: str) -> list[float]:
         ) from None
 
 
+T = TypeVar("T")
+
+
+def _usage_error(ctx: typer.Context, option: str, parse: Callable[[], T]) -> T:
+    """``parse()``, its InputError (exit 65, the API's 422) a usage error naming ``option``
+    (exit 64): TROUBLESHOOTING.md says a bad option value is one, as ``jobs list
+    --status bogus`` and click's own checks are."""
+    try:
+        return parse()
+    except InputError as exc:
+        raise typer.BadParameter(exc.message, ctx=ctx, param_hint=f"'{option}'") from None
+
+
 def register(app: typer.Typer) -> None:
     @app.command("search")
     def search(
@@ -249,9 +272,14 @@ def register(app: typer.Typer) -> None:
             raise click_exceptions.MissingParameter(
                 ctx=ctx, param_type="argument", param_hint="'QUERY'"
             )
-        search_mode = resolve_mode(mode, query, query_vector)
+        # a value outside an option's choices is a usage error (64), as click's own are
+        search_mode = _usage_error(ctx, "--mode", lambda: resolve_mode(mode, query, query_vector))
         filter_spec = parse_filter(where) if where is not None else None
-        context_mode = parse_context(context, "--context") if context is not None else None
+        context_mode = (
+            _usage_error(ctx, "--context", lambda: parse_context(context, "the value"))
+            if context is not None
+            else None
+        )
         if not mmr:  # the search's own check would name fetch_k and mmr, not the options
             refuse_without_mmr({"--fetch-k": fetch_k, "--lambda-mult": lambda_mult}, "--mmr")
         settings = get_settings()
