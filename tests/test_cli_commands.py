@@ -379,6 +379,30 @@ def test_a_metadata_key_no_filter_can_name_is_one_usage_line_and_stores_nothing(
     assert run_cli("collections", "show", "long-key") == 66
 
 
+def test_an_empty_or_escaped_long_metadata_key_is_one_usage_line_and_stores_nothing(
+    local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--meta-json 'a={"": 1}'`` stored a key no filter can name (a filter refuses an
+    empty key), and so did ``--meta`` with a key of a dot and 200 more, measured unescaped
+    (201 characters) where a filter names it escaped (401)."""
+    doc = tmp_path / "a.md"
+    doc.write_text("# A\n\nSome text.\n")
+    cases = {
+        "an empty key at 'a'; a search filter cannot name an empty key": [
+            "--meta-json",
+            'a={"": 1}',
+        ],
+        "a key path of 401 characters ('v\\\\.": ["--meta", "v" + "." * 200 + "=x"],
+    }
+    for says, flags in cases.items():
+        assert run_cli("ingest", str(doc), "-c", "odd-key", *flags) == 64
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.strip().splitlines()) == 1, err
+        assert f"the metadata holds {says}" in err, err
+        assert run_cli("collections", "show", "odd-key") == 66
+        capsys.readouterr()
+
+
 def test_search_with_context_through_the_server_prints_it(
     ingested: dict[str, object],
     remote_env: dict[str, str],

@@ -13,7 +13,7 @@ from ragstore.db import field_indexes
 from ragstore.db.field_indexes import FieldIndex, parse_field
 from ragstore.errors import InputError, InvalidFilterError
 from ragstore.integrations.backend import metadata_field
-from ragstore.metadata_paths import BUILTIN_FIELDS
+from ragstore.metadata_paths import BUILTIN_FIELDS, field_name
 from ragstore.runtime import Runtime
 from ragstore.search import compile_filter, search
 from ragstore.search.fields import describe_fields
@@ -125,6 +125,19 @@ def test_a_framework_key_too_long_once_escaped_is_refused_not_read_nested() -> N
     with pytest.raises(InvalidFilterError, match="at most 256 characters"):
         compile_filter({metadata_field(key): 1})
     assert compile_filter({metadata_field("v1.2"): 1}).params["w0"] == ["v1.2"]
+
+
+def test_a_prefixed_field_too_long_with_its_prefix_is_named_by_none() -> None:
+    """A key read as an operator is named ``document.KEY``: one of 251 characters was
+    listed as a field (``field_name`` measured the path without its prefix) that every
+    filter refused, its key being 260 characters."""
+    long, short = ("$" + "x" * 250,), ("$" + "x" * 246,)
+    assert field_name(long, "document") is None
+    with pytest.raises(InvalidFilterError, match="at most 256 characters"):
+        compile_filter({"document." + long[0]: 1})
+    name = field_name(short, "document")
+    assert name == "document." + short[0] and len(name) == 256
+    assert compile_filter({name: 1}).params["w0"] == list(short)
 
 
 def test_the_path_grammar_knows_every_built_in() -> None:

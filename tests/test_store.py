@@ -4,6 +4,7 @@ Store for the module, small corpora."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 import ragstore
 from ragstore import Store
@@ -427,8 +430,6 @@ def test_a_failed_later_batch_says_which_texts_were_stored(
 def test_a_closed_store_refuses_use_and_opens_no_new_pool(settings: Settings) -> None:
     # the runtime reopened its pool on the next call: a closed Store went on working
     # with a new pool and connection that nothing would close
-    import psycopg
-
     assert settings.database_url is not None
     url = settings.database_url.get_secret_value()
 
@@ -600,3 +601,53 @@ def test_a_metadata_key_path_no_filter_can_name_is_refused(store: Store) -> None
     store.add_texts("paths", ["Parrots talk."], [ok], ids=["p"])
     hits = store.search("paths", "parrot", k=3, where={f"{a}.{'b' * 55}": 1})
     assert [h["metadata"] for h in hits["data"]] == [ok]
+
+
+def test_an_empty_or_escaped_long_metadata_key_no_filter_can_name_is_refused(
+    store: Store, settings: Settings
+) -> None:
+    """An empty key was stored though a filter naming it is refused ("non-empty keys"),
+    and a key of a dot and 200 more passed the path rule, measured unescaped (201), though
+    a filter names it escaped (401 characters); so did a key read as an operator, whose
+    name needs ``document.`` before it. Each write refuses them, the Client before any
+    request; rows already holding them are read, listed and searched as before."""
+    dotted, dollar = "v" + "." * 200, "$" + "x" * 250
+    cases = {
+        "an empty key; a search filter cannot name an empty key": {"": 1},
+        "an empty key at 'a'; a search filter cannot name": {"a": {"": 1}},
+        "a key path of 401 characters ('v\\\\.": {dotted: 1},
+        "a key path of 260 characters ('document.$xxx": {dollar: 1},
+    }
+    client = ragstore.Client("http://127.0.0.1:9")  # refused before any request
+    for says, meta in cases.items():
+        with pytest.raises(InputError, match=re.escape(f"metadatas[0] holds {says}")):
+            store.add_texts("keys", ["Parrots talk."], [meta], ids=["p"])
+        with pytest.raises(InputError, match=re.escape(f"metadata holds {says}")):
+            store.add_document("keys", "p.md", "# Parrots", metadata=meta)
+        with client, pytest.raises(InputError, match=re.escape(f"metadatas[0] holds {says}")):
+            client.add_texts("keys", ["Parrots talk."], [meta], ids=["p"])
+    assert "keys" not in {c["name"] for c in store.list_collections()}
+    ok = {"v" + "." * 127: 1, "list": [{"": 1, dotted: 2}]}  # 255 escaped; a list names none
+    store.add_texts("keys", ["Parrots talk."], [ok], ids=["p"])
+    assert store.get_texts("keys", ["p"])[0]["metadata"] == ok
+    # stored before the rule: read, listed and searched as before, the keys counted unnamed
+    held = {"": 1, "a": {"": 2}, dotted: 3, "kind": "parrot"}
+    coll = store.runtime.collection("keys")
+    assert settings.database_url is not None
+    with psycopg.connect(settings.database_url.get_secret_value()) as conn:
+        conn.execute(
+            "UPDATE documents SET metadata = %s WHERE collection_id = %s AND source = 'p'",
+            (Jsonb(held), coll.id),
+        )
+        conn.execute(
+            "UPDATE chunks SET metadata = %s WHERE document_id ="
+            " (SELECT id FROM documents WHERE collection_id = %s AND source = 'p')",
+            (Jsonb(held), coll.id),
+        )
+    assert store.get_texts("keys", ["p"])[0]["metadata"] == held
+    assert [d["metadata"] for d in store.list_documents("keys")["data"]] == [held]
+    hits = store.search("keys", "parrot", k=3, where={"kind": "parrot"})
+    assert [h["metadata"] for h in hits["data"]] == [held]
+    fields = store.fields("keys")
+    assert fields["unfilterable"]["count"] == 3
+    assert {f["field"] for f in fields["metadata"]} == {"a", "kind"}

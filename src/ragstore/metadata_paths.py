@@ -58,10 +58,21 @@ def field_name(keys: Sequence[str], scope: str) -> str | None:
     first key is ``chunk`` or ``document`` (``document.x``) as a prefixed path, so those
     are named ``document.PATH`` or ``chunk.PATH``, which read the metadata key itself. A
     key holding a dot or a backslash is escaped (:func:`join_path`: ``v1\\.2``). An empty
-    key cannot be named: ``a..b`` is refused, not read as a key ``""``."""
-    path = join_path(keys)
-    if not keys or any(not k for k in keys) or len(path) > MAX_PATH_LENGTH:
+    key cannot be named: ``a..b`` is refused, not read as a key ``""``. Nor can a name
+    longer than :data:`MAX_PATH_LENGTH`, prefix included: a filter refuses a key of its
+    object that long, so ``document.`` and a path of 250 characters were offered as a
+    field that no filter took."""
+    if not keys or any(not k for k in keys):
         return None
+    name = filter_name(keys, scope)
+    return name if len(name) <= MAX_PATH_LENGTH else None
+
+
+def filter_name(keys: Sequence[str], scope: str) -> str:
+    """The field by which a filter would name the metadata path ``keys`` of ``scope``, as
+    :func:`field_name` spells it, however long (validation.py measures it against
+    :data:`MAX_PATH_LENGTH` to say by how much a path is too long)."""
+    path = join_path(keys)
     if path in BUILTIN_FIELDS or names_operator(path) or (len(keys) > 1 and keys[0] in SCOPES):
         return f"{scope}.{path}"
     return path

@@ -201,7 +201,13 @@ def _not_json(value: Any, where: str) -> str:
 
 
 def problem_in(
-    value: Any, at: str = "", depth: int = 0, *, json_only: bool = False, paths: bool = False
+    value: Any,
+    at: str = "",
+    depth: int = 0,
+    *,
+    json_only: bool = False,
+    paths: bool = False,
+    _keys: tuple[str, ...] = (),
 ) -> str | None:
     """The first value in ``value`` PostgreSQL would refuse, described with its path
     (``None``: all fine). Walks dict keys, strings, numbers, lists and nested objects. A
@@ -211,8 +217,13 @@ def problem_in(
     than :data:`MAX_KEY_CHARS` in all, joined by dots as a filter names it. Keys of 200
     and 100 characters each passed the key rule, and the path no filter could name was
     stored: a filter names a path in one key of its JSON object, which the key rule caps.
-    (Not for a filter or a request body, whose keys are operators or fields around the
-    metadata; nor inside a list, where a filter names no path.)
+    The path is measured as a filter names it (:func:`ragstore.metadata_paths.field_name`:
+    a dot or backslash within a key escaped, ``document.`` before a path read as a
+    built-in or an operator): a key of a dot and 200 more passed, measured unescaped, and
+    no filter could name it. An empty key is one too: stored, while a filter naming it
+    (``""``, ``a..b``) is refused. (Not for a filter or a request body, whose keys are
+    operators or fields around the metadata; nor inside a list, where a filter names no
+    path.) ``_keys``: the keys of the metadata path to ``value``, for the walk alone.
 
     ``json_only``: a value of any other type (``Decimal``, ``bytes``, ``datetime``, a
     set, a numpy scalar) is one too. In-process, such a value in a search filter got past
@@ -252,14 +263,10 @@ def problem_in(
                     "name: shorten it"
                 )
             path = f"{at}.{key}" if at else str(key)
-            if paths and len(path) > MAX_KEY_CHARS:
-                return (
-                    f"a key path of {len(path)} characters ({path[:40]!r}...{path[-20:]!r}); "
-                    f"a path of keys, joined by dots, may have at most {MAX_KEY_CHARS} "
-                    "characters, the longest a search filter can name: shorten its keys or "
-                    "nest them less deeply"
-                )
-            found = problem_in(item, path, depth + 1, json_only=json_only, paths=paths)
+            keys = (*_keys, key)
+            if paths and (found := _path_problem(keys, where)):
+                return found
+            found = problem_in(item, path, depth + 1, json_only=json_only, paths=paths, _keys=keys)
             if found:
                 return found
         return None
@@ -270,6 +277,31 @@ def problem_in(
                 return found
         return None
     return _not_json(value, where) if json_only else None
+
+
+def _path_problem(keys: tuple[str, ...], where: str) -> str | None:
+    """Why no search filter can name the metadata path ``keys`` (``where``: the path to
+    the object holding its last key), or None: a filter names it by
+    :func:`ragstore.metadata_paths.field_name`, in one key of its JSON object, which
+    :data:`MAX_KEY_CHARS` caps."""
+    from ragstore.metadata_paths import filter_name  # it imports this module
+
+    if not keys[-1]:
+        return (
+            f"an empty key{where}; a search filter cannot name an empty key "
+            "(it refuses '' and 'a..b'): give the key a name"
+        )
+    name = filter_name(keys, "document")
+    if len(name) <= MAX_KEY_CHARS:
+        return None
+    return (
+        f"a key path of {len(name)} characters ({name[:40]!r}...{name[-20:]!r}) as a "
+        f"search filter names it; a path of keys, joined by dots, may have at most "
+        f"{MAX_KEY_CHARS} characters, the longest a search filter can name (a dot or "
+        "backslash within a key counts twice, escaped by a backslash, and a path read as "
+        "a built-in or an operator is named with 'document.' before it): shorten its "
+        "keys or nest them less deeply"
+    )
 
 
 def id_list(ids: Any, what: str) -> list[str]:

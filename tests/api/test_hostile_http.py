@@ -282,6 +282,31 @@ def test_a_metadata_key_path_no_filter_can_name_is_refused_on_every_route(
     assert http.post(f"/v1/collections/{COLL}/documents", json=doc).status_code == 201
 
 
+@pytest.mark.parametrize(
+    ("meta", "says"),
+    [
+        ({"": 1}, "holds an empty key; a search filter cannot name an empty key"),
+        ({"a": {"": 1}}, "holds an empty key at 'a'; a search filter cannot name"),
+        ({"v" + "." * 200: 1}, "holds a key path of 401 characters ('v\\\\."),
+    ],
+)
+def test_an_empty_or_escaped_long_metadata_key_is_refused_on_every_route(
+    http: httpx.Client, meta: dict[str, object], says: str
+) -> None:
+    """An upload's metadata ``{"": 1}`` was answered 201 and stored while a search naming
+    the key was refused 400 ("non-empty keys"); a key of a dot and 200 more passed the
+    path rule measured unescaped (201 characters), where a filter names it escaped (401)."""
+    before = doc_names(http)
+    texts = {"texts": ["zeta"], "ids": ["z1"], "metadatas": [meta]}
+    refused(http.post(f"/v1/collections/{COLL}/texts", json=texts), f"metadatas[0] {says}")
+    doc = {"name": "e.md", "text": "# e", "metadata": meta}
+    refused(http.post(f"/v1/collections/{COLL}/documents", json=doc), f"metadata {says}")
+    body = multipart((b"files", b"e.md", b"# e"), (b"metadata", None, json.dumps(meta).encode()))
+    refused(upload(http, body), f"metadata {says}")
+    assert doc_names(http) == before
+    assert "z1" not in stored_ids(http)
+
+
 def test_a_large_float_in_metadata_reads_back_as_the_float_it_was(http: httpx.Client) -> None:
     """PostgreSQL writes a ``jsonb`` number back without an exponent: ``1e20`` was read as
     the integer 100000000000000000000 and ``1.5e300`` as an integer of 301 digits (not

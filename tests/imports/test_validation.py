@@ -145,6 +145,34 @@ def test_a_metadata_key_no_filter_can_name_is_unstorable() -> None:
     assert issue.first[0].startswith("p (metadata: a key path of 301 characters ('aaa")
 
 
+def test_an_empty_or_escaped_long_metadata_key_in_a_jsonl_record_is_unstorable(
+    tmp_path: Path,
+) -> None:
+    """A JSONL record's metadata ``{"": 1}`` was imported, a key no filter can name (a
+    filter refuses an empty key), and so was a key of a dot and 200 more, measured
+    unescaped (201 characters) where a filter names it escaped (401)."""
+    jsonl = write_jsonl(
+        tmp_path / "keys.jsonl",
+        ["e", "n", "v", "ok"],
+        vectors(4, DIM),
+        extra=[{"metadata": m} for m in [{"": 1}, {"a": {"": 1}}, {"v" + "." * 200: 1}, {}]],
+    )
+    recs = list(open_source(str(jsonl), SourceOptions()).records())
+    report = validate(recs, DIM, parse_policies("skip", []))
+    (issue,) = report.issues
+    assert (issue.kind, issue.count) == ("unstorable", 3)
+    assert issue.first == [
+        "e (metadata: an empty key)",
+        "n (metadata: an empty key at 'a')",
+        "v (metadata: a key path of 401 characters ("
+        + repr("v" + "\\." * 19 + "\\")
+        + "..."
+        + repr("\\." * 10)
+        + ") as a search filter names it)",
+    ]
+    assert report.kept == [3]
+
+
 def test_metadata_holding_nan_or_infinity_is_unstorable_not_null(tmp_path: Path) -> None:
     """Python's JSON reader takes ``NaN`` and ``Infinity``: in a JSONL record's (or a CSV
     sidecar's) metadata they were stored as null, another value than the source's, where
