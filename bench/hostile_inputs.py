@@ -3,13 +3,14 @@
 Each file is a few hundred bytes to a few megabytes written to break something: nesting
 that recurses (Markdown quotes and lists, HTML divs, YAML aliases, notebook JSON),
 expansion (YAML "billion laughs" front matter, XML entities, a zip whose member unpacks
-to 120 MB, a DOCX of 200,000 empty members), sizes at the edges (an 8 MB word, 200,000
-code lines, 50,000 headings), text that is not text (NUL bytes, bad UTF-8, random bytes
-named .pdf/.docx/.epub/.pptx) and Word's wrappers around text (nested tables, content
-controls). Every file goes through ``ragstore ingest FILE`` in a process of its own, so
-the peak memory (``ru_maxrss`` of the child) and the wall time are that file's, model load
-included (about 10 s and 650 MB on this machine, the floor of every row). The outcome is
-the ingest's own line.
+to 120 MB, a DOCX of 200,000 empty members, a 31 KB deck listing one slide of 2 MB of
+text 1,500 times, a 2 KB book whose spine lists one chapter 2,000 times), sizes at the
+edges (an 8 MB word, 200,000 code lines, 50,000 headings), text that is not text (NUL
+bytes, bad UTF-8, random bytes named .pdf/.docx/.epub/.pptx) and Word's wrappers around
+text (nested tables, content controls, 300 of them one inside another). Every file goes
+through ``ragstore ingest FILE`` in a process of its own, so the peak memory (``ru_maxrss``
+of the child) and the wall time are that file's, model load included (about 10 s and
+650 MB on this machine, the floor of every row). The outcome is the ingest's own line.
 
     python -m bench.hostile_inputs --work /tmp/hostile            # every file
     python -m bench.hostile_inputs --work /tmp/hostile --only front_bomb.md nested_tables.docx
@@ -30,6 +31,8 @@ import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+
+from tests.fixtures.builders import repeated_chapter_epub, repeated_slide_pptx
 
 W = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
 
@@ -80,6 +83,23 @@ def _content_control(document: object) -> None:
     body[-1].addprevious(parse_xml(xml))
 
 
+def _deep_content_controls(document: object) -> None:
+    from docx.oxml import OxmlElement
+
+    # built element by element: parsed from text, libxml2 refuses it past 256 levels
+    outer = parent = OxmlElement("w:sdt")
+    for depth in range(300):
+        content = OxmlElement("w:sdtContent")
+        parent.append(content)
+        parent = OxmlElement("w:sdt") if depth < 299 else OxmlElement("w:p")
+        content.append(parent)
+    run, text = OxmlElement("w:r"), OxmlElement("w:t")
+    text.text = "300 content controls deep"
+    run.append(text)
+    parent.append(run)
+    document.element.body[-1].addprevious(outer)  # type: ignore[attr-defined]
+
+
 def _zip_bomb() -> bytes:
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
@@ -125,6 +145,9 @@ def corpus() -> dict[str, Callable[[], bytes | str]]:
         "many_members.docx": _many_members,
         "nested_tables.docx": lambda: _docx(_nested_tables),
         "content_control.docx": lambda: _docx(_content_control),
+        "repeated_slide.pptx": lambda: repeated_slide_pptx(400_000, 1500),
+        "repeated_chapter.epub": lambda: repeated_chapter_epub(2000, 3700),
+        "deep_content_controls.docx": lambda: _docx(_deep_content_controls),
     }
 
 

@@ -26,13 +26,13 @@ from ragstore.chunking.chunker import TokenCounter
 from ragstore.db import documents
 from ragstore.errors import (
     EmptyDocumentError,
-    FileTooLargeError,
     RagstoreError,
 )
 from ragstore.files import read_with_stat, unreadable
 from ragstore.models import Chunk, ParsedDocument
 from ragstore.parsing import detect_format
 from ragstore.parsing.language import detect_language
+from ragstore.parsing.limits import text_too_large
 from ragstore.parsing.sandbox import parse_file, stop_helpers
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ def _prepare(job: Job, item: Item, stored_hash: str | None) -> Prepared:
     if item.early_skip and stored_hash == digest:
         return Prepared(item.source, unchanged=True)
     fmt = detect_format(item.label, data)
-    parsed = parse_file(data, item.label, fmt, job.parse_timeout_s)
+    parsed = parse_file(data, item.label, fmt, job.parse_timeout_s, job.max_file_bytes)
     _check_text_size(parsed, item.label, job.max_file_bytes)
     chunks = chunk_document(parsed, job.counter, job.max_tokens)
     if not chunks:
@@ -142,13 +142,11 @@ def _prepare(job: Job, item: Item, stored_hash: str | None) -> Prepared:
 def _check_text_size(parsed: ParsedDocument, name: str, limit: int) -> None:
     """A file's text is held to the same bound as its bytes: a compressed format (a PDF's
     inflated content streams, one stream drawn on every page) can unpack a few kilobytes
-    into megabytes of text, each chunk of which would be embedded and stored."""
+    into megabytes of text, each chunk of which would be embedded and stored. The parse
+    counts it as it goes (``parsing.limits``); this is the count of what came back."""
     chars = sum(len(b.text) for b in parsed.blocks)
     if chars > limit:
-        raise FileTooLargeError(
-            f"{name}: its text unpacks to {chars} characters, over the limit of {limit} "
-            "(RAGSTORE_MAX_FILE_BYTES); check the file, or raise the limit to ingest it"
-        )
+        raise text_too_large(name, limit, chars)
 
 
 _JOB: Job | None = None  # a worker's job, inherited from the parent by fork

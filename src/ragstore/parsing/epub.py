@@ -80,6 +80,9 @@ def _encrypted(archive: zipfile.ZipFile) -> set[str]:
 
 
 def _chapters(package: Any, base: str) -> list[str]:
+    """The spine's chapters in reading order, each once: a spine may list one chapter many
+    times (a 2 KB book listing a chapter 2,000 times unpacked to 37 million characters);
+    e-book tools never write that, and reading it again adds nothing."""
     manifest: dict[str, tuple[str, str, str]] = {}
     for item in package.iterfind("opf:manifest/opf:item", _NS):
         href, media = item.get("href"), item.get("media-type", "")
@@ -87,12 +90,14 @@ def _chapters(package: Any, base: str) -> list[str]:
             member = posixpath.normpath(posixpath.join(base, unquote(href)))
             manifest[item.get("id")] = (member, media, item.get("properties", ""))
     out: list[str] = []
+    seen: set[str] = set()
     for ref in package.iterfind("opf:spine/opf:itemref", _NS):
         entry = manifest.get(ref.get("idref", ""))
         if entry is None or ref.get("linear", "yes") == "no":
             continue
         member, media, properties = entry
-        if media in _HTML_TYPES and "nav" not in properties.split():
+        if media in _HTML_TYPES and "nav" not in properties.split() and member not in seen:
+            seen.add(member)
             out.append(member)
     return out
 

@@ -24,6 +24,8 @@ MAX_UNPACKED_BYTES = 256 * 1024 * 1024
 # Real documents hold far fewer: a DOCX or PPTX a few dozen parts and one per image, an
 # EPUB of a big illustrated book a few thousand chapters, images and fonts.
 MAX_ARCHIVE_MEMBERS = 20_000
+# libxml2's depth limit without XML_PARSE_HUGE, which python-docx and python-pptx leave off
+MAX_XML_DEPTH = 256
 
 
 def check_archive(data: bytes, name: str, fmt: str, program: str) -> None:
@@ -60,6 +62,13 @@ def _entity_bomb(exc: etree.XMLSyntaxError) -> bool:
     return exc.code == etree.ErrorTypes.ERR_RESOURCE_LIMIT and "entity" in str(exc.msg).lower()
 
 
+def _too_deep(exc: etree.XMLSyntaxError) -> bool:
+    """Whether libxml2 stopped because the part nests elements past its depth limit
+    (:data:`MAX_XML_DEPTH`): its message ("Excessive depth in document: 256, use
+    XML_PARSE_HUGE option") names a parser flag, and "not well-formed" would be wrong."""
+    return exc.code == etree.ErrorTypes.ERR_RESOURCE_LIMIT and "depth" in str(exc.msg).lower()
+
+
 def parse_archive(
     parse: Callable[[bytes, str], ParsedDocument],
     data: bytes,
@@ -90,6 +99,13 @@ def parse_archive(
                 f"{name}: not a document {program} writes ({main_part} or another part "
                 "declares XML entities that expand far beyond the file's size, or refer to "
                 f"themselves: an entity bomb); open it in {program} and save a copy as .{ext}"
+            ) from None
+        if _too_deep(exc):
+            raise CorruptDocumentError(
+                f"{name}: nested too deeply to read ({main_part} or another part nests "
+                f"elements more than {MAX_XML_DEPTH} levels deep: content controls, tables "
+                f"or shapes inside one another); remove some of the nesting in {program} "
+                f"and save it again as .{ext}"
             ) from None
         raise CorruptDocumentError(
             f"{name}: damaged {fmt} ({main_part} or another part is not well-formed XML: "

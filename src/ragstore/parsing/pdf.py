@@ -32,6 +32,7 @@ from pypdf.errors import DependencyError, FileNotDecryptedError, PyPdfError
 from ragstore.errors import CorruptDocumentError, EmptyDocumentError, EncryptedDocumentError
 from ragstore.models import ChunkType, ParsedDocument
 from ragstore.parsing.decode import empty_error, looks_binary
+from ragstore.parsing.limits import check_text_size
 from ragstore.parsing.pdf_headings import find_headings
 from ragstore.parsing.pdf_lines import PdfLine, page_collector, storable
 from ragstore.parsing.structure import BlockBuilder
@@ -214,6 +215,7 @@ def parse_pdf(data: bytes, name: str) -> ParsedDocument:
         raise EmptyDocumentError(f"{name}: the PDF has no pages; nothing to ingest")
     outline = _outline(reader)
     texts: list[str] = []
+    chars = 0  # pages sharing one content stream repeat its text: count it as it comes
     lines: list[list[PdfLine]] = []
     for number, page in enumerate(reader.pages, start=1):
         collect = None if outline else page_collector(number)
@@ -224,6 +226,8 @@ def parse_pdf(data: bytes, name: str) -> ParsedDocument:
                 f"{name}: page {number} cannot be read ({type(exc).__name__}: {exc}); "
                 "re-export the PDF from the program that made it"
             ) from None
+        chars += len(texts[-1])
+        check_text_size(chars)
         if collect is not None:
             collect.end_line()
             lines.append(collect.lines)

@@ -102,10 +102,24 @@ def _slide(slide: Slide, number: int, out: BlockBuilder) -> bool:
     return bool(title) or len(out.blocks) > before
 
 
+def _slides(deck: Any) -> list[Slide]:
+    """The deck's slides in order, each once: ``ppt/presentation.xml`` may list one slide
+    part many times (a 31 KB deck listing a slide of 2 MB of text 1,500 times was read as
+    3 GB of text); PowerPoint never writes that, and a repeat adds nothing to read."""
+    seen: set[str] = set()
+    slides: list[Slide] = []
+    for slide in deck.slides:
+        part = str(slide.part.partname)
+        if part not in seen:
+            seen.add(part)
+            slides.append(slide)
+    return slides
+
+
 def _parse(data: bytes, name: str) -> ParsedDocument:
     deck = Presentation(io.BytesIO(data))
     out = BlockBuilder()
-    slides = list(deck.slides)
+    slides = _slides(deck)
     has_text = [_slide(slide, number, out) for number, slide in enumerate(slides, 1)]
     if not any(has_text):
         raise EmptyDocumentError(f"{name}: the presentation holds no text; nothing to ingest")

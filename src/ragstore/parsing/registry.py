@@ -25,6 +25,7 @@ from ragstore.parsing.decode import decode_text, empty_error, looks_binary, most
 from ragstore.parsing.docx import parse_docx
 from ragstore.parsing.epub import parse_epub
 from ragstore.parsing.html import parse_html
+from ragstore.parsing.limits import text_limit
 from ragstore.parsing.markdown import parse_markdown
 from ragstore.parsing.notebook import parse_notebook
 from ragstore.parsing.pdf import parse_pdf
@@ -121,11 +122,15 @@ PARSER_FAILURES: tuple[type[BaseException], ...] = (
 )
 
 
-def parse_bytes(data: bytes, name: str, fmt: str | None = None) -> ParsedDocument:
+def parse_bytes(
+    data: bytes, name: str, fmt: str | None = None, *, max_chars: int | None = None
+) -> ParsedDocument:
     """Parse one file's bytes; ``name`` is used for format detection and in error messages.
 
     A parser that fails in a way it does not report itself fails this one file as
-    ``corrupt_document``; an ingest of many files goes on with the rest.
+    ``corrupt_document``; an ingest of many files goes on with the rest. A file whose text
+    grows past ``max_chars`` characters fails with ``payload_too_large`` as soon as it
+    does (:mod:`ragstore.parsing.limits`), before the rest of it is built.
     """
     fmt = fmt or detect_format(name, data)
     if not data.strip():
@@ -133,10 +138,11 @@ def parse_bytes(data: bytes, name: str, fmt: str | None = None) -> ParsedDocumen
         # "not a valid ... file (not a zip archive)", a PDF or text "empty"
         raise empty_error(data, name)
     try:
-        if fmt in BYTES_PARSERS:
-            return BYTES_PARSERS[fmt](data, name)
-        text = decode_text(data, name)
-        return TEXT_PARSERS[fmt](text, name)
+        with text_limit(name, max_chars):
+            if fmt in BYTES_PARSERS:
+                return BYTES_PARSERS[fmt](data, name)
+            text = decode_text(data, name)
+            return TEXT_PARSERS[fmt](text, name)
     except PARSER_FAILURES as exc:
         reason = (
             "nested too deeply"

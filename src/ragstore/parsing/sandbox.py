@@ -37,6 +37,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any
 
@@ -70,22 +71,28 @@ LARGE_TEXT_BYTES = 256 << 10
 # 32 ms in process, on the same loaded machine).
 LARGE_MARKUP_BYTES = 8 << 10
 IN_PROCESS_LIMITS = {"text": LARGE_TEXT_BYTES, "plain": LARGE_TEXT_BYTES}  # others: MARKUP
+# what the helper is asked: a file's bytes, its name, its format, its text limit
+Request = tuple[bytes, str, str, int | None]
 BYTES_PER_BLOCK = 32  # a text file may hold one block (paragraph, heading ...) per 32 bytes
 STARTUP_TIMEOUT_S = 120.0  # a helper not ready by then is given up
 READY = b"ready"
 HELPER_MEMORY_BYTES = 4 << 30  # a helper's address space, at most half the machine's memory
 
 
-def parse_file(data: bytes, name: str, fmt: str, timeout_s: float) -> ParsedDocument:
+def parse_file(
+    data: bytes, name: str, fmt: str, timeout_s: float, max_chars: int | None = None
+) -> ParsedDocument:
     """:func:`parse_bytes`, in a helper process for a binary format, a plain text of
     ``LARGE_TEXT_BYTES`` or more or another text format of ``LARGE_MARKUP_BYTES`` or more
     when ``timeout_s`` is above 0 (0, or a Python without an interpreter to start: in this
-    process, without a time limit); a text file's blocks are counted either way."""
+    process, without a time limit); a text file's blocks are counted either way, and a
+    file whose text grows past ``max_chars`` characters is stopped there (in the helper:
+    a 31 KB deck of 3 GB of text ran it out of memory handing the text back)."""
     isolated = fmt in ISOLATED_FORMATS or len(data) >= in_process_limit(fmt)
     if timeout_s <= 0 or not isolated or not sys.executable:
-        return _counted(parse_bytes(data, name, fmt), data, name, fmt)
+        return _counted(parse_bytes(data, name, fmt, max_chars=max_chars), data, name, fmt)
     with _helpers.lent() as helper:
-        ok, value = _ask(helper, data, name, fmt, timeout_s)
+        ok, value = _ask(helper, (data, name, fmt, max_chars), timeout_s)
     if ok:
         assert isinstance(value, ParsedDocument)
         return value
@@ -153,7 +160,7 @@ class _Helper:
     def usable(self) -> bool:
         return self.owner == os.getpid() and self.proc.poll() is None
 
-    def ask(self, request: tuple[bytes, str, str], timeout_s: float) -> tuple[bool, Any]:
+    def ask(self, request: Request, timeout_s: float) -> tuple[bool, Any]:
         """The helper's answer; TimeoutError after ``timeout_s``, EOFError or OSError when
         it died."""
         self.outbox.send(request)
@@ -234,11 +241,12 @@ def stop_helpers() -> None:
     _helpers.stop()
 
 
-def _ask(helper: _Helper, data: bytes, name: str, fmt: str, timeout_s: float) -> tuple[bool, Any]:
+def _ask(helper: _Helper, request: Request, timeout_s: float) -> tuple[bool, Any]:
     """The helper's answer, or the file's error when it ran out of time or died (the
     helper is then killed on the way out of :meth:`_Helpers.lent`)."""
+    _, name, fmt, _ = request
     try:
-        return helper.ask((data, name, fmt), timeout_s)
+        return helper.ask(request, timeout_s)
     except TimeoutError:
         raise ParseTimeoutError(
             f"{name}: parsing this {fmt} file took longer than {timeout_s:g} s, so it was "
@@ -297,19 +305,42 @@ def _serve(inbox: Connection, outbox: Connection) -> None:
     outbox.send_bytes(READY)
     while True:
         try:
-            data, name, fmt = inbox.recv()
+            data, name, fmt, max_chars = inbox.recv()
         except EOFError:
             return
         try:
             answer: tuple[bool, Any] = (
                 True,
-                _counted(parse_bytes(data, name, fmt), data, name, fmt),
+                _counted(parse_bytes(data, name, fmt, max_chars=max_chars), data, name, fmt),
             )
         except RagstoreError as exc:
             # parse_bytes maps the parsers' own failures (PARSER_FAILURES); anything else
             # ends the helper with its traceback, and the file fails as corrupt_document
             answer = (False, exc)
-        outbox.send(answer)
+        outbox.send_bytes(_pickled(answer, name, fmt))
+        del data, answer  # hold nothing of this file while waiting for the next
+
+
+def _pickled(answer: tuple[bool, Any], name: str, fmt: str) -> Any:
+    """``answer`` pickled to send (what ``Connection.send`` sends), or, when that needs
+    more memory than the helper may take, the file's error: a document parsed within the
+    memory limit can still be too large to copy into a pickle (3 GB of text from a 31 KB
+    deck died here with a traceback, and the file was called corrupt)."""
+    try:
+        return ForkingPickler.dumps(answer)
+    except MemoryError:
+        ok, value = answer
+        chars = sum(len(b.text) for b in value.blocks) if ok else 0
+        return ForkingPickler.dumps(
+            (
+                False,
+                FileTooLargeError(
+                    f"{name}: its text ({chars} characters) is more than the {fmt} parse "
+                    "helper can hand back within its memory limit; check the file, or "
+                    "split it"
+                ),
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -7,14 +7,18 @@ from __future__ import annotations
 from typing import Any
 
 from ragstore.models import Block, ChunkType
+from ragstore.parsing.limits import check_text_size
 
 
 class BlockBuilder:
-    """Appends blocks to a virtual extracted text (blocks joined by a blank line)."""
+    """Appends blocks to a virtual extracted text (blocks joined by a blank line), and
+    counts their text against the parse's limit (:func:`~ragstore.parsing.limits.text_limit`)
+    as it grows: a file that unpacks into gigabytes stops at the limit."""
 
     def __init__(self) -> None:
         self.blocks: list[Block] = []
         self._pos = 0
+        self._chars = 0  # what the blocks' texts add up to, as ingest.prepare counts it
         self._path: list[tuple[int, str]] = []  # (level, heading) of the open sections
         self.title: str | None = None
 
@@ -34,6 +38,8 @@ class BlockBuilder:
         text = text.strip()
         if not text:
             return
+        self._chars += len(text)
+        check_text_size(self._chars)
         start = self._pos
         self._pos = start + len(text) + 2
         if kind is ChunkType.HEADING:
