@@ -36,6 +36,7 @@ from ragstore.errors import (
     DatabaseUnavailableError,
     InputError,
     RagstoreError,
+    RetryLater,
     SearchTimeoutError,
     StatementCancelledError,
     public_detail,
@@ -46,7 +47,7 @@ from ragstore.jobs.runner import passing_cause
 from ragstore.runtime import Runtime
 from ragstore.search import search
 from ragstore.search.service import _search_deadline
-from tests.conftest import run_cli
+from tests.conftest import create_database, drop_database, run_cli
 from tests.search_helpers import Doc, make_collection, write_docs
 
 
@@ -72,6 +73,9 @@ def test_the_table_sends_input_to_4xx_and_only_connections_to_503() -> None:
         # a session ended for idling in a transaction (25P03), as class 57's
         if key[:2] in ("08", "53", "57") or key in ("55P03", "25006", "25P03"):
             assert status == 503, key
+        elif key in ("55", "58") or key[:2] == "XX":
+            # the server's state or its own failure: no retry mends it, an operator acts
+            assert status == 500, key
         else:
             assert 400 <= status < 500, key
 
@@ -105,6 +109,157 @@ def test_the_table_sends_input_to_4xx_and_only_connections_to_503() -> None:
 def test_errors_outside_the_table(exc: Exception, expected: type[RagstoreError]) -> None:
     assert classify(exc)[0] is expected
     assert type(translate(exc, "x")) is expected
+
+
+@pytest.mark.parametrize(
+    "code, text, expected, words",
+    [
+        # class 58: a system error of the server's (a disk's I/O error, a file missing)
+        (
+            "58030",
+            'could not read block 0 in file "base/5/16384": Input/output error',
+            DatabaseError,
+            "system error (such as an I/O error): an operator must look into the database",
+        ),
+        ("58P01", 'could not open file "base/5/16384": No such file', DatabaseError, "system"),
+        # class XX: corrupted data or an index, a bug of the server's
+        (
+            "XX001",
+            "invalid page in block 0 of relation base/5/16384",
+            DatabaseError,
+            "corrupted data: an operator must look into the database server's log and "
+            "repair or restore",
+        ),
+        ("XX002", 'index "chunks_pkey" has wrong tuple order', DatabaseError, "REINDEX"),
+        ("XX000", "cache lookup failed for relation 1", DatabaseError, "internal error"),
+        # class 55: the statement's own state
+        ("55000", "recovery is in progress", DatabaseError, "not in the state"),
+        ("55P02", 'parameter "wal_level" cannot be changed now', DatabaseError, "not in the"),
+        ("55006", 'database "x" is being accessed by other users', ConflictError, "in use"),
+        # classes without a row that psycopg raises as an OperationalError: answered
+        ("57000", "operator intervention", DatabaseError, "refused the statement"),
+        ("38000", "external routine exception", DatabaseError, "refused the statement"),
+        ("F0000", "config file error", DatabaseError, "refused the statement"),
+        ("HV000", "fdw error", DatabaseError, "refused the statement"),
+    ],
+)
+def test_an_error_the_server_answered_is_not_told_as_unreachable(
+    code: str, text: str, expected: type[RagstoreError], words: str
+) -> None:
+    """psycopg raises an ``OperationalError`` for many SQLSTATEs the server answered (55,
+    57000, 58, F0, HV ...): every one the table had no row for was told 503 "the
+    database cannot be reached" with a retry, of a server that had answered, and of a
+    disk's I/O error or corrupted data (class 58, XX) that no retry mends. Each is told
+    by its SQLSTATE now: the server's failures 500 ``database_error`` saying an operator
+    must read its log, a statement's own state 500 (or 409 for an object in use)."""
+    exc = _server_error(pg.lookup(code), text, code, "any.c")
+    assert exc.sqlstate == code
+    got = translate(exc, "storing a.md")
+    assert type(got) is expected, got
+    said = str(got)
+    assert said.startswith("storing a.md: ") and words in said, said
+    assert text in said and "cannot be reached" not in said, said
+    assert not isinstance(got, RetryLater) and not got.advice, said
+    assert passing_cause(got) is None  # a background job is not run again for it
+    body = problem_body(got, request_id="r", instance="/x")
+    assert body["status"] == (409 if expected is ConflictError else 500), body
+    if expected is DatabaseError:
+        assert f"(SQLSTATE {code}: {text})" in said, said
+        assert body["code"] == "database_error" and words in body["detail"], body
+
+
+def test_a_statement_the_server_refused_for_its_state_is_its_own_failure(
+    database_url: str,
+) -> None:
+    """``currval`` of a sequence before any ``nextval`` in the session: the server
+    answers SQLSTATE 55000, which psycopg raises as an ``OperationalError``. It was told
+    503 "the database cannot be reached" (the CLI, the log, an API caller told to retry);
+    it is the statement's own 500 ``database_error`` now, in the server's words, and
+    the pooled connection stays in use: no breaker, the next block served."""
+    db = Database(database_url)
+    try:
+        with db.connection() as conn:
+            conn.execute("CREATE SEQUENCE IF NOT EXISTS never_drawn")
+        with (
+            pytest.raises(DatabaseError) as err,
+            db.connection() as conn,
+            translated("reading the sequence"),
+        ):
+            conn.execute("SELECT currval('never_drawn')")
+        assert isinstance(err.value.__cause__, pg.ObjectNotInPrerequisiteState)
+        assert type(err.value) is DatabaseError, err.value
+        said = str(err.value)
+        assert said.startswith(
+            "reading the sequence: the database refused the statement: something it uses "
+            "is not in the state the statement needs (SQLSTATE 55000: "
+        ), said
+        assert "currval" in said and "cannot be reached" not in said, said
+        # the same met by the pool's own block, no translated() of the caller's
+        with pytest.raises(DatabaseError) as pooled, db.connection() as conn:
+            conn.execute("SELECT currval('never_drawn')")
+        assert type(pooled.value) is DatabaseError and "SQLSTATE 55000" in str(pooled.value)
+        assert db.breaker.failures == 0
+        with db.connection() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        db.close()
+
+
+def test_a_system_error_the_server_reports_is_not_told_as_unreachable(database_url: str) -> None:
+    """A SQLSTATE of class 58 (an I/O error) or XX (corrupted data) as the server sends
+    it: PostgreSQL raises them for a failing disk or a damaged page, which a test cannot
+    make, so a function raises them here, down the same wire. 58030 was 503 "the
+    database cannot be reached", to be retried; both are 500 ``database_error`` naming
+    the SQLSTATE and the server's log, and the connection stays in use."""
+    db = Database(database_url)
+    try:
+        for code, cls, words in (
+            ("58030", pg.IoError, "system error"),
+            ("XX001", pg.DataCorrupted, "corrupted data"),
+        ):
+            with (
+                pytest.raises(DatabaseError) as err,
+                db.connection() as conn,
+                translated("reading a.md"),
+            ):
+                conn.execute(
+                    "DO $$ BEGIN RAISE EXCEPTION USING ERRCODE = '"
+                    + code
+                    + "', MESSAGE = 'could not read block 7'; END $$"
+                )
+            assert isinstance(err.value.__cause__, cls), err.value.__cause__
+            said = str(err.value)
+            assert type(err.value) is DatabaseError and words in said, said
+            assert f"(SQLSTATE {code}: could not read block 7)" in said, said
+            assert "database server's log" in said and "cannot be reached" not in said
+        assert db.breaker.failures == 0
+        with db.connection() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        db.close()
+
+
+def test_dropping_a_database_in_use_is_a_conflict(pg_admin_uri: str) -> None:
+    """DROP DATABASE of a database another session is connected to: SQLSTATE 55006,
+    which was told 503 "the database cannot be reached" by a server that had just
+    answered. It is 409 ``conflict``: the database is in use."""
+    url = create_database(pg_admin_uri, None)
+    name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    try:
+        with (
+            psycopg.connect(url),  # the other session
+            psycopg.connect(pg_admin_uri, autocommit=True) as admin,
+            pytest.raises(ConflictError) as err,
+            translated(f"dropping database {name}"),
+        ):
+            admin.execute(f'DROP DATABASE "{name}"')
+        assert isinstance(err.value.__cause__, pg.ObjectInUse)
+        said = str(err.value)
+        assert said.startswith(f"dropping database {name}: it is in use"), said
+        assert "being accessed by other users" in said and "cannot be reached" not in said
+        assert err.value.http_status == 409
+    finally:
+        drop_database(pg_admin_uri, url)
 
 
 # What a hot standby whose lc_messages is German sends for a read its replay cancelled:

@@ -10,7 +10,13 @@ answers 503 ``database_unavailable``; a statement PostgreSQL cancelled
 ``lock_timeout``, a hot standby's replay in a conflict with recovery) fails its own
 request only, 503 ``statement_cancelled`` (not a
 database that is down: the breaker of ``db/database.py`` stays closed); anything else is
-our bug and answers 500 ``database_error``. ``tests/test_db_errors.py`` enumerates the table.
+our bug and answers 500 ``database_error``. So does a failure the server reported of
+itself (class 58, a system error such as an I/O error; class XX, an internal error or
+corrupted data), which an operator must look into and a retry does not mend: its message
+gives the SQLSTATE and sends the reader to the server's log. Only an error with no SQLSTATE
+at all (no word from the server) is "the database cannot be reached": psycopg raises an
+``OperationalError`` for many a statement the server answered (classes 55, 57, 58, F0,
+HV ...), and each was told so. ``tests/test_db_errors.py`` enumerates the table.
 """
 
 from __future__ import annotations
@@ -108,7 +114,46 @@ SQLSTATE_MAP: dict[str, tuple[type[RagstoreError], str]] = {
     "40": (ConflictError, "it collided with a concurrent change"),
     "42704": (InputError, "it names something the database does not know"),
     "54": (InputError, "a value is over a database limit"),
+    # class 55, object not in prerequisite state (currval before nextval, a WAL function
+    # on a standby, a setting that cannot change now): the statement's own, and ours to
+    # fix; an object in use (DROP DATABASE of one another session is connected to) is
+    # the present state of the thing the caller acts on, 409. Both were "the database
+    # cannot be reached" (503, retry), as psycopg raises an OperationalError for them
+    "55": (
+        DatabaseError,
+        "the database refused the statement: something it uses is not in the state the "
+        "statement needs",
+    ),
+    "55006": (ConflictError, "it is in use (by another session, or by this one's open query)"),
+    # the server's own failures: nothing the caller sent, nothing a retry mends (a disk's
+    # I/O error, corrupted data): an operator reads the server's log and acts
+    "58": (
+        DatabaseError,
+        "the database reported a system error (such as an I/O error): an operator must "
+        "look into the database server's log",
+    ),
+    "XX": (
+        DatabaseError,
+        "the database reported an internal error: an operator must look into the database "
+        "server's log",
+    ),
+    "XX001": (
+        DatabaseError,
+        "the database found corrupted data: an operator must look into the database "
+        "server's log and repair or restore the table it names",
+    ),
+    "XX002": (
+        DatabaseError,
+        "the database found a corrupted index: an operator must look into the database "
+        "server's log and REINDEX the index it names",
+    ),
 }
+
+# what an error the table has no row for is told: the server's own words follow
+DATABASE_FAILED = "the database failed"
+# ... and one psycopg raised as an ``OperationalError`` that carries a SQLSTATE: the
+# server answered, so "cannot be reached" would be untrue
+REFUSED = "the database refused the statement"
 
 DISK_FULL = (
     "the database's disk is full; free space on the disk that holds its data directory (or "
@@ -244,11 +289,16 @@ def classify(exc: BaseException) -> tuple[type[RagstoreError], str]:
         for key in (state, state[:2]):
             if key in SQLSTATE_MAP:
                 return SQLSTATE_MAP[key]
+        if isinstance(exc, psycopg.OperationalError):
+            # the server answered (a SQLSTATE is its word) with a class the table does
+            # not name (57000, 38, F0, HV ...): a refusal of this statement, not a
+            # database out of reach
+            return DatabaseError, REFUSED
     if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
         return DatabaseUnavailableError, "the database cannot be reached"
     if isinstance(exc, psycopg.DataError):  # client side: NUL byte, value psycopg cannot send
         return InputError, "a value cannot be stored"
-    return DatabaseError, "the database failed"
+    return DatabaseError, DATABASE_FAILED
 
 
 # what the caller of a request that failed for a passing cause does: the last words of
@@ -281,8 +331,13 @@ def translate(exc: BaseException, where: str) -> RagstoreError:
         err: RagstoreError = cls(f"{where}: {reason}: {_without_context(detail)}")
     elif cls is StatementCancelledError:
         err = StatementCancelledError(f"{where}: {reason} ({_without_context(detail)})")
-    else:
+    elif reason == DATABASE_FAILED:
         return DatabaseError(f"{where}: {detail}")
+    else:
+        # a row of its own, or a refusal the table does not name: its words, then the
+        # SQLSTATE the operator looks up and the server's
+        state = getattr(exc, "sqlstate", None)
+        return DatabaseError(f"{where}: {reason} (SQLSTATE {state}: {_without_context(detail)})")
     told = advice(exc, cls)
     if told:
         err.message = f"{err.message}; {told}"
