@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import socket
 
 import typer
@@ -103,7 +104,9 @@ def _serve(
         if transport == "stdio":
             import anyio
 
-            anyio.run(serve_stdio, server)
+            from ragstore.cli.signals import until_stopped
+
+            anyio.run(until_stopped, functools.partial(serve_stdio, server))
             return
         import uvicorn
 

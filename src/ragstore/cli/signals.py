@@ -8,7 +8,8 @@ thread instead, a :class:`KeyboardInterrupt`, so the command stops exactly as on
 the transaction in flight commits or rolls back whole, and the command can say so.
 
 A one-process HTTP server (``serve --workers 1``, ``mcp --transport http``) stops on
-SIGTERM and SIGINT under :func:`stop_signals_end_cleanly` instead: gracefully, exit 0.
+SIGTERM and SIGINT under :func:`stop_signals_end_cleanly` instead: gracefully, exit 0;
+``mcp`` over stdio likewise under :func:`until_stopped`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
@@ -109,3 +110,34 @@ def stop_signals_end_cleanly(server: Any) -> Iterator[None]:
     finally:
         for sig, handler in found.items():
             signal.signal(sig, handler)
+
+
+async def until_stopped(serve: Callable[[], Awaitable[None]]) -> None:
+    """Run ``serve`` (an async server: ``ragstore mcp`` over stdio) until it returns or
+    SIGTERM or SIGINT comes, which cancels it: it stops as it does when its client goes
+    away, and the command exits 0, as :func:`stop_signals_end_cleanly` has an HTTP
+    server do.
+
+    ``anyio.run`` had no handler of its own: SIGTERM killed the command (status -15)
+    before its exit handlers ran, so the embedded server it had started kept running,
+    and Ctrl-C did not stop it at all (the read of stdin it waited for never ended). A
+    second signal, while the first unwinds, stops it as it did before (SIGTERM kills,
+    SIGINT raises KeyboardInterrupt). Off the main thread, signals are left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        await serve()
+        return
+    import anyio
+    import anyio.abc
+
+    async with anyio.create_task_group() as tasks:
+
+        async def cancel_on_a_signal(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                task_status.started()
+                async for _ in signals:
+                    tasks.cancel_scope.cancel()
+                    return
+
+        await tasks.start(cancel_on_a_signal)
+        await serve()
+        tasks.cancel_scope.cancel()

@@ -26,6 +26,7 @@ of running on to ``RAGSTORE_SEARCH_TIMEOUT_S``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -75,6 +76,7 @@ from ragstore.http.bearer import bearer_token
 from ragstore.http.guard import foreign_party, foreign_sender, unowned_socket
 from ragstore.http.limits import BodyLimitMiddleware
 from ragstore.http.problems import send_problem
+from ragstore.integrations.stdin_lines import claimed_stdin
 from ragstore.store import Store
 from ragstore.validation import row_id
 
@@ -368,10 +370,18 @@ class _Answering:
 
 async def serve_stdio(server: MCPServer, stdin: Any = None, stdout: Any = None) -> None:
     """``server`` over stdio (``stdin``/``stdout``: other streams, for tests), as
-    ``server.run("stdio")`` serves it, each unreadable line answered (:class:`_Answering`)."""
+    ``server.run("stdio")`` serves it, each unreadable line answered (:class:`_Answering`).
+
+    Cancelled (``ragstore mcp`` stopped by a signal), it ends without waiting for the
+    host to close stdin: the process's stdin is read as :func:`claimed_stdin` reads it."""
     lowlevel = lowlevel_server(server)
-    async with stdio_server(stdin, stdout) as (read, write):
-        await lowlevel.run(_Answering(read, write), write, lowlevel.create_initialization_options())
+    with contextlib.ExitStack() as claimed:
+        if stdin is None:
+            stdin = claimed.enter_context(claimed_stdin())
+        async with stdio_server(stdin, stdout) as (read, write):
+            await lowlevel.run(
+                _Answering(read, write), write, lowlevel.create_initialization_options()
+            )
 
 
 # The SDK releases whose MCPServer keeps its low-level Server where lowlevel_server reads it
