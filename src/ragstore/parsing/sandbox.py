@@ -12,28 +12,32 @@ the process with it.
 
 So these formats are parsed by a helper process: after ``RAGSTORE_PARSE_TIMEOUT_S`` it is
 killed and the file fails alone with ``parse_timeout``; if it dies, the file fails with
-``corrupt_document``; the rest of the batch goes on either way, and the next file gets a new
-helper. The helper is a fresh interpreter (``python -m ragstore.parsing.sandbox``) rather
-than a fork: the ingesting process runs reader, writer and database threads whose locks a
-fork could copy mid-use. Helpers are kept and lent one per thread parsing at once (one
-starts in about half a second; a file then costs the pickling of its bytes and of the
-parsed document), and each exits when its parent does. Plain text files are parsed in
-process (the parser is ours and linear) unless they are large (``LARGE_TEXT_BYTES``), and
-Markdown, HTML, code and notebooks unless they are more than a few kilobytes
-(``LARGE_MARKUP_BYTES``): their parsers are not ours, and slow on hostile input. Then in a
-helper too, whose address space is capped (``HELPER_MEMORY_BYTES``), and a text file that
-breaks into more blocks than ``BYTES_PER_BLOCK`` allows is refused before its blocks reach
-the ingesting process.
+``corrupt_document`` saying how it ended (its exit status, or the signal that killed it),
+or with ``payload_too_large`` when it ran out of its memory; the rest of the batch goes on
+either way, and the next file gets a new helper. The helper is a fresh interpreter
+(``python -m ragstore.parsing.sandbox``) rather than a fork: the ingesting process runs
+reader, writer and database threads whose locks a fork could copy mid-use. Helpers are kept
+and lent one per thread parsing at once (one starts in about half a second; a file then
+costs the pickling of its bytes and of the parsed document), and each exits when its parent
+does. Plain text files are parsed in process (the parser is ours and linear) unless they
+are large (``LARGE_TEXT_BYTES``), and Markdown, HTML, code and notebooks unless they are
+more than a few kilobytes (``LARGE_MARKUP_BYTES``): their parsers are not ours, and slow on
+hostile input. Then in a helper too, whose address space is capped
+(``HELPER_MEMORY_BYTES``), and a text file that breaks into more blocks than
+``BYTES_PER_BLOCK`` allows is refused before its blocks reach the ingesting process.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
@@ -77,6 +81,16 @@ BYTES_PER_BLOCK = 32  # a text file may hold one block (paragraph, heading ...) 
 STARTUP_TIMEOUT_S = 120.0  # a helper not ready by then is given up
 READY = b"ready"
 HELPER_MEMORY_BYTES = 4 << 30  # a helper's address space, at most half the machine's memory
+# A helper whose pipe closed is given this long to end by itself before it is killed: its
+# exit status says what happened, which killing it first replaced with "signal 9" (Python
+# closes the pipe while it shuts down after a traceback, before the process has ended)
+EXIT_WAIT_S = 5.0
+# the status a helper exits with when a MemoryError ends it: neither Python's own (1, 2,
+# 120) nor one of sysexits' (64-78)
+OUT_OF_MEMORY_STATUS = 86
+# signals that mean the process crashed by itself (a bug in a C library), by name: not every
+# platform has them all
+CRASH_SIGNALS = frozenset({"SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE"})
 
 
 def parse_file(
@@ -145,11 +159,14 @@ class _Helper:
         self.inbox = Connection(from_helper_r, writable=False)
         # a file's time limit counts its parse, not the helper's start (0.45 s idle, and
         # seconds on a loaded machine): wait for the helper to say it is ready
+        closed = False
         try:
             ready = self.inbox.poll(STARTUP_TIMEOUT_S) and self.inbox.recv_bytes() == READY
         except (EOFError, OSError):
-            ready = False
+            ready, closed = False, True
         if not ready:
+            if closed:  # it ended (an import failed?): its own status, not our kill's
+                self.end()
             how = self.stop()
             raise RagstoreError(
                 f"the parse helper ({sys.executable} -m {__name__}) did not start within "
@@ -176,6 +193,23 @@ class _Helper:
             self.proc.wait()
             self.outbox.close()
             self.inbox.close()
+        return self.ending()
+
+    def end(self) -> bool:
+        """Wait up to ``EXIT_WAIT_S`` for a helper whose pipe closed to end by itself, and
+        kill it if it has not; True when it had to be killed."""
+        if self.owner != os.getpid() or self.outbox.closed:
+            return False
+        try:
+            self.proc.wait(EXIT_WAIT_S)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            return True
+        self.stop()  # closes the pipes; the process has ended
+        return False
+
+    def ending(self) -> str:
+        """How the helper's process ended, in words."""
         code = self.proc.returncode
         if code is None:
             return "still running"
@@ -254,13 +288,58 @@ def _ask(helper: _Helper, request: Request, timeout_s: float) -> tuple[bool, Any
             "genuine, raise RAGSTORE_PARSE_TIMEOUT_S"
         ) from None
     except (EOFError, OSError):
-        how = helper.stop()
+        killed = helper.end()
         if helper.abandoned:  # the ingest was interrupted: no outcome for this file
             raise KeyboardInterrupt from None
-        raise CorruptDocumentError(
-            f"{name}: the {fmt} parser crashed reading it (its process ended: {how}); check "
-            "that the file is complete and well-formed"
-        ) from None
+        raise _death(name, fmt, helper.proc.returncode, killed) from None
+
+
+def _death(name: str, fmt: str, code: int | None, killed: bool) -> RagstoreError:
+    """The error of file ``name`` whose helper ended (exit status or minus the signal:
+    ``code``) without answering, worded by how it ended; ``killed``: by ragstore, after
+    its pipe closed and it did not end. Only a MemoryError is a limit of ours
+    (``payload_too_large``); every other death is the file's ``corrupt_document``."""
+    check = "check that the file is complete and well-formed"
+    if killed or code is None:
+        return CorruptDocumentError(
+            f"{name}: the {fmt} parser's process stopped answering while reading it (its "
+            f"pipe closed) and had not ended {EXIT_WAIT_S:g} s later, so ragstore stopped "
+            f"it; {check}"
+        )
+    if code == OUT_OF_MEMORY_STATUS:
+        return FileTooLargeError(
+            f"{name}: the {fmt} parser ran out of memory reading it (the parse helper may "
+            f"take {_memory_limit() / (1 << 30):.1f} GiB: at most 4 GiB, and half the "
+            "machine's memory); check the file, or split it"
+        )
+    if code < 0:
+        signum = -code
+        try:
+            sig = signal.Signals(signum)
+        except ValueError:
+            sig_name = "an unknown signal"
+        else:
+            sig_name = sig.name
+        if sig_name in CRASH_SIGNALS:
+            why = f"{sig_name}: the parser library crashed"
+        elif sig_name == "SIGABRT":
+            why = f"{sig_name}: the parser library or Python aborted"
+        elif sig_name == "SIGKILL":
+            why = (
+                f"{sig_name}, not from ragstore: the system's out-of-memory killer (see "
+                "dmesg) or another process"
+            )
+        else:
+            why = f"{sig_name}, not from ragstore: another process"
+        return CorruptDocumentError(
+            f"{name}: the {fmt} parser's process was killed by signal {signum} ({why}) "
+            f"while reading it; {check}"
+        )
+    return CorruptDocumentError(
+        f"{name}: the {fmt} parser's process exited with status {code} while reading it, "
+        "without answering (its traceback, if any, is on the ingest's standard error); "
+        f"{check}"
+    )
 
 
 def _forget_after_fork() -> None:
@@ -275,19 +354,37 @@ if hasattr(os, "register_at_fork"):  # POSIX
 atexit.register(lambda: _helpers.stop())
 
 
+def _memory_limit() -> int:
+    """The address space a helper may take: ``HELPER_MEMORY_BYTES``, at most half the
+    machine's memory (and this process's own hard limit)."""
+    pages, page = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    limit = min(HELPER_MEMORY_BYTES, pages * page // 2)
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return limit
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    return limit if hard == resource.RLIM_INFINITY else min(limit, hard)
+
+
 def _limit_memory() -> None:
     """Cap the helper's address space: a parser that would take all the machine's memory
-    fails its file with MemoryError (``corrupt_document``) instead."""
+    fails its file with MemoryError (``corrupt_document``, or, when it ends the helper,
+    ``payload_too_large``) instead."""
     try:
         import resource
     except ImportError:  # not POSIX
         return
-    pages, page = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-    limit = min(HELPER_MEMORY_BYTES, pages * page // 2)
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    resource.setrlimit(resource.RLIMIT_AS, (_memory_limit(), hard))
+
+
+def _out_of_memory() -> None:
+    """End the helper after a MemoryError no parser caught, with the status that tells
+    its parent so (a traceback's status 1 would call the file corrupt)."""
+    with contextlib.suppress(BaseException):
+        traceback.print_exc()
+    os._exit(OUT_OF_MEMORY_STATUS)
 
 
 def _serve(inbox: Connection, outbox: Connection) -> None:
@@ -305,20 +402,30 @@ def _serve(inbox: Connection, outbox: Connection) -> None:
     outbox.send_bytes(READY)
     while True:
         try:
-            data, name, fmt, max_chars = inbox.recv()
-        except EOFError:
-            return
-        try:
-            answer: tuple[bool, Any] = (
-                True,
-                _counted(parse_bytes(data, name, fmt, max_chars=max_chars), data, name, fmt),
-            )
-        except RagstoreError as exc:
-            # parse_bytes maps the parsers' own failures (PARSER_FAILURES); anything else
-            # ends the helper with its traceback, and the file fails as corrupt_document
-            answer = (False, exc)
-        outbox.send_bytes(_pickled(answer, name, fmt))
-        del data, answer  # hold nothing of this file while waiting for the next
+            if not _serve_one(inbox, outbox):
+                return
+        except MemoryError:
+            _out_of_memory()
+
+
+def _serve_one(inbox: Connection, outbox: Connection) -> bool:
+    """Parse one file and answer; False when the parent closed the pipe."""
+    try:
+        data, name, fmt, max_chars = inbox.recv()
+    except EOFError:
+        return False
+    try:
+        answer: tuple[bool, Any] = (
+            True,
+            _counted(parse_bytes(data, name, fmt, max_chars=max_chars), data, name, fmt),
+        )
+    except RagstoreError as exc:
+        # parse_bytes maps the parsers' own failures (PARSER_FAILURES); anything else
+        # ends the helper with its traceback, and the file fails as corrupt_document
+        # (a MemoryError: payload_too_large)
+        answer = (False, exc)
+    outbox.send_bytes(_pickled(answer, name, fmt))
+    return True  # nothing of this file is held while waiting for the next
 
 
 def _pickled(answer: tuple[bool, Any], name: str, fmt: str) -> Any:
