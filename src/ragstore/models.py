@@ -6,9 +6,12 @@ Plain dataclasses, no I/O: parsers produce :class:`Block`, the chunker turns blo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
+
+from ragstore.urls import shown_url
 
 # What a collection may be called, unanchored: every check of a name (the database's own
 # CHECK constraint in migration 0001, the API's path and body fields, the client's URL
@@ -106,6 +109,28 @@ class ModelSpec:
     @property
     def key(self) -> str:
         return f"{self.name}@{self.revision}"
+
+    def __repr__(self) -> str:
+        """The dataclass's repr, its ``options`` as :func:`shown_options` shows them.
+
+        The generated repr printed ``options`` whole, and a pin an older version made with
+        ``user:password@`` in its endpoint URL holds the password there: any repr or
+        ``str`` of the spec (a log field, an f-string, a traceback's ``KeyError``, the
+        repr of a collection or a pinned model holding it) printed it."""
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["options"] = shown_options(self.options)
+        return f"{type(self).__qualname__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+
+def shown_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """A pin's options as they may be shown: the password of its ``base_url`` masked.
+
+    A new pin refuses credentials in its endpoint URL (``modelops.specs``), but one an
+    older version made still holds them, and httpx still sends them; wherever the options
+    are shown (``models show``, a spec's repr) the URL is masked (``ragstore.urls``)."""
+    return {
+        k: shown_url(v) if k == "base_url" and isinstance(v, str) else v for k, v in options.items()
+    }
 
 
 @dataclass

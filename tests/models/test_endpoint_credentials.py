@@ -12,23 +12,31 @@ Against the real instant embedding server on loopback, the real CLI and the data
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal
 
+import httpx
 import pytest
 from bench.instant_embedder import InstantServer
 
+from ragstore.config import Settings
 from ragstore.embedding.http import HttpEmbedder
 from ragstore.embedding.registry import load_embedder
 from ragstore.errors import ConflictError, EmbeddingProviderError, InputError
+from ragstore.ingest.texts import add_texts
 from ragstore.modelops import add_http_model, find_model, list_models
 from ragstore.models import ModelSpec
+from ragstore.observability.logging import configure_logging, get_logger
 from ragstore.runtime import Runtime
+from ragstore.store import Store
+from tests.api.conftest import running_server
 from tests.conftest import run_cli
 
 PASSWORD = "Hunter2-SECRET"
@@ -89,11 +97,9 @@ def test_a_pin_holding_a_password_still_embeds_and_never_shows_it(
     cli_env: dict[str, str],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    # the process's copy (not closed here: the tests below embed with it too)
     embedder = load_embedder(old_pin)
-    try:
-        assert embedder.embed_texts(["tomatoes need sun"]).shape == (1, old_pin.dimension)
-    finally:
-        embedder.close()
+    assert embedder.embed_texts(["tomatoes need sun"]).shape == (1, old_pin.dimension)
     for args in (("show", "cred-old"), ("show", "cred-old", "--json"), ("list", "--json")):
         assert run_cli("models", *args) == 0, args
         out, err = capsys.readouterr()
@@ -167,3 +173,115 @@ def test_the_embedders_errors_name_the_endpoint_without_its_password(
     assert "cannot reach" in gone, gone
     for text in (refused, busy, gone):
         assert "embed:***@127.0.0.1:" in text and PASSWORD not in text, text
+
+
+def test_a_spec_holding_a_password_never_shows_it_in_its_repr(
+    rt: Runtime, old_pin: ModelSpec
+) -> None:
+    """The dataclass's generated repr printed ``options`` whole: a spec's repr or ``str``
+    (and that of a pin or a collection holding it) named the old pin's password."""
+    shown = repr(old_pin)
+    assert "'base_url': 'http://embed:***@127.0.0.1:" in shown, shown
+    pinned = find_model(rt, "cred-old")
+    for text in (shown, str(old_pin), f"{old_pin}", repr(pinned), str([old_pin])):
+        assert PASSWORD not in text, text
+    assert PASSWORD in old_pin.options["base_url"]  # what is sent is left as it was
+    assert old_pin == pinned.spec and hash(old_pin) == hash(pinned.spec)
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_a_log_line_given_a_spec_or_its_options_masks_the_password(
+    old_pin: ModelSpec, log_format: Literal["json", "console"]
+) -> None:
+    """structlog's fields were masked only when they were strings: a spec, or its
+    options (a dict), given as a field was rendered whole, password and all."""
+    out = io.StringIO()
+    configure_logging("info", log_format=log_format, stream=out)
+    try:
+        get_logger("ragstore.test").warning(
+            "embedding failed", spec=old_pin, options=old_pin.options, batch=[old_pin.options]
+        )
+        try:
+            raise KeyError(old_pin)  # a dict of embedders missing the spec
+        except KeyError:
+            logging.getLogger("ragstore.test").exception("embedding failed for %r", old_pin)
+    finally:
+        configure_logging("warning", log_format="json")
+    text = out.getvalue()
+    assert PASSWORD not in text, text
+    assert text.count("embed:**********@127.0.0.1:") >= 5, text
+    if log_format == "json":
+        first = json.loads(text.splitlines()[0])
+        assert first["options"]["base_url"].startswith("http://embed:**********@127.0.0.1:")
+        assert first["options"]["model"] == "instant"  # the rest of the dict as it was
+
+
+def test_a_failing_embed_answers_and_logs_without_the_password(
+    rt: Runtime, server: InstantServer, old_pin: ModelSpec, unavailable: str, settings: Settings
+) -> None:
+    """A search of a collection whose pin (holding a password) answers 503: the 502
+    problem+json and the server's log line name the endpoint masked."""
+    add_http_model(rt, server.base_url, name="cred-busy", remote_model="instant")
+    with rt.db.connection() as conn:
+        conn.execute(
+            "UPDATE embedding_models SET options = options || jsonb_build_object("
+            "'base_url', %s::text, 'max_retries', 1, 'backoff_s', 0.01) WHERE name = 'cred-busy'",
+            (_with_password(unavailable),),
+        )
+    with (
+        running_server(settings.model_copy(update={"auth": "off"})) as url,
+        httpx.Client(base_url=url, timeout=60) as http,
+    ):
+        made = http.post("/v1/collections", json={"name": "cred-busy", "model": "cred-busy"})
+        assert made.status_code == 201, made.text
+        out = io.StringIO()
+        configure_logging("info", log_format="json", stream=out)  # the server set its own
+        try:
+            answer = http.post(
+                "/v1/collections/cred-busy/search", json={"query": "tomatoes", "mode": "vector"}
+            )
+        finally:
+            configure_logging("warning", log_format="json")
+        # what the console's models page shows: the pins and the collection's spaces
+        shown = [http.get("/v1/models"), http.get("/v1/collections/cred-busy/model")]
+    assert [r.status_code for r in shown] == [200, 200], [r.text for r in shown]
+    assert "cred-busy" in shown[0].text and all(PASSWORD not in r.text for r in shown)
+    assert answer.status_code == 502, answer.text
+    assert "embed:***@127.0.0.1:" in answer.text and PASSWORD not in answer.text, answer.text
+    log = out.getvalue()
+    assert "embed:**********@127.0.0.1:" in log and PASSWORD not in log, log
+
+
+def test_db_check_and_models_status_never_show_the_password(
+    rt: Runtime,
+    old_pin: ModelSpec,
+    cli_env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A collection embedded with the pin holding a password: what ``db check`` (which
+    embeds missing vectors with the pin on --repair) and ``models status`` print."""
+    Store.from_runtime(rt).create_collection("cred-docs", model="cred-old")
+    add_texts(rt, "cred-docs", ["tomatoes need sun", "basil likes warmth"], create=False)
+    coll = rt.collection("cred-docs")
+    assert coll.model == old_pin and PASSWORD not in repr(coll), repr(coll)
+    with rt.db.connection() as conn:  # a vector lost: --repair embeds it again with the pin
+        conn.execute(
+            f"DELETE FROM {coll.table} WHERE chunk_id = (SELECT min(chunk_id) FROM {coll.table})"
+        )
+    runs = (
+        ("db", "check", "-c", "cred-docs"),
+        ("db", "check", "-c", "cred-docs", "--json"),
+        ("db", "check", "-c", "cred-docs", "--repair"),
+        ("db", "check", "-c", "cred-docs"),
+        ("models", "status", "cred-docs"),
+        ("models", "status", "cred-docs", "--json"),
+        ("models", "list"),
+    )
+    codes = []
+    for args in runs:
+        codes.append(run_cli(*args))
+        out, err = capsys.readouterr()
+        assert PASSWORD not in out + err, (args, out, err)
+    # the lost vector found (exit 1), then embedded again with the pin, then nothing found
+    assert codes == [1, 1, 0, 0, 0, 0, 0], codes
+    assert "cred-old@" in out

@@ -98,6 +98,43 @@ def test_a_password_holding_an_at_sign_is_masked_whole_in_a_url() -> None:
     assert "http://embed:**********@127.0.0.1:9/v1/embeddings answered" in str(second["exception"])
 
 
+def test_a_field_holding_a_dict_list_or_object_is_masked_inside() -> None:
+    """Only string fields were masked: a dict's (or list's) URL password and its secret
+    keys' values, and an object whose repr shows a URL password, were logged whole. The
+    rest is kept as it was (numbers stay numbers), and a list holding itself ends."""
+
+    class Endpoint:
+        def __repr__(self) -> str:
+            return "Endpoint('http://embed:Hunter2@127.0.0.1:9/v1')"
+
+    looped: list[object] = [1]
+    looped.append(looped)
+    out = io.StringIO()
+    configure_logging("info", log_format="json", stream=out)
+    try:
+        get_logger("ragstore.test").info(
+            "sent",
+            options={"base_url": "http://embed:Hunter2@127.0.0.1:9/v1", "batch_size": 64},
+            headers=[{"authorization": "Bearer Hunter2"}, ("dsn", "postgresql://u:Hunter2@db/x")],
+            endpoint=Endpoint(),
+            looped=looped,
+        )
+    finally:
+        configure_logging("warning", log_format="json")
+    assert "Hunter2" not in out.getvalue(), out.getvalue()
+    (line,) = _lines(out)
+    assert line["options"] == {
+        "base_url": "http://embed:**********@127.0.0.1:9/v1",
+        "batch_size": 64,
+    }
+    assert line["headers"] == [
+        {"authorization": "**********"},
+        ["dsn", "postgresql://u:**********@db/x"],
+    ]
+    assert line["endpoint"] == "Endpoint('http://embed:**********@127.0.0.1:9/v1')"
+    assert str(line["looped"]).startswith("[1, [1, [1, ")
+
+
 def test_queries_are_logged_when_turned_on() -> None:
     out = io.StringIO()
     configure_logging("info", log_format="json", log_queries=True, stream=out)

@@ -9,8 +9,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from ragstore.models import ModelSpec
-from ragstore.urls import shown_url
+from ragstore.models import ModelSpec, shown_options
 
 Conn = psycopg.Connection[Any]
 
@@ -83,10 +82,8 @@ class PinnedModel:
 
     def as_dict(self) -> dict[str, Any]:
         s = self.spec
-        opts = {k: v for k, v in s.options.items() if k != "probe"}
-        if "base_url" in opts:
-            # a pin made before credentials in the URL were refused holds its password
-            opts["base_url"] = shown_url(opts["base_url"])
+        # a pin made before credentials in the URL were refused holds its password
+        opts = {k: v for k, v in shown_options(s.options).items() if k != "probe"}
         return {
             "id": self.id,
             "key": s.key,

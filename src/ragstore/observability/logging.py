@@ -7,7 +7,8 @@ library code logs them without passing them around.
 
 Secrets never reach a line: values under secret-looking keys (password, api key, token,
 authorization, database URL ...) are replaced by ``**********``, and any
-``postgresql://user:password@`` or ``password=...`` inside a value loses its password.
+``postgresql://user:password@`` or ``password=...`` inside a value loses its password, in a
+dict's or a list's items and in an object's repr too (:func:`redacted`).
 Query texts and document texts (keys ``query``, ``q``, ``text``) are dropped unless
 ``RAGSTORE_LOG_QUERIES=true``.
 
@@ -61,9 +62,42 @@ class Redactor:
                 event[key] = REDACTED
             elif key in _QUERY_KEYS and not self.log_queries:
                 del event[key]
-            elif isinstance(value, str):
-                event[key] = redact_text(value)
+            elif not key.startswith("_"):  # structlog's own (``_record``) are left alone
+                event[key] = redacted(value)
         return event
+
+
+def redacted(value: Any, depth: int = 0) -> Any:
+    """``value`` (a log line's field) as it may be logged: a string as
+    :func:`redact_text` leaves it, a dict, list or tuple with each item so (a dict's
+    secret-looking keys' values replaced), any other object by its repr when that repr
+    holds a secret to mask (as the renderers would print it, masked), else unchanged.
+
+    Only string fields were masked: a field holding a dict (a model's ``options``) or an
+    object whose repr shows one (a model spec, a collection) was rendered whole, the
+    password of a URL in it with it."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if depth < _MOST_DEPTH:
+        if type(value) is dict:
+            return {
+                k: REDACTED
+                if isinstance(k, str) and _SECRET_KEY.search(k)
+                else redacted(v, depth + 1)
+                for k, v in value.items()
+            }
+        if type(value) in (list, tuple):
+            return type(value)(redacted(v, depth + 1) for v in value)
+    shown = repr(value)
+    masked = redact_text(shown)
+    return value if masked == shown and depth < _MOST_DEPTH else masked
+
+
+# how deep :func:`redacted` walks a field's dicts and lists; below, an item is logged as
+# its repr, masked (a structure that holds itself is not walked, nor rendered, for ever)
+_MOST_DEPTH = 8
 
 
 def redact_text(text: str) -> str:
