@@ -26,7 +26,7 @@ from ragstore import integrity
 from ragstore.config import Settings
 from ragstore.db import catalog, documents, spaces
 from ragstore.db import integrity as db_integrity
-from ragstore.errors import DatabaseUnavailableError
+from ragstore.errors import ConflictError, DatabaseUnavailableError
 from ragstore.ingest import ingest_paths, service, staging
 from ragstore.ingest.service import IngestReport, Item, ingest_items
 from ragstore.runtime import Runtime
@@ -542,3 +542,88 @@ def test_a_check_across_a_rebuilding_swap_finds_no_missing_vectors(
         found = checked.result(timeout=120)
     assert not report.failed and "attach" in report.stages, report.stages
     assert found.findings == [] and found.ok, found.as_dict()
+
+
+def _staged_locks(rt: Runtime) -> int:
+    """Sessions holding a staged table's lock (``spaces.lock_staged``)."""
+    with rt.db.connection() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"
+            " AND classid::bigint = %s AND database ="
+            " (SELECT oid FROM pg_database WHERE datname = current_database())",
+            (spaces.STAGED_LOCKS,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+@contextmanager
+def _paused_before_the_swap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """A load stops between its two commits (its staged table committed, its swap not
+    begun) until the test sets the second event; the first says it got there."""
+    paused, go_on = threading.Event(), threading.Event()
+    real = spaces.attach_load_table
+
+    def attach(conn: psycopg.Connection[Any], table: str, **kw: Any) -> bool:
+        paused.set()
+        assert go_on.wait(120), "the test never let the load go on"
+        return real(conn, table, **kw)
+
+    monkeypatch.setattr(spaces, "attach_load_table", attach)
+    try:
+        yield paused, go_on
+    finally:
+        go_on.set()
+
+
+def test_a_check_between_a_loads_two_commits_neither_reports_nor_drops_its_table(
+    bulk_rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The staged table is committed and the load's transaction holds no lock that tells
+    (an ingest locks its space's table in a short transaction of its own): the load's
+    lock on it does. A ``--repair`` there dropped it and the load failed whole."""
+    ingest_paths(bulk_rt, [write_corpus(tmp_path / "b", docs=1, paragraphs=1)], "beside")
+    folder = write_corpus(tmp_path / "w", docs=8, paragraphs=3, prefix="window")
+    with _paused_before_the_swap(monkeypatch) as (paused, go_on), ThreadPoolExecutor(1) as pool:
+        load = pool.submit(ingest_paths, bulk_rt, [folder], "window")
+        assert paused.wait(120), "the load never reached its swap"
+        staged = spaces.load_table(bulk_rt.collection("window").table)
+        assert staged in _staged_tables(bulk_rt)
+        report = integrity.check(bulk_rt, "beside")
+        assert staged not in report.leftovers and report.ok, report.findings
+        report = integrity.check(bulk_rt, "beside", repair=True)
+        assert staged not in report.leftovers and report.ok, report.findings
+        assert staged in _staged_tables(bulk_rt)
+        go_on.set()
+        done = load.result(timeout=120)
+    assert not done.failed and "attach" in done.stages
+    coll = bulk_rt.collection("window")
+    assert _vectors(bulk_rt, coll.table) == _embeddable_chunks(bulk_rt, coll.id) >= 8
+    # the load over, its lock is gone with it (no pooled connection kept it): a table
+    # left under that name now is a leftover, reported and dropped as before
+    assert _staged_locks(bulk_rt) == 0
+    with bulk_rt.db.connection() as conn:
+        spaces.create_load_table(conn, coll.table)
+    assert staged in integrity.check(bulk_rt, "beside").leftovers
+    assert staged in integrity.check(bulk_rt, "beside", repair=True).leftovers
+    assert staged not in _staged_tables(bulk_rt)
+
+
+def test_a_load_failing_between_its_two_commits_drops_its_table_and_lets_go_of_it(
+    bulk_rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(*_: object, **__: object) -> bool:
+        raise ConflictError("refused by the test")
+
+    real = spaces.attach_load_table
+    monkeypatch.setattr(spaces, "attach_load_table", refused)
+    folder = write_corpus(tmp_path / "f", docs=8, paragraphs=3, prefix="letgo")
+    bulk_rt.collection("letgo", create=True)
+    report = ingest_paths(bulk_rt, [folder], "letgo")
+    assert report.outcomes and all(o.status == "failed" for o in report.outcomes)
+    assert all("refused by the test" in (o.error or "") for o in report.outcomes)
+    assert _staged_tables(bulk_rt) == [] and _staged_locks(bulk_rt) == 0
+    monkeypatch.setattr(spaces, "attach_load_table", real)
+    again = ingest_paths(bulk_rt, [folder], "letgo")
+    assert not again.failed and "attach" in again.stages and _staged_locks(bulk_rt) == 0

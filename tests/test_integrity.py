@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ragstore.db import documents, spaces
+from ragstore.db import integrity as db_integrity
 from ragstore.ingest import ingest_paths
 from ragstore.integrity import check
 from ragstore.runtime import Runtime
@@ -175,6 +177,39 @@ def test_a_staged_table_of_a_load_in_flight_is_not_a_leftover(rt: Runtime, tmp_p
         ).fetchone() == (True,)
     assert check(rt, "loading", repair=True).leftovers == [spaces.load_table(coll.table)]
     assert check(rt, "loading").leftovers == []
+
+
+def test_a_repair_skips_a_staged_table_whose_load_took_its_lock_since_it_was_listed(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    """The repair drops each leftover under its lock, taken without waiting: a load that
+    started after the listing (it locks the staged table before it creates its own) keeps
+    it, and the check says to run again."""
+    _ingested(rt, tmp_path, "taken")
+    coll = rt.collection("taken")
+    with rt.db.connection() as conn:
+        spaces.create_load_table(conn, coll.table)
+    with rt.db.connection() as conn:
+        (listed,) = [t for t in db_integrity.leftover_tables(conn) if t.space_table == coll.table]
+    assert not listed.in_use
+    with rt.db.connection() as load:
+        spaces.lock_staged(load, coll.table)  # as a load starting now
+        load.commit()
+        try:
+            with rt.db.connection() as conn:
+                assert db_integrity.drop_leftovers(conn, [listed]) == []
+                assert _leftovers(conn, coll.table) == [True]  # in use now
+        finally:
+            spaces.unlock_staged(load, coll.table)
+            load.commit()
+    with rt.db.connection() as conn:
+        assert db_integrity.drop_leftovers(conn, [listed]) == [listed.table]
+        assert _leftovers(conn, coll.table) == []
+
+
+def _leftovers(conn: Any, table: str) -> list[bool]:
+    """Whether each leftover of the space ``table`` is in use."""
+    return [t.in_use for t in db_integrity.leftover_tables(conn) if t.space_table == table]
 
 
 def test_a_collection_a_load_holds_is_listed_and_with_repair_is_a_retry(

@@ -339,8 +339,12 @@ def _check_leftovers(rt: Runtime, report: CheckReport, repair: bool) -> None:
     )
     if repair:
         with rt.db.connection() as conn, translated("dropping tables bulk loads left"):
-            integrity.drop_leftovers(conn, leftovers)
-        found.repaired = True
+            dropped = integrity.drop_leftovers(conn, leftovers)
+        kept = [t for t in report.leftovers if t not in dropped]
+        if kept:  # a bulk load took one over since it was listed: its own table now
+            found.busy = f"a bulk load holds {', '.join(kept)} now: run the check again"
+        else:
+            found.repaired = True
     report.findings.append(found)
 
 

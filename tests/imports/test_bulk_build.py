@@ -14,6 +14,7 @@ import pytest
 from ragstore.db import spaces
 from ragstore.imports.files import JsonlSource
 from ragstore.imports.service import ImportOptions, ImportReport, plan_import, run_import
+from ragstore.integrity import check
 from ragstore.runtime import Runtime
 from ragstore.search.bm25 import DEFAULT_B, DEFAULT_K1
 from tests.imports.helpers import vectors, write_jsonl
@@ -242,3 +243,40 @@ def test_an_import_under_a_quarter_of_the_collection_writes_through_its_index(
     report = _import(rt, "bulk-built", _source(imported["tmp"], extra, 20_000, 7))
     assert report.verification.ok and report.written == len(extra)
     assert _table_oid(rt, table) == oid
+
+
+def test_a_check_while_a_rebuilding_import_verifies_leaves_its_staged_table(
+    rt: Runtime, corpus: tuple[list[str], list[str]], tmp_path: Path
+) -> None:
+    """An import verifies its staged table between its two commits (committed, not swapped
+    in yet), holding its space's table in a mode that is not exclusive: ``db check`` took
+    the staged table for a leftover there, and ``--repair`` dropped it, failing the import."""
+    texts = corpus[0]
+    _import(rt, "beside-import", _source(tmp_path, texts[:5], 0, 7))
+    _import(rt, "verifying", _source(tmp_path, texts[5:45], 5, 8))
+    staged = spaces.load_table(rt.collection("verifying").table)
+    seen: list[tuple[list[str], list[str], bool]] = []  # leftovers: found, repaired; kept
+
+    def look(stage: str, done: int, total: int) -> None:
+        if stage == "checksum" and not seen:  # the staged table is committed by now
+            with rt.db.connection() as conn:
+                exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (staged,)).fetchone()
+            assert exists == (True,), "the import is not between its two commits"
+            found = check(rt, "beside-import")
+            # (a repair that took it for a leftover waited for the import's table: here,
+            # on the import's own thread, for good)
+            repaired = check(rt, "beside-import", repair=True) if not found.leftovers else found
+            with rt.db.connection() as conn:
+                kept = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (staged,)).fetchone()
+            seen.append((found.leftovers, repaired.leftovers, kept == (True,)))
+
+    opts = ImportOptions(
+        collection="verifying", model="legacy@v1", dimension=DIM, backup=False, verify_queries=5
+    )
+    plan = plan_import(rt, JsonlSource(_source(tmp_path, texts[45:85], 45, 9)), opts)
+    report = run_import(rt, plan, opts, progress=look)
+    assert seen == [([], [], True)]
+    assert report.verification.ok and report.written == 40
+    with rt.db.connection() as conn:
+        assert spaces.count_vectors(conn, rt.collection("verifying").table) == 80
+        assert conn.execute("SELECT to_regclass(%s)", (staged,)).fetchone() == (None,)

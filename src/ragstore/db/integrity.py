@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from ragstore.db import spaces
 from ragstore.db.spaces import PendingChunk
 
 Conn = psycopg.Connection[Any]
@@ -183,12 +184,14 @@ def leftover_tables(conn: Conn) -> list[Leftover]:
     """What bulk loads left: staged tables of loads killed between their two commits.
 
     A staged table is visible to this check only once its load's staging transaction has
-    committed, and that load then takes its space's table exclusively for the swap: a
-    table held so is reported ``in_use`` and never dropped. The load's main transaction
-    holds only advisory locks before the swap (the space's table itself it locked in a
-    short transaction of its own: ``spaces.lock_for_load``), so a ``--repair`` landing in
-    the instant between a load's two commits would drop its staged table; that load then
-    fails whole and says so (its swap finds no table), nothing half-written."""
+    committed. Its load holds the staged table's session lock (``spaces.lock_staged``)
+    from before it created it until its own transaction has ended, swap and all: a table
+    whose lock is held is reported ``in_use`` and never dropped. Only the lock tells: the
+    load's transaction holds the space's table in SHARE ROW EXCLUSIVE mode at most (an
+    import; an ingest locks it in a short transaction of its own) until its swap, and a
+    ``--repair`` landing between the load's two commits dropped its staged table, failing
+    a load of hours whole. A table whose space's table another transaction holds
+    exclusively (the swap) counts as in use too."""
     names = [
         str(r[0])
         for r in conn.execute(
@@ -200,12 +203,13 @@ def leftover_tables(conn: Conn) -> list[Leftover]:
     out = []
     for name in names:
         space_table = name[len(_LEFTOVER_PREFIX) :]
-        out.append(Leftover(name, space_table, _held(conn, space_table)))
+        held = spaces.staged_held(conn, space_table) or _held(conn, space_table)
+        out.append(Leftover(name, space_table, held))
     return out
 
 
 def _held(conn: Conn, table: str) -> bool:
-    """Whether another transaction holds ``table`` exclusively (a bulk load does)."""
+    """Whether another transaction holds ``table`` exclusively (a bulk load's swap does)."""
     row = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = to_regclass(quote_ident(%s))"
         " AND mode = 'AccessExclusiveLock' AND granted AND pid <> pg_backend_pid())",
@@ -215,24 +219,28 @@ def _held(conn: Conn, table: str) -> bool:
 
 
 def drop_leftovers(conn: Conn, leftovers: Sequence[Leftover]) -> list[str]:
-    """Drop the leftovers no load holds, each after locking its space's table (so a load
-    that starts meanwhile waits); returns those dropped."""
+    """Drop the leftovers no load holds; returns those dropped.
+
+    Each is dropped in a transaction of its own under its staged table's lock, taken
+    without waiting (``spaces.try_lock_staged``): one a load holds (it started since the
+    leftovers were listed) is skipped, and a load starting meanwhile waits for the drop
+    before it creates its own table. Nothing else is locked, so a repair never waits
+    behind a running load (an import holds its space's table to its end) nor holds that
+    collection's searches up; a drop that would wait past ``CHECK_LOCK_TIMEOUT`` for the
+    table is skipped too."""
     dropped = []
     for left in leftovers:
         if left.in_use:
             continue
-        with conn.transaction():
-            if _exists(conn, left.space_table):
+        try:
+            with conn.transaction():
                 conn.execute(
-                    sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
-                        sql.Identifier(left.space_table)
-                    )
+                    sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(CHECK_LOCK_TIMEOUT))
                 )
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(left.table)))
+                if not spaces.try_lock_staged(conn, left.space_table):
+                    continue
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(left.table)))
+        except psycopg.errors.LockNotAvailable:
+            continue
         dropped.append(left.table)
     return dropped
-
-
-def _exists(conn: Conn, relation: str) -> bool:
-    row = conn.execute("SELECT to_regclass(quote_ident(%s)) IS NOT NULL", (relation,)).fetchone()
-    return bool(row and row[0])

@@ -417,6 +417,46 @@ def drop_load_table(conn: Conn, table: str) -> None:
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(load_table(table))))
 
 
+# Advisory-lock key space of staged tables: a bulk load holds (STAGED_LOCKS,
+# hashtext(space table)) at session level from before it creates its staged table until
+# its transaction has ended, so that ``db check`` tells a running load's table from a
+# killed one's (``ingest.staging.StagedLock``, ``integrity.leftover_tables``).
+STAGED_LOCKS = 0x5253_544C  # "RSTL"
+
+
+def lock_staged(conn: Conn, table: str) -> None:
+    """Take the session lock on ``table``'s staged table, waiting for it (under the
+    caller's ``lock_timeout``): a repair or a failed load's clean-up holds it for the
+    instant of its drop. It outlives the transaction: :func:`unlock_staged` releases it."""
+    conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (STAGED_LOCKS, table))
+
+
+def unlock_staged(conn: Conn, table: str) -> None:
+    conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (STAGED_LOCKS, table))
+
+
+def try_lock_staged(conn: Conn, table: str) -> bool:
+    """Take the lock on ``table``'s staged table for the caller's transaction if no load
+    holds it; never waits. Held, the staged table is no running load's to keep."""
+    row = conn.execute(
+        "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))", (STAGED_LOCKS, table)
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def staged_held(conn: Conn, table: str) -> bool:
+    """Whether another session holds the lock on ``table``'s staged table (a running
+    load does), read from ``pg_locks`` without taking it."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND classid::bigint = %s AND objid::bigint = hashtext(%s)::bigint & 4294967295"
+        " AND objsubid = 2 AND pid <> pg_backend_pid())",
+        (STAGED_LOCKS, table),
+    ).fetchone()
+    return bool(row and row[0])
+
+
 # How long the swap below waits for its locks (the load already holds the space's table;
 # this bounds a wait nothing should cause) before the slower way round.
 ATTACH_LOCK_TIMEOUT = "5s"

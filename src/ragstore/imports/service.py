@@ -733,6 +733,8 @@ class _Writer:
             with (
                 self.rt.db.connection() as conn,
                 translated(f"importing into collection {self.plan.collection!r}"),
+                # released once the transaction below has ended (a rebuild's: _rebuild)
+                staging.StagedLock(self.rt, conn) as lock,
             ):
                 with conn.transaction():
                     coll, created = self._locked(conn)
@@ -740,7 +742,7 @@ class _Writer:
                         self._refuse_ids_stored_since_the_plan(conn, coll)
                     memory = self.opts.maintenance_work_mem or self.rt.settings.index_build_memory
                     if self.rebuild:
-                        verification = self._rebuild(conn, coll, memory)
+                        verification = self._rebuild(conn, coll, memory, lock)
                     else:
                         t0 = time.perf_counter()
                         self._write_rows(conn, coll, None)
@@ -817,7 +819,11 @@ class _Writer:
         )
 
     def _rebuild(
-        self, conn: psycopg.Connection[Any], coll: repository.Collection, memory: str
+        self,
+        conn: psycopg.Connection[Any],
+        coll: repository.Collection,
+        memory: str,
+        lock: staging.StagedLock,
     ) -> Verification:
         """Write, build and verify on the side (module docstring): the records' vectors
         staged, indexed there with the space's while this connection adds the postings,
@@ -825,7 +831,7 @@ class _Writer:
         swapped in."""
         mark = documents.chunk_mark(conn, coll.id)
         t0 = time.perf_counter()
-        with StagedVectors(self.rt, coll) as staged:
+        with StagedVectors(self.rt, coll, lock) as staged:
             self._write_rows(conn, coll, staged)
             self.seconds["write"] = time.perf_counter() - t0
             self._build_staged(conn, coll, staged, mark, memory)

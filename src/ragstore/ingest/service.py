@@ -494,13 +494,16 @@ class _Ingestor:
                 staging.load_connections(self.rt, held),  # waits while the pool is lent out
                 translated(f"bulk loading {self.coll.name!r}"),
                 self.rt.db.connection() as conn,
+                # its exit ends the load's transaction: committed, then the staged table's
+                # lock released (a staging load's)
+                staging.StagedLock(self.rt, conn) as lock,
             ):
                 # the collection's write locks first: a second load of it waits here, not
                 # on the first one's staging table, whose name it would take
                 staging.lock_collection(self.rt, conn, self.coll)
                 if self.bulk is BulkLoad.REBUILD:
                     self._mark = documents.chunk_mark(conn, self.coll.id)
-                with self._staging(total_bytes) as staged:
+                with self._staging(total_bytes, lock) as staged:
                     self._conn, self._staged = conn, staged
                     try:
                         self._pipeline(files)
@@ -549,13 +552,15 @@ class _Ingestor:
             if item.source not in seen:
                 self._done(_fail(item.source, exc))
 
-    def _staging(self, total_bytes: int) -> AbstractContextManager[StagedVectors | None]:
+    def _staging(
+        self, total_bytes: int, lock: staging.StagedLock
+    ) -> AbstractContextManager[StagedVectors | None]:
         """A bulk load's staging connection, where :func:`_stages`."""
         assert self.bulk is not None
         if not _stages(self.rt, self.bulk, total_bytes):
             assert self.bulk is not BulkLoad.REBUILD  # decided by the same rule
             return nullcontext()
-        return StagedVectors(self.rt, self.coll)
+        return StagedVectors(self.rt, self.coll, lock)
 
     def _build(self, conn: Any, staged: StagedVectors | None) -> None:
         """A bulk load's end: BM25 in the load's transaction while the staged vectors'

@@ -19,9 +19,12 @@ import`` into such a collection does the same (``imports.service``).
 
 Nothing is left behind by a load that fails or is interrupted before the staging
 transaction commits: the table goes with its rollback; one that fails after it drops the
-table (:func:`discard_staged`). A process killed between the two commits (under a second)
-leaves the staged table, which the next bulk load of the collection, or its deletion,
-drops.
+table (:class:`StagedLock`, :func:`discard_staged`). A process killed between the two
+commits leaves the staged table, which the next bulk load of the collection, its deletion
+or ``ragstore db check --repair`` drops. While the load runs, the session lock it holds on
+its staged table (:class:`StagedLock`) tells ``db check`` the table is in use: an import
+verifies its rows between the two commits, and a repair in that window dropped the staged
+table and failed the whole load.
 """
 
 from __future__ import annotations
@@ -193,21 +196,86 @@ def load_connections(rt: Runtime, count: int) -> Iterator[None]:
             budget.cond.notify_all()
 
 
+class StagedLock:
+    """The session lock a bulk load holds on its staged table (``spaces.lock_staged``), on
+    the load's own connection ``conn``, from before the table is created (:meth:`take`)
+    until the load's transaction has ended: the block's exit commits it (its swap with
+    it) or rolls it back and drops the staged table, then releases the lock.
+
+    ``db check`` takes a staged table whose lock is held for a running load's, not a
+    leftover, and ``--repair`` drops none (``integrity.leftover_tables``): between the
+    load's two commits nothing else tells (the load's transaction holds no lock on the
+    staged table, and its space's table in a mode readers share at most). The pool keeps
+    a connection's session locks for its next borrower, so the lock is released before
+    ``conn`` goes back, and a connection that cannot release it is closed (the lock goes
+    with its session, as it does with a process killed)."""
+
+    def __init__(self, rt: Runtime, conn: psycopg.Connection[Any]) -> None:
+        self.rt = rt
+        self.conn = conn
+        self.table: str | None = None  # the space table whose staged table is locked
+
+    def take(self, coll: repository.Collection) -> None:
+        """Lock ``coll``'s staged table, waiting at most ``RAGSTORE_BULK_LOAD_WAIT_S`` (a
+        repair or a failed load's clean-up holds it for the instant of a drop)."""
+        with waiting_for_locks(
+            self.rt, self.conn, coll.name, "a bulk load of", "nothing of this load was stored"
+        ):
+            spaces.lock_staged(self.conn, coll.table)
+        self.table = coll.table
+
+    def __enter__(self) -> StagedLock:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if self.table is None:
+            return
+        try:
+            if exc_type is None:
+                self.conn.commit()  # the load, with its swap: its staged table is gone
+        except BaseException:
+            self._release(failed=True)
+            raise
+        self._release(failed=exc_type is not None)
+
+    def _release(self, *, failed: bool) -> None:
+        """Drop the staged table of a failed load (its transaction rolled back first:
+        nothing holds the table then), then release the lock; a connection that cannot
+        is closed, which releases it (the pool replaces it)."""
+        table, self.table = self.table, None
+        assert table is not None
+        conn = self.conn
+        try:
+            if failed:
+                conn.rollback()
+                with conn.transaction():
+                    # nothing should hold the table: a wait is bounded all the same
+                    conn.execute("SET LOCAL lock_timeout = '5s'")
+                    spaces.drop_load_table(conn, table)
+            spaces.unlock_staged(conn, table)
+            conn.commit()
+        except psycopg.Error:
+            conn.close()  # ends the session and its lock (:func:`discard_staged` drops)
+
+
 class StagedVectors:
     """The staging table of one bulk load and the connection (transaction) that fills it.
+    ``lock`` is the load's :class:`StagedLock`, taken before the table is created.
 
     Used from one thread at a time: the writer thread copies, then one thread builds.
     """
 
-    def __init__(self, rt: Runtime, coll: repository.Collection) -> None:
+    def __init__(self, rt: Runtime, coll: repository.Collection, lock: StagedLock) -> None:
         self.rt = rt
         self.coll = coll
+        self._lock = lock
         self._stack = ExitStack()
         self.conn: Any = None
         self.table = spaces.load_table(coll.table)
         self._cancelled = threading.Event()
 
     def __enter__(self) -> StagedVectors:
+        self._lock.take(self.coll)
         with self._stack:
             self.conn = self._stack.enter_context(self.rt.db.connection())
             with translated(f"staging the vectors of {self.coll.name!r}"):
@@ -275,11 +343,15 @@ class StagedVectors:
 
 def discard_staged(rt: Runtime, coll: repository.Collection) -> None:
     """Drop the staged table of a load that failed after its staging transaction committed
-    (its own transaction has rolled back by now, so nothing holds the table). Best effort:
-    where the database cannot be reached, the next bulk load of the collection drops it."""
+    (its own transaction has rolled back by now, so nothing holds the table), where its
+    :class:`StagedLock` could not: its connection was lost. Under the staged table's lock,
+    taken without waiting: a load of the collection that started since holds it, and the
+    table is that load's now. Best effort: where the database cannot be reached, the next
+    bulk load of the collection, or ``db check --repair``, drops it."""
     with (
         suppress(RagstoreError),
         translated("dropping a failed load's staged vectors"),
         rt.db.connection() as conn,
     ):
-        spaces.drop_load_table(conn, coll.table)
+        if spaces.try_lock_staged(conn, coll.table):
+            spaces.drop_load_table(conn, coll.table)
