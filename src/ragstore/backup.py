@@ -38,8 +38,9 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from ragstore.archive_pins import refuse_unusable_models
 from ragstore.config import Settings
-from ragstore.db import catalog, migrations, native
+from ragstore.db import catalog, migrations, native, spaces
 from ragstore.db.database import Database
 from ragstore.db.embedded import pg_bin_dir
 from ragstore.db.errors import translated
@@ -106,6 +107,20 @@ END $$;
 # finds the restored revision; a restore waits for a running migration as for a table
 # lock (tries of :data:`RESTORE_LOCK_WAIT_S`, then one error naming its session).
 _MIGRATION_LOCK = f"SELECT pg_advisory_xact_lock({migrations.MIGRATION_LOCK_KEY});\n"
+
+# Then every collection's model-migration lock (``spaces.try_migration_lock``), held to the
+# end too: a ``models migrate``, rollback or prune started after the restore looked for one
+# (:func:`_wait_for_migrations`) is waited for as a table lock is, and one started during
+# the restore is refused (its collection's migration "is running") instead of writing,
+# once the restore committed, into the restored database by the replaced one's ids.
+_MODEL_MIGRATION_LOCKS = f"""DO $$
+BEGIN
+    IF to_regclass('public.collections') IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock({spaces.MIGRATION_LOCKS}, id)
+        FROM collections ORDER BY id;
+    END IF;
+END $$;
+"""
 
 # Taken by a restore that backs up what it replaces, after the migration lock and before
 # that backup's snapshot, and held to its end: every table of ragstore's schema in
@@ -1671,6 +1686,13 @@ def _locked_out(db: Database, path: Path, what: str, tries: int) -> RagstoreErro
     psql's own message ("canceling statement due to lock timeout" at a line of the
     restore's script) named no session, so nothing said what to wait for or end."""
     held = migrations.lock_holders(db, RESTORE_LOCK_WAIT_S)
+    try:
+        with db.connect(autocommit=True) as conn, translated(f"reading {db.where}"):
+            migrating = _model_migrations(conn)
+    except RagstoreError:
+        migrating = None  # the sessions above were read, or said they could not be
+    if migrating is not None:  # one started after the restore looked, before its locks
+        held += f"; model migrations holding a collection's migration lock: {migrating}"
     return StatementCancelledError(
         f"restoring {path} into {db.where}: other sessions held its tables or the schema "
         f"migration lock (a `db upgrade`, `db downgrade` or another restore) for "
@@ -1682,23 +1704,56 @@ def _locked_out(db: Database, path: Path, what: str, tries: int) -> RagstoreErro
     )
 
 
-def _wait_for_migrations(db: Database, path: Path) -> None:
+def _model_migrations(conn: psycopg.Connection[Any]) -> str | None:
+    """The model migrations (``models migrate``, rollback, prune) running now, in words:
+    each collection whose migration lock another session holds, and that session; None
+    when there are none."""
+    held = spaces.migration_lock_holders(conn)
+    if not held:
+        return None
+    names: dict[int, str] = {}
+    if conn.execute("SELECT to_regclass('public.collections') IS NOT NULL").fetchone() == (True,):
+        rows = conn.execute(
+            "SELECT id, name FROM collections WHERE id = ANY(%s)", ([c for c, _ in held],)
+        ).fetchall()
+        names = {int(i): str(n) for i, n in rows}
+    return "; ".join(
+        f"collection {names[cid]!r}: {who}" if cid in names else f"collection #{cid}: {who}"
+        for cid, who in held
+    )
+
+
+def _wait_for_migrations(db: Database, path: Path, schema: bool) -> None:
     """Wait, as the restore's transaction would (:data:`RESTORE_LOCK_GIVE_UP_S` in all),
-    while another session holds the migration lock, before the backup of what the restore
-    replaces is taken: behind a long migration the restore took that backup (minutes, for
-    a big database), then gave up waiting for the lock all the same, the backup wasted.
-    Only a look: the transaction takes the lock itself, so one taken after this waits
-    there as before."""
+    while another session holds the schema migration lock (with ``schema``: before the
+    backup of what the restore replaces is taken) or a collection's model-migration lock.
+
+    Behind a long migration the restore took that backup (minutes, for a big database),
+    then gave up waiting for the lock all the same, the backup wasted. A model migration
+    (``models migrate``, rollback, prune) holds its collection's lock across many short
+    transactions: a restore went through between two of them, and the migration went on
+    writing into the restored database by the ids of the one it replaced. Only a look:
+    the transaction takes the schema lock itself, so one taken after this waits there as
+    before."""
     deadline = time.monotonic() + RESTORE_LOCK_GIVE_UP_S
     tries = 0
     while True:
         tries += 1
         with db.connect(autocommit=True) as conn, translated(f"reading {db.where}"):
-            if not migrations.migration_lock_held(conn):
+            migrating = _model_migrations(conn)
+            if migrating is None and not (schema and migrations.migration_lock_held(conn)):
                 return
         if time.monotonic() >= deadline:
-            raise _locked_out(
-                db, path, f"nothing of {path} was restored and no backup of it taken", tries
+            taken = " and no backup of it taken" if schema else ""
+            if migrating is None:
+                raise _locked_out(db, path, f"nothing of {path} was restored{taken}", tries)
+            raise StatementCancelledError(
+                f"restoring {path} into {db.where}: a model migration, rollback or prune "
+                f"held its collection's migration lock for {RESTORE_LOCK_GIVE_UP_S:g}s "
+                f"({tries} looks): {migrating}. Nothing of {path} was restored{taken}; the "
+                "database is as it was: run it again once it has finished (`ragstore models "
+                "status -c COLLECTION` shows its progress; a stopped `models migrate` "
+                "resumes where it stopped)"
             )
         time.sleep(RESTORE_LOCK_RETRY_PAUSE_S)
 
@@ -1892,6 +1947,7 @@ def restore_backup(
     *,
     drop_dependents: bool = False,
     unchecked: bool = False,
+    ignore_models: bool = False,
 ) -> RestoreResult:
     """Make the database exactly what the archive holds, in one transaction.
 
@@ -1905,7 +1961,9 @@ def restore_backup(
     restore then replaced: lost, though acknowledged. Objects outside ragstore's schema
     that depend on it (a user's view over a ragstore table) are refused unless
     ``drop_dependents``: the drops cascade to them. An archive without its sidecar is
-    refused unless ``unchecked`` (:func:`_refuse_unsumed`).
+    refused unless ``unchecked`` (:func:`_refuse_unsumed`). An archive whose collections'
+    pinned models this machine cannot load (local weights missing or not the pinned ones)
+    is refused unless ``ignore_models`` (:func:`archive_pins.refuse_unusable_models`).
 
     The archive's lock is held throughout (a backup overwriting it meanwhile is refused),
     and what a killed backup to it left is dealt with first: where that puts an earlier
@@ -1921,7 +1979,7 @@ def restore_backup(
                     f"{note}; nothing was restored: run the restore again to restore that "
                     "earlier backup, or name another"
                 )
-        return _restore(db, path, checked, drop_dependents, unchecked)
+        return _restore(db, path, checked, drop_dependents, unchecked, ignore_models)
 
 
 def _restore(
@@ -1930,6 +1988,7 @@ def _restore(
     checked: Callable[[str], object] | None,
     drop_dependents: bool,
     unchecked: bool,
+    ignore_models: bool,
 ) -> RestoreResult:
     """:func:`restore_backup`, with the archive's lock held."""
     info, listing = _checked(path, unchecked)
@@ -1962,11 +2021,12 @@ def _restore(
             stdin=subprocess.DEVNULL,
         )
         _refuse_unknown_revision(path, body)
+        if not ignore_models:
+            refuse_unusable_models(path, body)
         _refuse_foreign_tables(db)
         if not drop_dependents:
             _refuse_outside_dependents(db)
-        if checked is not None:
-            _wait_for_migrations(db, path)
+        _wait_for_migrations(db, path, schema=checked is not None)
         prelude = Path(tmpdir) / "prelude.sql"
         session = Path(tmpdir) / "session"
         # which backend runs the restore's transaction, and its id: an interrupted restore
@@ -1995,6 +2055,7 @@ def _restore(
                 + record
                 + wait
                 + _MIGRATION_LOCK
+                + _MODEL_MIGRATION_LOCKS
                 + hold
                 + create
                 + guard

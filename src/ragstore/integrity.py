@@ -15,7 +15,9 @@ Nothing of this should ever be found: each is written in one transaction with wh
 describes. A finding means a bug, a hand-made change or a partial restore, and ``repair``
 fixes each from the data itself: missing vectors are embedded with the space's model from
 the stored chunk text (what ingest embedded), stray vectors deleted, a missing index
-built, the statistics recounted, leftovers dropped, a field's indexes built again. Each
+built, the statistics recounted, leftovers dropped, a field's indexes built again (an
+active space whose pinned model's weights are missing or differ here is found, and left to
+the user: nothing in the database fixes it). Each
 repair is one transaction (an index build, one concurrent build). A repair that waits
 past ``RAGSTORE_BULK_LOAD_WAIT_S`` for another write of its collection (a stuck bulk load)
 rolls back and is reported busy with the rest of that collection's; the run goes on.
@@ -215,6 +217,7 @@ def _check_collection(
                 ),
                 partial(_build_index, rt, coll, s.table),
             )
+    _check_weights(coll, space_list, report)
     if drift.drifted:
         repairing(
             Finding(
@@ -227,6 +230,32 @@ def _check_collection(
             ),
             partial(_recount, rt, coll),
         )
+
+
+def _check_weights(
+    coll: repository.Collection, space_list: list[spaces.Space], report: CheckReport
+) -> None:
+    """A finding for the active space whose pinned local model this machine cannot load
+    (weights missing, or not the pinned ones): every search and ingest of the collection
+    fails ``model_mismatch``. A restore of an archive whose weights were elsewhere left
+    such a store, and the check said "ok: nothing to repair". Nothing in the database
+    can fix it, so ``--repair`` leaves it (found, not repaired)."""
+    from ragstore.embedding.registry import weights_problem
+
+    for space in space_list:
+        if space.id != coll.space_id:
+            continue
+        problem = weights_problem(space.model)
+        if problem is not None:
+            report.findings.append(
+                Finding(
+                    f"{_label(coll)}, {space.table}",
+                    f"searches and ingests fail model_mismatch: {problem}",
+                    "--repair cannot fix this: install the pinned weights where the pin "
+                    "names them, or pin the weights there are as a new revision and "
+                    "re-embed with `ragstore models migrate`",
+                )
+            )
 
 
 def _delete_stray(rt: Runtime, coll: repository.Collection, table: str) -> None:

@@ -159,6 +159,14 @@ def register(app: typer.Typer) -> None:
             help="Restore an archive that has no sidecar (PATH.json, its sha256), whose "
             "damage cannot be detected; without it such an archive is refused.",
         ),
+        ignore_models: bool = typer.Option(
+            False,
+            "--ignore-models",
+            help="Restore an archive whose collections' pinned embedding models this "
+            "machine cannot load (weights missing or not the pinned ones), e.g. a scratch "
+            "restore whose weights are installed afterwards; without it such an archive "
+            "is refused (model_mismatch), naming each model.",
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Replace the database's contents with a backup, in one transaction, after
@@ -208,6 +216,7 @@ def register(app: typer.Typer) -> None:
                     None if no_backup else back_up,
                     drop_dependents=drop_dependents,
                     unchecked=unchecked,
+                    ignore_models=ignore_models,
                 )
         except KeyboardInterrupt as exc:
             how, status = interrupt_status(exc)

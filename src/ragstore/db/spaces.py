@@ -722,6 +722,23 @@ def holds_migration_lock(conn: Conn, collection_id: int) -> bool:
     return bool(row and row[0])
 
 
+def migration_lock_holders(conn: Conn) -> list[tuple[int, str]]:
+    """Who holds a collection's model-migration lock now (a ``models migrate``, rollback,
+    prune or cancel), other than this session: (collection id, the session in words).
+    A look, taking nothing; read from pg_locks, so it answers in a database without
+    ragstore's tables too."""
+    rows = conn.execute(
+        "SELECT l.objid::bigint, l.pid, coalesce(nullif(a.application_name, ''), 'no name'),"
+        " a.state FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2"
+        " AND l.classid::bigint = %s AND l.pid <> pg_backend_pid()"
+        " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " ORDER BY l.objid, l.pid",
+        (MIGRATION_LOCKS,),
+    ).fetchall()
+    return [(int(cid), f"pid {pid} ({app}, {state or 'open'})") for cid, pid, app, state in rows]
+
+
 def sample_texts(conn: Conn, table: str, n: int, count: int) -> list[str]:
     """``n`` chunk texts spread evenly over the ``count`` vectors of a space, by chunk id."""
     step = max(1, count // max(n, 1))

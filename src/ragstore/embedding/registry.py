@@ -111,6 +111,21 @@ def verify_weights(spec: ModelSpec) -> None:
         )
 
 
+def weights_problem(spec: ModelSpec) -> str | None:
+    """Why a pin's local weights cannot be loaded here (missing, or not the pinned ones),
+    in words, or None: the weights check every load makes (:func:`verify_weights`), for
+    callers that report rather than refuse (a restore deciding whether the store it
+    brings back can be searched on this machine, ``db check``). An HTTP model has no
+    weights to check: None."""
+    if spec.provider != LOCAL_PROVIDER:
+        return None
+    try:
+        verify_weights(spec)
+    except (ModelMismatchError, ModelNotFoundError) as exc:
+        return str(exc)
+    return None
+
+
 def load_embedder(
     spec: ModelSpec, *, device: str = "auto", batch_size: int = 64, concurrency: int = 0
 ) -> Embedder:
