@@ -309,3 +309,26 @@ def test_a_child_forked_after_the_parent_embedded_embeds_too(settings: Settings)
             "a fish swims in its tank"
         ]
         s.delete_collection("forked-model")
+
+
+def test_a_forked_child_keeps_one_thread_when_threads_are_set_again() -> None:
+    # a child loading another local model set RAGSTORE_EMBED_THREADS' count again, and
+    # more than one thread waited on the parent's dead pool as before
+    import torch
+
+    from ragstore.embedding.local import set_threads
+
+    x = torch.ones(64, 384)
+    before = torch.get_num_threads()
+    set_threads(2)
+    try:
+        torch.nn.functional.layer_norm(x @ x.T, (64,))  # the parent's pool is running
+
+        def child(_: int) -> None:
+            set_threads(2)
+            torch.nn.functional.layer_norm(x @ x.T, (64,))
+            assert torch.get_num_threads() == 1
+
+        assert _in_children(1, child, timeout_s=60) == ["ok"]
+    finally:
+        torch.set_num_threads(before)
