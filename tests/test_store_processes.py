@@ -1,7 +1,8 @@
 """A ``Store`` opened before ``os.fork()`` (gunicorn ``--preload``, multiprocessing's fork
 start method, celery prefork) and then used in the parent and its children at once: each
 process must talk to the database over its own connections. Real embedded database; the
-collections are vector-only, so no child loads the model."""
+collections are vector-only, so no child loads the model, except where a child embeds with the
+parent's model."""
 
 from __future__ import annotations
 
@@ -288,3 +289,46 @@ def test_a_child_forked_while_another_thread_has_a_call_in_flight_can_close(
     store.delete_collection("fork-in-flight")
     store.close(timeout=30)
     assert outcomes == ["ok"]
+
+
+def test_a_child_forked_after_the_parent_embedded_embeds_too(settings: Settings) -> None:
+    # torch's CPU thread pool (GNU OpenMP) does not survive fork(): once the parent had
+    # embedded, the child's first embedding waited for the parent's pool threads forever
+    with Store(settings=settings) as s:
+        s.add_texts("forked-model", ["a cat sleeps all day", "a dog walks twice a day"])
+        assert s.search("forked-model", "which pet sleeps?", k=1, mode="hybrid")["data"]
+
+        def child(_: int) -> None:
+            found = s.search("forked-model", "which pet walks?", k=2, mode="hybrid")
+            assert found["data"], found
+            added = s.add_texts("forked-model", ["a fish swims in its tank"], ids=["child"])
+            assert added["added"] == 1, added
+
+        assert _in_children(1, child, timeout_s=60) == ["ok"]
+        assert [t["text"] for t in s.get_texts("forked-model", ["child"])] == [
+            "a fish swims in its tank"
+        ]
+        s.delete_collection("forked-model")
+
+
+def test_a_forked_child_keeps_one_thread_when_threads_are_set_again() -> None:
+    # a child loading another local model set RAGSTORE_EMBED_THREADS' count again, and
+    # more than one thread waited on the parent's dead pool as before
+    import torch
+
+    from ragstore.embedding.local import set_threads
+
+    x = torch.ones(64, 384)
+    before = torch.get_num_threads()
+    set_threads(2)
+    try:
+        torch.nn.functional.layer_norm(x @ x.T, (64,))  # the parent's pool is running
+
+        def child(_: int) -> None:
+            set_threads(2)
+            torch.nn.functional.layer_norm(x @ x.T, (64,))
+            assert torch.get_num_threads() == 1
+
+        assert _in_children(1, child, timeout_s=60) == ["ok"]
+    finally:
+        torch.set_num_threads(before)

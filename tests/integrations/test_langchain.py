@@ -554,3 +554,25 @@ def test_a_query_or_texts_of_the_wrong_type_are_refused(store: Store) -> None:
         vs.get_by_ids("a")
     with pytest.raises(CollectionNotFoundError):
         store.get_collection("lc-types")  # nothing was searched, stored or made
+
+
+async def test_mmr_retriever_with_k_above_20_and_no_fetch_k_returns_k(store: Store) -> None:
+    """``fetch_k`` defaulted to LangChain's 20 and the search refuses a pool smaller than
+    ``k``: an MMR retriever with ``k`` 25 and no ``fetch_k`` raised InputError, where
+    LangChain's own stores return up to ``k``. An explicit ``fetch_k`` below ``k`` is still
+    refused."""
+    texts = [f"Note {i}: the backup of volume {i} ran." for i in range(25)]
+    ids = [f"n{i}" for i in range(25)]
+    ours = RagstoreVectorStore(store, "lc-mmr-k25")
+    ours.add_texts(texts, ids=ids)
+    fake = DeterministicFakeEmbedding(size=8)
+    theirs = RagstoreVectorStore(store, "lc-mmr-k25-vec", fake, model_name="fake-k25")
+    theirs.add_texts(texts, ids=ids)
+    for vs in (ours, theirs):
+        retriever = vs.as_retriever(search_type="mmr", search_kwargs={"k": 25})
+        assert sorted(d.id or "" for d in retriever.invoke("backup")) == sorted(ids)
+        assert sorted(d.id or "" for d in await retriever.ainvoke("backup")) == sorted(ids)
+        with pytest.raises(InputError, match=r"fetch_k \(10\) is smaller than k \(25\)"):
+            vs.max_marginal_relevance_search("backup", k=25, fetch_k=10)
+    by_vector = await theirs.amax_marginal_relevance_search_by_vector(fake.embed_query("x"), 25)
+    assert len(by_vector) == 25

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -56,8 +57,32 @@ def set_threads(threads: int) -> None:
     """
     import torch
 
+    if _pool_forked:
+        return  # more threads would wait on the parent's pool again (_one_thread_in_child)
     if threads > 0 and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+def _one_thread_in_child() -> None:
+    """Run a forked child's torch on one intra-op thread.
+
+    torch's CPU ops run on a GNU OpenMP thread pool that does not survive ``fork()``: once
+    the parent had embedded anything, the child's first embedding waited for the parent's
+    pool threads forever. With one thread torch never enters that pool. A process that
+    needs the model's full speed in each worker starts them with the ``spawn`` method.
+    """
+    global _pool_forked
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        _pool_forked = True
+        torch.set_num_threads(1)
+
+
+_pool_forked = False  # in a child forked after torch was loaded: one thread for good
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_one_thread_in_child)
 
 
 def pick_device(device: str) -> str:

@@ -166,7 +166,7 @@ class RagstoreVectorStore(VectorStore):
         self,
         query: str,
         k: int = 4,
-        fetch_k: int = 20,
+        fetch_k: int | None = None,
         lambda_mult: float = 0.5,
         **kwargs: Any,
     ) -> list[Document]:
@@ -174,7 +174,9 @@ class RagstoreVectorStore(VectorStore):
         of the search (``mode``; by vector with a LangChain ``embedding``): ragstore's
         search with ``mmr`` (search/mmr.py): by vector LangChain's definition, cosine
         similarity of the stored vectors; in hybrid or full-text mode relevance is that
-        mode's ranking. What ``as_retriever(search_type="mmr")`` runs."""
+        mode's ranking. What ``as_retriever(search_type="mmr")`` runs. Without
+        ``fetch_k`` the pool is 20, or ``k`` when larger: LangChain's default of 20 was
+        refused for ``k`` above 20, where LangChain's own stores return up to ``k``."""
         _no_other_arguments("max_marginal_relevance_search", kwargs, ("filter",))
         _query_text(query, "max_marginal_relevance_search")
         if self._embedding is not None:
@@ -197,7 +199,7 @@ class RagstoreVectorStore(VectorStore):
         self,
         embedding: list[float],
         k: int = 4,
-        fetch_k: int = 20,
+        fetch_k: int | None = None,
         lambda_mult: float = 0.5,
         **kwargs: Any,
     ) -> list[Document]:
@@ -213,6 +215,41 @@ class RagstoreVectorStore(VectorStore):
             lambda_mult=lambda_mult,
         )
         return [doc for doc, _ in hits]
+
+    async def amax_marginal_relevance_search(
+        self,
+        query: str,
+        k: int = 4,
+        fetch_k: int | None = None,
+        lambda_mult: float = 0.5,
+        **kwargs: Any,
+    ) -> list[Document]:
+        """:meth:`max_marginal_relevance_search` on a worker thread. langchain_core's
+        default passed its own ``fetch_k=20``, so ``ainvoke`` of an MMR retriever with
+        ``k`` above 20 was refused (fetch_k smaller than k) where ``invoke`` was not."""
+        return await run_in_executor(
+            None, self.max_marginal_relevance_search, query, k, fetch_k, lambda_mult, **kwargs
+        )
+
+    async def amax_marginal_relevance_search_by_vector(
+        self,
+        embedding: list[float],
+        k: int = 4,
+        fetch_k: int | None = None,
+        lambda_mult: float = 0.5,
+        **kwargs: Any,
+    ) -> list[Document]:
+        """:meth:`max_marginal_relevance_search_by_vector` on a worker thread (``fetch_k``
+        as :meth:`amax_marginal_relevance_search` says)."""
+        return await run_in_executor(
+            None,
+            self.max_marginal_relevance_search_by_vector,
+            embedding,
+            k,
+            fetch_k,
+            lambda_mult,
+            **kwargs,
+        )
 
     def _search(
         self,
