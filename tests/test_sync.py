@@ -165,8 +165,10 @@ def test_cli_sync_prune_lists_removals_before_the_summary(
     assert run_cli("ingest", str(folder), "-c", "sync4", "--sync", "--prune") == 0
     err = capsys.readouterr().err
     assert err.index("removing: 1 document(s)") < err.index("b.txt") < err.index("1 removed")
-    assert run_cli("ingest", str(folder), "-c", "sync4", "--prune") != 0
-    assert "error[invalid_input]: --prune only works with --sync" in capsys.readouterr().err
+    assert run_cli("ingest", str(folder), "-c", "sync4", "--prune") == 64  # a usage error
+    assert "error[usage]: Invalid value for '--prune': it only works with --sync" in (
+        capsys.readouterr().err
+    )
 
 
 def test_bad_inputs_are_skipped_with_a_reason_and_the_rest_completes(

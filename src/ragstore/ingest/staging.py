@@ -250,7 +250,7 @@ class StagedLock:
                 conn.rollback()
                 with conn.transaction():
                     # nothing should hold the table: a wait is bounded all the same
-                    conn.execute("SET LOCAL lock_timeout = '5s'")
+                    db_session.set_lock_timeout(conn, "5s", local=True)
                     spaces.drop_load_table(conn, table)
             spaces.unlock_staged(conn, table)
             conn.commit()
