@@ -1052,6 +1052,11 @@ def upload_plan(
             checked = True
         try:
             answer = yield replace(whole, files=parts[start:end])
+        except GeneratorExit:
+            # the plan closed mid-request (an interrupt while it was sent, the client's
+            # ``_run`` closing it): its files closed now, not left to the garbage collector
+            _close(parts[start:end])
+            raise
         except RagstoreError as exc:
             _close(parts[start:end])
             if (start, end) == (0, n) and not (_refused_whole(exc) and n > 1):

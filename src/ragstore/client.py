@@ -481,6 +481,9 @@ class Client(_WritePosition, _KeyedWrites):
                 answer = self._send(call)
             except RagstoreError as exc:
                 failure = exc
+            except BaseException:
+                plan.close()  # an interrupt mid-call: what the plan holds open is closed
+                raise
             try:
                 call = plan.send(answer) if failure is None else plan.throw(failure)
             except StopIteration as done:
@@ -882,6 +885,9 @@ class AsyncClient(_WritePosition, _KeyedWrites):
                 answer = await self._send(call)
             except RagstoreError as exc:
                 failure = exc
+            except BaseException:
+                plan.close()  # an interrupt mid-call: what the plan holds open is closed
+                raise
             try:
                 call = plan.send(answer) if failure is None else plan.throw(failure)
             except StopIteration as done:

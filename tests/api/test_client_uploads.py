@@ -478,3 +478,30 @@ def test_an_interrupt_as_an_upload_opens_its_file_leaves_the_file_held(
                 with contextlib.suppress(OSError):
                     os.close(fd)
     assert sent._file is None
+
+
+def test_an_upload_interrupted_between_reads_of_its_file_closes_it(
+    open_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGTERM while httpx wrote a request's body (a file opened, not yet read to its
+    end) left the file to the garbage collector: nothing closed the upload's plan, and a
+    CI run of the CLI's interrupted remote ingest failed on the ResourceWarning. The
+    client now closes the plan, and the plan the files of the request in flight."""
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for name in ("a.md", "b.md"):  # two files: a plan that asks the limits first
+        (folder / name).write_text("# Big\n\n" + "many words here " * 20_000)
+    seen: list[calls.StreamedFile] = []
+    real = calls.StreamedFile.read
+
+    def read_then_interrupt(self: calls.StreamedFile, n: int = -1) -> bytes:
+        chunk = real(self, n)
+        seen.append(self)
+        if self._file is not None:  # open, part read: the interrupt lands outside read
+            raise _Interrupted()
+        return chunk
+
+    monkeypatch.setattr(calls.StreamedFile, "read", read_then_interrupt)
+    with Client(open_url) as client, pytest.raises(_Interrupted):
+        client.upload("interrupted", sorted(folder.iterdir()))
+    assert seen and all(f._file is None for f in seen)
