@@ -15,7 +15,6 @@ the collection was deleted) and to run the ingest again."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,12 @@ import pytest
 
 from ragstore.config import Settings
 from ragstore.db import documents
-from ragstore.db.models import upsert_model
-from ragstore.embedding.registry import DEFAULT_MODEL, resolve_spec
 from ragstore.ingest.documents import NewDocument, add_documents
 from ragstore.jobs.runner import run_job
 from ragstore.modelops import migrate, prune
 from ragstore.runtime import Runtime
 from ragstore.store import Store
+from tests.pins import pin_smaller_budget
 from tests.test_job_passing_errors import _queue, _stored, _text
 
 NARROW = "minilm-96-switched"  # the same weights with a smaller budget: a re-cut
@@ -37,10 +35,7 @@ NARROW = "minilm-96-switched"  # the same weights with a smaller budget: a re-cu
 
 @pytest.fixture(scope="module")
 def narrow(rt: Runtime) -> str:
-    base = resolve_spec(DEFAULT_MODEL)
-    with rt.db.connection() as conn:
-        upsert_model(conn, dataclasses.replace(base, name=NARROW, max_tokens=96))
-    return NARROW
+    return pin_smaller_budget(rt, NARROW)
 
 
 def _switching_and_pruning(

@@ -27,6 +27,7 @@ from ragstore.modelops.migrate import cancel
 from ragstore.models import Chunk, ChunkType
 from ragstore.runtime import Runtime
 from ragstore.search import search
+from tests.pins import pin_smaller_budget
 
 COLL = "rc-src"
 NARROW = "minilm-96"
@@ -94,10 +95,7 @@ def _hit_texts(rt: Runtime, query: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def narrow(rt: Runtime) -> str:
-    base = resolve_spec(DEFAULT_MODEL)
-    with rt.db.connection() as conn:
-        upsert_model(conn, dataclasses.replace(base, name=NARROW, max_tokens=96))
-    return NARROW
+    return pin_smaller_budget(rt, NARROW)
 
 
 def test_migration_to_a_smaller_budget_recuts_and_rolls_back(

@@ -184,16 +184,9 @@ class RagstoreVectorStore(VectorStore):
             return self.max_marginal_relevance_search_by_vector(
                 vector, k, fetch_k, lambda_mult, **kwargs
             )
-        hits = self._search(
-            query=query,
-            k=k,
-            where=kwargs.get("filter"),
-            mode=self.mode,
-            mmr=True,
-            fetch_k=fetch_k,
-            lambda_mult=lambda_mult,
+        return self._mmr(
+            kwargs, query=query, k=k, mode=self.mode, fetch_k=fetch_k, lambda_mult=lambda_mult
         )
-        return [doc for doc, _ in hits]
 
     def max_marginal_relevance_search_by_vector(
         self,
@@ -206,15 +199,12 @@ class RagstoreVectorStore(VectorStore):
         """:meth:`max_marginal_relevance_search` by ``embedding`` (a vector search, the
         embedding also the query's vector MMR compares with)."""
         _no_other_arguments("max_marginal_relevance_search_by_vector", kwargs, ("filter",))
-        hits = self._search(
-            vector=embedding,
-            k=k,
-            where=kwargs.get("filter"),
-            mmr=True,
-            fetch_k=fetch_k,
-            lambda_mult=lambda_mult,
-        )
-        return [doc for doc, _ in hits]
+        return self._mmr(kwargs, vector=embedding, k=k, fetch_k=fetch_k, lambda_mult=lambda_mult)
+
+    def _mmr(self, kwargs: dict[str, Any], **search: Any) -> list[Document]:
+        """The MMR search both MMR methods run (their arguments checked), ``filter`` from
+        ``kwargs``."""
+        return [doc for doc, _ in self._search(where=kwargs.get("filter"), mmr=True, **search)]
 
     async def amax_marginal_relevance_search(
         self,
