@@ -1,7 +1,8 @@
 """Small files that parse into far more text than they hold: the text is counted as it is
 built and the parse stops at the limit, in the helper or in process; a slide or chapter
 listed many times is read once; a result too large to hand back from the helper is the
-file's error, not a crash; a part nested past libxml2's depth limit is named as such."""
+file's error, not a crash; a part nested past libxml2's depth limit (a DOCX's, an EPUB's
+container or package) is named as such."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ragstore.errors import CorruptDocumentError, FileTooLargeError
 from ragstore.models import ParsedDocument
 from ragstore.parsing import parse_bytes, sandbox
 from tests.fixtures.builders import (
+    epub_book,
     pdf_shared_stream,
     repeated_chapter_epub,
     repeated_slide_pptx,
@@ -167,4 +169,31 @@ def test_a_docx_nested_past_the_xml_depth_limit_is_named_in_our_words(tmp_path: 
         "deep.docx: nested too deeply to read (word/document.xml or another part nests "
         "elements more than 256 levels deep: content controls, tables or shapes inside one "
         "another); remove some of the nesting in Word or LibreOffice and save it again as .docx"
+    )
+
+
+@pytest.mark.parametrize(
+    ("member", "anchor"),
+    [("META-INF/container.xml", "<rootfiles>"), ("OEBPS/content.opf", "<metadata ")],
+    ids=["container", "package"],
+)
+def test_an_epub_nested_past_the_xml_depth_limit_is_named_in_our_words(
+    member: str, anchor: str
+) -> None:
+    # it was "damaged EPUB (META-INF/container.xml is not well-formed XML: Excessive depth
+    # in document: 256, use XML_PARSE_HUGE option ...)", as the DOCX above was
+    book = epub_book()
+    src = zipfile.ZipFile(io.BytesIO(book))
+    xml = src.read(member).decode()
+    assert anchor in xml
+    xml = xml.replace(anchor, "<x>" * 300 + "</x>" * 300 + anchor, 1)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, xml.encode() if info.filename == member else src.read(info))
+    with pytest.raises(CorruptDocumentError) as err:
+        parse_bytes(out.getvalue(), "deep.epub")
+    assert str(err.value) == (
+        f"deep.epub: nested too deeply to read ({member} nests elements more than 256 "
+        "levels deep); open it in Calibre or Sigil and save it again"
     )

@@ -29,7 +29,7 @@ from ragstore.errors import CorruptDocumentError, EmptyDocumentError
 from ragstore.models import ParsedDocument
 from ragstore.parsing.decode import declared_encoding
 from ragstore.parsing.html import walk_page, without_internal_subset
-from ragstore.parsing.ooxml import check_archive
+from ragstore.parsing.ooxml import MAX_XML_DEPTH, check_archive, too_deep
 from ragstore.parsing.structure import BlockBuilder
 
 _NS = {
@@ -46,6 +46,12 @@ class _Broken(Exception):
     """What is wrong with the archive, in words for the error message."""
 
 
+class _TooDeep(Exception):
+    """A package part (its name, the argument) nests elements past libxml2's depth limit:
+    the XML is well-formed, so not "damaged", and libxml2's own message names a parser
+    flag ("use XML_PARSE_HUGE option") that tells a user nothing."""
+
+
 def _xml(archive: zipfile.ZipFile, member: str) -> Any:
     try:
         data = archive.read(member)
@@ -54,6 +60,8 @@ def _xml(archive: zipfile.ZipFile, member: str) -> Any:
     try:
         return etree.fromstring(data, _PARSER)
     except etree.XMLSyntaxError as exc:
+        if too_deep(exc):
+            raise _TooDeep(member) from None
         raise _Broken(f"{member} is not well-formed XML: {exc}") from None
 
 
@@ -178,4 +186,9 @@ def parse_epub(data: bytes, name: str) -> ParsedDocument:
     except _Broken as exc:
         raise CorruptDocumentError(
             f"{name}: damaged EPUB ({exc}); open it in Calibre or Sigil and save it again"
+        ) from None
+    except _TooDeep as exc:
+        raise CorruptDocumentError(
+            f"{name}: nested too deeply to read ({exc} nests elements more than "
+            f"{MAX_XML_DEPTH} levels deep); open it in Calibre or Sigil and save it again"
         ) from None

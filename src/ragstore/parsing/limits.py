@@ -13,6 +13,13 @@ The limit is context (a :class:`~contextvars.ContextVar`) rather than an argumen
 parser: it belongs to the parse call, not to the format, and the parsers build their text
 inside library callbacks and shared walkers (the EPUB reader walks chapters with the HTML
 parser's walker).
+
+A parser that runs out of memory is the same kind of limit: in a parse helper, whose
+address space is capped (:data:`HELPER_MEMORY_BYTES`, ``parsing.sandbox``), a library
+that meets the cap raises MemoryError and the helper lives on (zlib inflating a 150 MB
+chapter: "Unable to allocate output buffer"), or the MemoryError ends the helper; either
+way the file fails with :func:`out_of_memory`'s ``payload_too_large``, not as a damaged
+file.
 """
 
 from __future__ import annotations
@@ -23,7 +30,17 @@ from contextvars import ContextVar
 
 from ragstore.errors import FileTooLargeError
 
-__all__ = ["check_text_size", "text_limit", "text_too_large"]
+__all__ = [
+    "HELPER_MEMORY_BYTES",
+    "check_text_size",
+    "helper_memory_cap",
+    "mark_parse_helper",
+    "out_of_memory",
+    "text_limit",
+    "text_too_large",
+]
+
+HELPER_MEMORY_BYTES = 4 << 30  # a helper's address space, at most half the machine's memory
 
 _LIMIT: ContextVar[tuple[str, int] | None] = ContextVar("ragstore_text_limit", default=None)
 
@@ -58,4 +75,45 @@ def text_too_large(name: str, limit: int, chars: int | None = None) -> FileTooLa
     return FileTooLargeError(
         f"{name}: its text unpacks to {over} (RAGSTORE_MAX_FILE_BYTES); check the file, "
         "or raise the limit to ingest it"
+    )
+
+
+_in_parse_helper = False  # set once in a parse helper's process, by mark_parse_helper()
+
+
+def mark_parse_helper() -> None:
+    """Mark this process as a parse helper (``parsing.sandbox``, once its address space is
+    capped): a parser that runs out of memory here met that cap, which its error names."""
+    global _in_parse_helper
+    _in_parse_helper = True
+
+
+def helper_memory_cap() -> int | None:
+    """The address space this process may take when it is a parse helper (read now, so
+    it is the cap in force); None in any other process, or when it has no cap."""
+    if not _in_parse_helper:
+        return None
+    try:
+        import resource
+    except ImportError:  # not POSIX: the helper has no cap
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def out_of_memory(name: str, fmt: str, cap: int | None) -> FileTooLargeError:
+    """The error of a file whose ``fmt`` parser ran out of memory, in a parse helper whose
+    address space is capped at ``cap`` bytes (None: parsed where there is no cap). One
+    error whether the parser raised MemoryError or the MemoryError ended the helper: the
+    file is too large to parse within the limit, not damaged (a ``corrupt_document``
+    here sent users looking for a fault in a healthy file)."""
+    within = (
+        f" (the parse helper may take {cap / (1 << 30):.1f} GiB: at most "
+        f"{HELPER_MEMORY_BYTES >> 30} GiB, and half the machine's memory)"
+        if cap is not None
+        else ""
+    )
+    return FileTooLargeError(
+        f"{name}: the {fmt} parser ran out of memory reading it{within}; check the file, "
+        "or split it"
     )

@@ -62,10 +62,11 @@ def _entity_bomb(exc: etree.XMLSyntaxError) -> bool:
     return exc.code == etree.ErrorTypes.ERR_RESOURCE_LIMIT and "entity" in str(exc.msg).lower()
 
 
-def _too_deep(exc: etree.XMLSyntaxError) -> bool:
+def too_deep(exc: etree.XMLSyntaxError) -> bool:
     """Whether libxml2 stopped because the part nests elements past its depth limit
     (:data:`MAX_XML_DEPTH`): its message ("Excessive depth in document: 256, use
-    XML_PARSE_HUGE option") names a parser flag, and "not well-formed" would be wrong."""
+    XML_PARSE_HUGE option") names a parser flag, and "not well-formed" would be wrong.
+    The EPUB reader asks too, of its container and package documents."""
     return exc.code == etree.ErrorTypes.ERR_RESOURCE_LIMIT and "depth" in str(exc.msg).lower()
 
 
@@ -100,7 +101,7 @@ def parse_archive(
                 "declares XML entities that expand far beyond the file's size, or refer to "
                 f"themselves: an entity bomb); open it in {program} and save a copy as .{ext}"
             ) from None
-        if _too_deep(exc):
+        if too_deep(exc):
             raise CorruptDocumentError(
                 f"{name}: nested too deeply to read ({main_part} or another part nests "
                 f"elements more than {MAX_XML_DEPTH} levels deep: content controls, tables "

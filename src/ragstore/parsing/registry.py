@@ -25,7 +25,7 @@ from ragstore.parsing.decode import decode_text, empty_error, looks_binary, most
 from ragstore.parsing.docx import parse_docx
 from ragstore.parsing.epub import parse_epub
 from ragstore.parsing.html import parse_html
-from ragstore.parsing.limits import text_limit
+from ragstore.parsing.limits import helper_memory_cap, out_of_memory, text_limit
 from ragstore.parsing.markdown import parse_markdown
 from ragstore.parsing.notebook import parse_notebook
 from ragstore.parsing.pdf import parse_pdf
@@ -105,6 +105,7 @@ def detect_format(name: str, data: bytes) -> str:
 
 # What third-party parsers raise on files they choke on (besides their own error types,
 # which each parser module translates): deep nesting, truncated streams, bad offsets.
+# MemoryError is not among them: a parser out of memory is a limit (see parse_bytes).
 PARSER_FAILURES: tuple[type[BaseException], ...] = (
     RecursionError,
     RuntimeError,
@@ -118,7 +119,6 @@ PARSER_FAILURES: tuple[type[BaseException], ...] = (
     NotImplementedError,
     struct.error,
     zlib.error,
-    MemoryError,
 )
 
 
@@ -130,7 +130,9 @@ def parse_bytes(
     A parser that fails in a way it does not report itself fails this one file as
     ``corrupt_document``; an ingest of many files goes on with the rest. A file whose text
     grows past ``max_chars`` characters fails with ``payload_too_large`` as soon as it
-    does (:mod:`ragstore.parsing.limits`), before the rest of it is built.
+    does (:mod:`ragstore.parsing.limits`), before the rest of it is built, and so does one
+    whose parser runs out of memory (a parse helper's cap, usually): the file is too large
+    to parse within the limit, not damaged.
     """
     fmt = fmt or detect_format(name, data)
     if not data.strip():
@@ -143,6 +145,8 @@ def parse_bytes(
                 return BYTES_PARSERS[fmt](data, name)
             text = decode_text(data, name)
             return TEXT_PARSERS[fmt](text, name)
+    except MemoryError:
+        raise out_of_memory(name, fmt, helper_memory_cap()) from None
     except PARSER_FAILURES as exc:
         reason = (
             "nested too deeply"

@@ -52,9 +52,10 @@ from ragstore.errors import (
     RagstoreError,
 )
 from ragstore.models import ParsedDocument
+from ragstore.parsing.limits import HELPER_MEMORY_BYTES, mark_parse_helper, out_of_memory
 from ragstore.parsing.registry import BYTES_PARSERS, parse_bytes
 
-__all__ = ["ISOLATED_FORMATS", "parse_file", "stop_helpers"]
+__all__ = ["HELPER_MEMORY_BYTES", "ISOLATED_FORMATS", "parse_file", "stop_helpers"]
 
 ISOLATED_FORMATS = frozenset(BYTES_PARSERS)  # pdf, docx, pptx, epub
 # Text files from this size are parsed in a helper too. Parsing holds about 1.3 KB of
@@ -80,7 +81,6 @@ Request = tuple[bytes, str, str, int | None]
 BYTES_PER_BLOCK = 32  # a text file may hold one block (paragraph, heading ...) per 32 bytes
 STARTUP_TIMEOUT_S = 120.0  # a helper not ready by then is given up
 READY = b"ready"
-HELPER_MEMORY_BYTES = 4 << 30  # a helper's address space, at most half the machine's memory
 # A helper whose pipe closed is given this long to end by itself before it is killed: its
 # exit status says what happened, which killing it first replaced with "signal 9" (Python
 # closes the pipe while it shuts down after a traceback, before the process has ended)
@@ -307,11 +307,7 @@ def _death(name: str, fmt: str, code: int | None, killed: bool) -> RagstoreError
             f"it; {check}"
         )
     if code == OUT_OF_MEMORY_STATUS:
-        return FileTooLargeError(
-            f"{name}: the {fmt} parser ran out of memory reading it (the parse helper may "
-            f"take {_memory_limit() / (1 << 30):.1f} GiB: at most 4 GiB, and half the "
-            "machine's memory); check the file, or split it"
-        )
+        return out_of_memory(name, fmt, _memory_limit())
     if code < 0:
         signum = -code
         try:
@@ -369,14 +365,15 @@ def _memory_limit() -> int:
 
 def _limit_memory() -> None:
     """Cap the helper's address space: a parser that would take all the machine's memory
-    fails its file with MemoryError (``corrupt_document``, or, when it ends the helper,
-    ``payload_too_large``) instead."""
+    fails its file with MemoryError instead (``payload_too_large``, whether the parser
+    raises it or it ends the helper)."""
     try:
         import resource
     except ImportError:  # not POSIX
         return
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     resource.setrlimit(resource.RLIMIT_AS, (_memory_limit(), hard))
+    mark_parse_helper()
 
 
 def _out_of_memory() -> None:
@@ -420,9 +417,9 @@ def _serve_one(inbox: Connection, outbox: Connection) -> bool:
             _counted(parse_bytes(data, name, fmt, max_chars=max_chars), data, name, fmt),
         )
     except RagstoreError as exc:
-        # parse_bytes maps the parsers' own failures (PARSER_FAILURES); anything else
-        # ends the helper with its traceback, and the file fails as corrupt_document
-        # (a MemoryError: payload_too_large)
+        # parse_bytes maps the parsers' own failures (PARSER_FAILURES) and MemoryError;
+        # anything else ends the helper with its traceback, and the file fails as
+        # corrupt_document (a MemoryError outside the parse: payload_too_large)
         answer = (False, exc)
     outbox.send_bytes(_pickled(answer, name, fmt))
     return True  # nothing of this file is held while waiting for the next
