@@ -86,6 +86,9 @@ class CheckReport:
     findings: list[Finding] = field(default_factory=list)
     # collections a bulk load holds: not checked (with repair, each is a busy finding too)
     busy: list[str] = field(default_factory=list)
+    # what is wrong but not with the rows, and nothing here may rewrite: a pin holding a
+    # password (:func:`_check_pins`); reported, never failing the check (``ok``)
+    warnings: list[Finding] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -107,6 +110,7 @@ class CheckReport:
             "findings": [asdict(f) for f in self.findings],
             "busy": self.busy,
             "retry": self.retry,
+            "warnings": [asdict(w) for w in self.warnings],
         }
 
 
@@ -118,6 +122,7 @@ def check(rt: Runtime, collection: str | None = None, *, repair: bool = False) -
         _check_collection(rt, coll, report, repair)
     _check_leftovers(rt, report, repair)
     _check_field_indexes(rt, report, repair)
+    _check_pins(rt, report)
     return report
 
 
@@ -353,6 +358,41 @@ def _embed_missing(rt: Runtime, coll: repository.Collection, space: spaces.Space
         ):
             spaces.insert_vectors(conn, space.table, [c.id for c in batch], vectors)
         after = batch[-1].id
+
+
+def _check_pins(rt: Runtime, report: CheckReport) -> None:
+    """A warning for each HTTP pin whose endpoint URL holds ``user:password@`` (made before
+    ``models add`` refused one): the password sits in the database and in every backup.
+
+    The pin is not rewritten, here or by ``--repair``: its options are what every process
+    using it sends, and a pin never changes under its users. The fix is a new pin of the
+    same endpoint with the pair in an environment variable (``--auth basic``), and a
+    migration of each collection using the old one. Not a finding: nothing the user does
+    removes the old pin (a pin is never deleted), so it would fail every check for good."""
+    from ragstore.modelops.specs import pins_holding_credentials, repin_command, repin_variable
+
+    for pinned in pins_holding_credentials(rt):
+        spec = pinned.spec
+        users = sorted({c["collection"] for c in pinned.collections})
+        used = f"used by collection(s) {', '.join(users)}" if users else "used by no collection"
+        # only where it is the active model: a migration switches the collection to it
+        active = sorted({c["collection"] for c in pinned.collections if c["status"] == "active"})
+        migrate = "; ".join(
+            f"ragstore models migrate -c {name} --to {spec.name}@{spec.revision}-basic"
+            for name in active
+        )
+        report.warnings.append(
+            Finding(
+                f"model {spec.key} ({used})",
+                "its endpoint URL holds a password (user:password@, from a version that "
+                "took one), stored in the database and in its backups; it is masked "
+                "wherever shown, and the pin is left as it is",
+                f"export {repin_variable(spec)}='USER:PASSWORD', then {repin_command(spec)}"
+                + (f", then {migrate}" if migrate else "")
+                + "; change the password at the endpoint afterwards, as the old one stays "
+                "in this pin",
+            )
+        )
 
 
 def _check_leftovers(rt: Runtime, report: CheckReport, repair: bool) -> None:

@@ -2,9 +2,11 @@
 
 It serves ``POST /v1/embeddings`` from the real local MiniLM model (no mock): the test
 starts it in a thread, points an ``openai`` spec at it and can make it answer the next N
-requests with 429 or 503, or demand an API key. ``base64`` says what it does with
-``"encoding_format": "base64"``: ``serve`` it as OpenAI does (float32 bytes), ``ignore`` it
-(lists of numbers, as some servers do) or ``refuse`` it (HTTP 400, as a strict one would).
+requests with 429 or 503, or demand an API key (``Authorization: Bearer``) or, with
+``basic="user:password"``, HTTP basic auth of that pair (a proxy in front of a server).
+``base64`` says what it does with ``"encoding_format": "base64"``: ``serve`` it as OpenAI
+does (float32 bytes), ``ignore`` it (lists of numbers, as some servers do) or ``refuse`` it
+(HTTP 400, as a strict one would).
 ``"dimensions": N`` is honoured as OpenAI's text-embedding-3 models honour it (the first N
 dimensions, normalised again) unless ``shortens`` is False (the field ignored, as servers of
 other models do). ``delay_s`` holds each answer that long (a remote API's round trip);
@@ -29,10 +31,17 @@ from ragstore.embedding.base import Embedder
 
 class EmbeddingServer:
     def __init__(
-        self, embedder: Embedder, *, api_key: str | None = None, keep_alive: bool = False
+        self,
+        embedder: Embedder,
+        *,
+        api_key: str | None = None,
+        keep_alive: bool = False,
+        basic: str | None = None,
     ) -> None:
         self.embedder = embedder
         self.api_key = api_key
+        self.basic = basic
+        self.authorizations: list[str | None] = []  # the Authorization header of each request
         self.failures: deque[int] = deque()  # statuses to answer the next requests with
         self.requests = 0
         self.batch_sizes: list[int] = []
@@ -76,7 +85,18 @@ class EmbeddingServer:
                 if self.path != "/v1/embeddings":
                     self._answer(404, {"error": {"message": f"no route {self.path}"}})
                     return
-                if (
+                with server.lock:
+                    server.authorizations.append(self.headers.get("Authorization"))
+                if server.basic is not None:
+                    expected = "Basic " + base64.b64encode(server.basic.encode()).decode()
+                    if self.headers.get("Authorization") != expected:
+                        self._answer(
+                            401,
+                            {"error": {"message": "Unauthorized"}},
+                            {"WWW-Authenticate": 'Basic realm="embeddings"'},
+                        )
+                        return
+                elif (
                     server.api_key
                     and self.headers.get("Authorization") != f"Bearer {server.api_key}"
                 ):

@@ -463,6 +463,9 @@ def check(
             typer.echo(f"{state}: {f.where}: {f.problem} ({f.fix})")
             if f.busy:
                 typer.echo(f"  busy: {f.busy}")
+        for w in report.warnings:
+            typer.echo(f"warning: {w.where}: {w.problem}")
+            typer.echo(f"  fix: {w.fix}")
         if not repair:  # with --repair each is a finding above
             for name in report.busy:
                 typer.echo(

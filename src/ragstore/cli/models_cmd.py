@@ -160,7 +160,14 @@ def add_cmd(
         API_KEY_ENV,
         "--api-key-env",
         metavar="VARIABLE",
-        help="Environment variable holding the API key (HTTP).",
+        help="Environment variable holding the API key (HTTP), or USER:PASSWORD with --auth basic.",
+    ),
+    auth: str = typer.Option(
+        "bearer",
+        "--auth",
+        metavar="SCHEME",
+        help="How the --api-key-env secret is sent (HTTP): bearer ('Authorization: Bearer "
+        "KEY') or basic (HTTP basic auth of USER:PASSWORD).",
     ),
     tokenizer: str | None = typer.Option(
         None, "--tokenizer", metavar="DIR", help="Local tokenizer directory for chunking (HTTP)."
@@ -227,6 +234,7 @@ def add_cmd(
                 dimensions=truncate_dim,
                 batch_size=batch_size,
                 concurrency=concurrency,
+                auth=auth,
             )
         else:
             raise InputError(

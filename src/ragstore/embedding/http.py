@@ -20,10 +20,14 @@ does not hold the others back, and each honours its own ``Retry-After``.
 
 The API key is read from the environment variable ``api_key_env`` names, held as a
 ``SecretStr`` and only ever written into the ``Authorization`` header: it is never stored in
-the database or printed. Credentials written into ``base_url`` (``user:password@``) are
-refused when a model is pinned (``modelops.specs``); a pin an older version made with one
-still sends them (httpx: as basic auth, in place of the key), and its errors name the URL
-with them masked.
+the database or printed. ``"auth": "basic"`` (``models add --auth basic``) sends it as HTTP
+basic auth instead of ``Bearer``: the variable then holds ``user:password``, for an endpoint
+(a proxy in front of it) that takes nothing else; an unset variable, or one without the
+``:``, is a ConfigError naming it, before anything is sent. Credentials written into
+``base_url`` (``user:password@``) are refused when a model is pinned (``modelops.specs``);
+a pin an older version made with one still sends them (httpx: as basic auth, in place of
+the key), its errors name the URL with them masked, and ``ragstore db check`` names it with
+the command that pins it again with the password in a variable.
 
 Rate limits (429) and server errors (5xx) are retried with
 exponential backoff (honouring ``Retry-After``); other 4xx answers fail at once with the
@@ -76,6 +80,9 @@ from ragstore.observability import metrics
 from ragstore.urls import shown_url, without_userinfo
 
 DEFAULT_API_KEY_ENV = "RAGSTORE_EMBEDDING_API_KEY"
+# how the variable's secret is sent: ``Authorization: Bearer KEY`` or basic auth of the
+# ``user:password`` it holds (``options["auth"]``; a pin without it is bearer)
+AUTH_SCHEMES = ("bearer", "basic")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 30.0
 ENCODING_FORMATS = ("base64", "float")
@@ -97,6 +104,26 @@ def _sendable_key(key: SecretStr, where: str) -> SecretStr:
             "control character or a non-ASCII one); set it to the API key alone"
         )
     return SecretStr(text)
+
+
+def _basic_token(raw: str | None, where: str, spec: ModelSpec) -> tuple[SecretStr, list[str]]:
+    """The ``Basic`` token of the ``user:password`` that ``raw`` (the variable ``where``
+    names, or a key given) holds, and the texts its errors must mask (the pair, the
+    password and the token). An endpoint pinned with ``--auth basic`` answers nothing
+    without them, so a missing or malformed pair is one ConfigError here, naming the
+    variable and what it must hold, instead of an HTTP 401 per request."""
+    text = (raw or "").strip()
+    label = spec.key if spec.revision else spec.name  # a draft being pinned has none yet
+    how = f"model {label} sends basic auth (--auth basic): set {where} to USER:PASSWORD"
+    if not text:
+        raise ConfigError(f"{where} is not set (or empty); {how}")
+    if not all(c >= " " and c != "\x7f" for c in text):
+        raise ConfigError(f"{where} holds a line break or a control character; {how}, on one line")
+    user, colon, password = text.partition(":")
+    if not colon or not user:
+        raise ConfigError(f"{where} holds no USER: before the password; {how}")
+    token = base64.b64encode(text.encode("utf-8")).decode("ascii")
+    return SecretStr(token), [s for s in (text, password, token) if s]
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -160,13 +187,27 @@ class HttpEmbedder(Embedder):
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()  # the pool's creation and the counters
         timeout = float(opts.get("timeout_s", 30.0))
-        if api_key is None:
-            env = str(opts.get("api_key_env", DEFAULT_API_KEY_ENV))
+        self.auth = str(opts.get("auth", "bearer"))
+        if self.auth not in AUTH_SCHEMES:
+            raise ModelError(
+                f"model {spec.key}: options.auth must be one of {', '.join(AUTH_SCHEMES)}, "
+                f"got {self.auth!r}"
+            )
+        env = str(opts.get("api_key_env", DEFAULT_API_KEY_ENV))
+        self._secrets: list[str] = []  # what errors mask: the key, or the pair's parts
+        if self.auth == "basic":
+            raw = os.environ.get(env) if api_key is None else api_key.get_secret_value()
+            where = env if api_key is None else "the credentials given"
+            api_key, self._secrets = _basic_token(raw, where, spec)
+        elif api_key is None:
             raw = os.environ.get(env)
             api_key = _sendable_key(SecretStr(raw), env) if raw else None
         else:
             api_key = _sendable_key(api_key, "the API key given")
+        if api_key is not None and not self._secrets:
+            self._secrets = [api_key.get_secret_value()]
         self._api_key = api_key
+        self._key_env = env
         self._sleep = sleep
         self._timeout_s = timeout  # the whole answer's, not only each read's (_send)
         self._timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
@@ -197,7 +238,8 @@ class HttpEmbedder(Embedder):
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
         if self._api_key is not None:
-            headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
+            scheme = "Basic" if self.auth == "basic" else "Bearer"
+            headers["Authorization"] = f"{scheme} {self._api_key.get_secret_value()}"
         return headers
 
     def _post(self, texts: Sequence[str], stop: threading.Event | None = None) -> dict[str, Any]:
@@ -244,7 +286,7 @@ class HttpEmbedder(Embedder):
                     raise EmbeddingProviderError(
                         f"{self.shown_url} refused the request for model {self.remote_model!r}: "
                         f"HTTP {response.status_code} "
-                        f"{self._masked(_server_message(raw))}"
+                        f"{self._masked(_server_message(raw))}{self._auth_hint(response)}"
                     )
                 failure = f"{self.shown_url} answered HTTP {response.status_code}"
                 pause = _retry_after(response)
@@ -297,14 +339,20 @@ class HttpEmbedder(Embedder):
                     raise httpx.ReadTimeout("the answer took longer than the timeout")
         return resp, b"".join(chunks)
 
+    def _auth_hint(self, response: httpx.Response) -> str:
+        """What to check when a basic-auth endpoint refuses the credentials (401): the
+        variable they came from, which the server's own message cannot name."""
+        if response.status_code != 401 or self.auth != "basic":
+            return ""
+        return f"; check the USER:PASSWORD in {self._key_env} (sent as HTTP basic auth)"
+
     def _masked(self, text: str) -> str:
         """``text`` with the API key blanked out: a server or proxy quoting the request's
         ``Authorization`` header in its error had the key copied into the exception, the
         CLI's output and the HTTP API's 502 body."""
-        if self._api_key is None:
-            return text
-        key = self._api_key.get_secret_value()
-        return text.replace(key, "***") if key else text
+        for secret in sorted(self._secrets, key=len, reverse=True):  # the pair before its part
+            text = text.replace(secret, "***")
+        return text
 
     def remote_vectors(self, texts: Sequence[str], stop: threading.Event | None = None) -> Vectors:
         """The server's vectors for ``texts``, in input order, as it sent them: one request,

@@ -10,6 +10,8 @@ and a collection moves to it with ``ragstore models migrate``.
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,12 @@ import httpx
 from ragstore.db import models, spaces
 from ragstore.db.errors import translated
 from ragstore.db.models import PinnedModel
-from ragstore.embedding.http import DEFAULT_API_KEY_ENV, DEFAULT_CONCURRENCY, HttpEmbedder
+from ragstore.embedding.http import (
+    AUTH_SCHEMES,
+    DEFAULT_API_KEY_ENV,
+    DEFAULT_CONCURRENCY,
+    HttpEmbedder,
+)
 from ragstore.embedding.local import SentenceTransformerEmbedder, weights_checksum
 from ragstore.embedding.paths import resolve_path
 from ragstore.embedding.registry import (
@@ -192,18 +199,72 @@ def _refuse_credentials(base_url: str) -> None:
     --json``, a conflict and every error of the embedder. The API key belongs in the
     environment variable ``--api-key-env`` names, which is never stored or printed. A pin
     an older version made with one still works (its URL is masked where it is shown)."""
-    try:
-        userinfo = httpx.URL(base_url).userinfo
-    except httpx.InvalidURL:
-        return  # not a URL httpx reads: the embedder refuses it with its own error
-    if userinfo:
+    if _holds_credentials(base_url):
         raise InputError(
             f"the endpoint URL {without_userinfo(base_url)!r} was given with credentials "
             "(user:password@) in it, which a pin would store in the database and show; "
             "put the API key in an environment variable and name it with --api-key-env "
-            "(sent as 'Authorization: Bearer KEY'), and give the URL without them; "
+            "(sent as 'Authorization: Bearer KEY'; with --auth basic the variable holds "
+            "USER:PASSWORD, sent as basic auth), and give the URL without them; "
             "nothing was pinned"
         )
+
+
+def _holds_credentials(base_url: str) -> bool:
+    """Whether httpx would send ``user:password@`` (or ``token@``) of ``base_url``."""
+    try:
+        return bool(httpx.URL(base_url).userinfo)
+    except httpx.InvalidURL:
+        return False  # not a URL httpx reads: the embedder refuses it with its own error
+
+
+def pins_holding_credentials(rt: Runtime) -> list[PinnedModel]:
+    """The HTTP pins whose ``base_url`` holds a password: made before
+    :func:`_refuse_credentials`, they keep it in the database (and in every backup), and
+    nothing rewrites them (a pin never changes under its users). ``db check`` names each
+    with :func:`repin_command`."""
+    return [
+        m
+        for m in list_models(rt)
+        if m.spec.provider == HTTP_PROVIDER
+        and isinstance(m.spec.options.get("base_url"), str)
+        and _holds_credentials(m.spec.options["base_url"])
+    ]
+
+
+def repin_variable(spec: ModelSpec) -> str:
+    """The environment variable :func:`repin_command` names for ``spec``'s credentials:
+    one of its own (another pin's key may be in ``RAGSTORE_EMBEDDING_API_KEY``)."""
+    return "RAGSTORE_EMBED_AUTH_" + re.sub(r"[^A-Z0-9]+", "_", spec.name.upper()).strip("_")
+
+
+def repin_command(spec: ModelSpec) -> str:
+    """The ``ragstore models add`` that pins ``spec`` (an HTTP pin whose URL holds
+    ``user:password@``) again with the pair in :func:`repin_variable` (``--auth basic``)
+    and the URL without it: the same endpoint, model and settings under revision
+    ``REVISION-basic``, a new pin beside the old one (which is left as it is)."""
+    opts = spec.options
+    url = without_userinfo(str(opts["base_url"]))
+    args = [url, "--provider", HTTP_PROVIDER, "--name", spec.name]
+    args += ["--revision", f"{spec.revision}-basic", "--auth", "basic"]
+    args += ["--api-key-env", repin_variable(spec)]
+    if opts.get("model") and opts["model"] != spec.name:
+        args += ["--remote-model", str(opts["model"])]
+    if spec.distance != "cosine":
+        args += ["--distance", spec.distance]
+    if not spec.normalize:
+        args.append("--no-normalize")
+    args += ["--max-tokens", str(spec.max_tokens)]
+    flags = (
+        ("dimensions", "--truncate-dim"),
+        ("tokenizer", "--tokenizer"),
+        ("batch_size", "--batch-size"),
+        ("concurrency", "--concurrency"),
+        ("query_prefix", "--query-prefix"),
+        ("passage_prefix", "--passage-prefix"),
+    )
+    args += [part for key, flag in flags if opts.get(key) for part in (flag, str(opts[key]))]
+    return "ragstore models add " + " ".join(shlex.quote(a) for a in args)
 
 
 def _moved(pinned: ModelSpec, asked: ModelSpec) -> bool:
@@ -313,12 +374,16 @@ def add_http_model(
     passage_prefix: str = "",
     dimensions: int | None = None,
     concurrency: int = DEFAULT_CONCURRENCY,
+    auth: str = "bearer",
 ) -> PinnedModel:
     """Pin a model served by an OpenAI-compatible ``/v1/embeddings`` endpoint.
 
     The endpoint is asked for the probe vector: its length is the dimension and its hash
     is the pin (there are no weights to hash), so a server that later swaps its model is
-    refused at start. The API key stays in the environment variable ``api_key_env``.
+    refused at start. The API key stays in the environment variable ``api_key_env``;
+    ``auth="basic"`` sends what it holds (``user:password``) as HTTP basic auth, for an
+    endpoint that takes nothing else (the pin records ``"auth": "basic"``, never the pair;
+    a bearer pin records no ``auth``, as pins made before the option did not).
     ``dimensions`` asks the endpoint for vectors that long with every request (OpenAI's
     text-embedding-3 models shorten theirs); an endpoint that answers another length is
     refused here, before anything is pinned. ``concurrency``: requests in flight at once
@@ -326,6 +391,11 @@ def add_http_model(
     """
     _refuse_credentials(base_url)
     _check_common(name, distance, max_tokens)
+    if auth not in AUTH_SCHEMES:
+        raise InputError(
+            f"--auth {auth!r} is not one of {', '.join(AUTH_SCHEMES)} ('bearer' sends the "
+            "key as 'Authorization: Bearer KEY', 'basic' sends USER:PASSWORD as basic auth)"
+        )
     if dimensions is not None and dimensions < 1:
         raise InputError(f"dimensions must be a positive number, got {dimensions}")
     options: dict[str, Any] = {
@@ -340,6 +410,8 @@ def add_http_model(
     }
     if dimensions is not None:
         options["dimensions"] = dimensions
+    if auth != "bearer":
+        options["auth"] = auth
     if tokenizer:
         options["tokenizer"] = (
             tokenizer
