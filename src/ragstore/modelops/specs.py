@@ -48,9 +48,9 @@ from ragstore.errors import (
     ModelError,
     ModelNotFoundError,
 )
-from ragstore.models import ModelSpec
+from ragstore.models import ModelSpec, shown_options
 from ragstore.runtime import Runtime
-from ragstore.urls import shown_url, without_userinfo
+from ragstore.urls import without_userinfo
 
 DISTANCES = ("cosine", "l2", "ip")
 
@@ -176,19 +176,13 @@ def _settings_differ(pinned: ModelSpec, asked: ModelSpec) -> str:
         for name in _SETTINGS
         if getattr(pinned, name) != getattr(asked, name)
     ]
+    shown_pinned, shown_asked = shown_options(pinned.options), shown_options(asked.options)
     out += [
-        f"{name} {_shown(name, pinned.options.get(name))!r} -> "
-        f"{_shown(name, asked.options.get(name))!r}"
+        f"{name} {shown_pinned.get(name)!r} -> {shown_asked.get(name)!r}"
         for name in _option_names(pinned, asked)
         if pinned.options.get(name) != asked.options.get(name)
     ]
     return ", ".join(out)
-
-
-def _shown(name: str, value: Any) -> Any:
-    """An option as a conflict names it: the ``base_url`` of a pin made before credentials
-    in it were refused (:func:`_refuse_credentials`) with its password masked."""
-    return shown_url(value) if name == "base_url" and isinstance(value, str) else value
 
 
 def _refuse_credentials(base_url: str) -> None:
