@@ -22,7 +22,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from ragstore import AsyncClient, Client
 from ragstore.api.routing import classify
 from ragstore.config import Settings
-from ragstore.db import lsn, routing
+from ragstore.db import errors, lsn, routing
 from ragstore.db.database import Database
 from ragstore.db.routing import (
     PROBE_SLOW_S,
@@ -31,7 +31,7 @@ from ragstore.db.routing import (
     ReadRouter,
     with_keepalives,
 )
-from ragstore.errors import InputError
+from ragstore.errors import DatabaseUnavailableError, InputError
 from ragstore.jobs.worker import run_worker
 from tests.api.conftest import running_server
 from tests.conftest import TEMPLATE, create_database
@@ -66,6 +66,61 @@ from tests.conftest import TEMPLATE, create_database
 )
 def test_classify(method: str, path: str, kind: str) -> None:
     assert classify(method, path) == kind
+
+
+def _ours(exc: psycopg.Error) -> BaseException:
+    """Our error for ``exc``, as ``translated`` raises it (``exc`` its cause)."""
+    err = errors.translate(exc, "reading")
+    err.__cause__ = exc
+    return err
+
+
+def _state(sqlstate: str) -> psycopg.Error:
+    return psycopg.errors.lookup(sqlstate)("the server's words")
+
+
+@pytest.mark.parametrize(
+    ("exc", "unusable"),
+    [
+        # no answer from the server, a connection that failed, a server that cannot serve
+        (psycopg.OperationalError("server closed the connection unexpectedly"), True),
+        (_ours(psycopg.OperationalError("consuming input failed")), True),
+        (DatabaseUnavailableError("the database is down (failing fast)"), True),
+        (_ours(_state("08006")), True),
+        (_state("08001"), True),
+        (_ours(_state("57P02")), True),  # crashed
+        (_ours(_state("57P03")), True),  # starting up, shutting down
+        (_ours(_state("57P04")), True),  # its database dropped (replayed)
+        # a fast shutdown or one session terminated: a fresh connection decides
+        (_ours(_state("57P01")), None),
+        # the read's own, on a server that serves on
+        (_ours(_state("57014")), False),  # statement_timeout, a cancel
+        (_state("57014"), False),
+        (_ours(_state("55000")), False),  # a WAL function on a standby
+        (_state("55000"), False),
+        (_ours(_state("53400")), False),  # temp_file_limit
+        (_ours(_state("53200")), False),  # out of memory
+        (_ours(_state("53100")), False),  # its disk full (temp files)
+        (_ours(_state("57P05")), False),  # idle_session_timeout
+        (_ours(_state("25P03")), False),  # idle_in_transaction_session_timeout
+        (_ours(_state("25006")), False),  # a write refused: read-only
+        (_ours(_state("40001")), False),  # a recovery conflict (told apart before)
+        (_ours(_state("XX000")), False),
+        (_state("42P01"), False),
+        (psycopg.ProgrammingError("the query has 2 placeholders"), False),
+        (DatabaseUnavailableError("all connections busy", busy=True), False),
+        (InputError("bad filter"), False),
+    ],
+    ids=lambda v: type(v).__name__ + (f"-{v.sqlstate}" if getattr(v, "sqlstate", None) else ""),
+)
+def test_only_failures_of_the_server_make_a_replica_unusable(
+    exc: BaseException, unusable: bool | None
+) -> None:
+    """Every ``DatabaseUnavailableError`` and raw ``OperationalError`` marked a replica
+    down: a healthy standby's refusal of one read (a ``temp_file_limit``, out of memory, a
+    session terminated or timed out) sent every read to the primary until the next probe.
+    Only a server that does not answer, a failed connection and a crash or shutdown do."""
+    assert routing.replica_unusable(exc) is unusable
 
 
 def test_lsn_text_round_trips_and_orders() -> None:

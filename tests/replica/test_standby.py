@@ -29,7 +29,12 @@ from ragstore.api.app import create_app
 from ragstore.db import embedded, errors, lsn, migrations, routing, standby
 from ragstore.db.database import Database, describe
 from ragstore.db.routing import ReadRouter, Route, routed
-from ragstore.errors import RagstoreError, ReadOnlyError, ReplicaBehindError
+from ragstore.errors import (
+    DatabaseUnavailableError,
+    RagstoreError,
+    ReadOnlyError,
+    ReplicaBehindError,
+)
 from ragstore.jobs.worker import run_worker
 from ragstore.search import service
 from tests.api.conftest import running_server
@@ -1254,6 +1259,110 @@ def test_a_read_only_servers_search_cancelled_by_a_recovery_conflict_is_a_503(
         assert r.json()["code"] == "statement_cancelled", r.text
         assert "conflict with recovery" in r.json()["detail"], r.text
         assert r.headers.get("Retry-After"), r.headers
+
+
+# Reads a healthy standby refuses for themselves: (their statements, whether the read is
+# run again on the primary: a database_unavailable is)
+REFUSED_READS = {
+    "statement_timeout": (["SET LOCAL statement_timeout = 50", "SELECT pg_sleep(5)"], False),
+    "wal_function": (["SELECT pg_switch_wal()"], False),  # 55000, recovery is in progress
+    "temp_file_limit": (
+        [
+            "SET LOCAL temp_file_limit = '64kB'",
+            "SELECT count(*) FROM (SELECT g FROM generate_series(1, 300000) g ORDER BY g DESC) s",
+        ],
+        True,
+    ),  # 53400
+    "session_terminated": (["SELECT pg_terminate_backend(pg_backend_pid())"], True),  # 57P01
+    "write": (["CREATE TABLE written (x int)"], True),  # 25006, read-only
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_READS))
+def test_a_read_a_healthy_replica_refuses_leaves_it_in_use(pair: Pair, case: str) -> None:
+    """A routed read the standby refused for itself (its statement_timeout, a WAL function
+    during recovery, its temp_file_limit, its session terminated by an administrator, a
+    write) marked the replica down whenever it came as a ``database_unavailable``: its
+    pool closed and every read sent to the primary until the next probe. The replica is
+    only marked down when the server cannot serve; here the next read still goes to it,
+    on the same pool, and a ``database_unavailable`` read is run again on the primary."""
+    statements, rerun = REFUSED_READS[case]
+    primary = Database(pair.primary_url)
+    router = ReadRouter(
+        primary,
+        [pair.standby.conninfo],
+        max_lag_s=5,
+        wait_s=0.1,
+        probe_interval_s=600,  # no probe in the test: the status is what the read left
+    )
+    try:
+        route = Route(router)
+        with routed(route):
+            replica = route.database()
+            assert route.on_replica, router.statuses()
+            with pytest.raises(RagstoreError) as failed, replica.connection() as conn:
+                for statement in statements:
+                    with errors.translated("reading"):  # as the catalog and search code
+                        conn.execute(statement)
+        assert route.lost is rerun, failed.value
+        [status] = router.statuses()
+        assert status.up is True, (status, failed.value)
+        assert router.choose() is replica, "the next read does not go to the replica"
+        with routed(Route(router)), replica.connection() as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+    finally:
+        router.close()
+        primary.close()
+
+
+def test_a_replica_stopped_under_a_read_is_marked_down(pair: Pair) -> None:
+    """The counterpart: a standby shut down (fast) while a read runs on it ends the read's
+    session with the same 57P01 an administrator's pg_terminate_backend sends, and takes
+    no connection after it: the replica is marked down and the read run on the primary."""
+    pair.wait_caught_up()
+    primary = Database(pair.primary_url)
+    router = ReadRouter(
+        primary, [pair.standby.conninfo], max_lag_s=5, wait_s=0.1, probe_interval_s=600
+    )
+    route = Route(router)
+    failures: list[BaseException] = []
+
+    def read() -> None:
+        with routed(route):
+            try:
+                with route.database().connection() as conn:
+                    conn.execute("SELECT pg_sleep(30) /* the read under way */")
+            except RagstoreError as exc:
+                failures.append(exc)
+
+    reader = threading.Thread(target=read)
+    stopped = False
+    try:
+        assert router.choose() is not primary, router.statuses()
+        reader.start()
+        with psycopg.connect(pair.standby.conninfo, autocommit=True) as s:
+            deadline = time.monotonic() + 15
+            while not s.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE query LIKE '%the read under way%'"
+                " AND pid <> pg_backend_pid()"
+            ).fetchone():
+                assert time.monotonic() < deadline, "the read did not start on the standby"
+                time.sleep(0.02)
+        pair.standby.stop("fast")
+        stopped = True
+        reader.join(30)
+        assert not reader.is_alive()
+        assert route.on_replica and route.lost, failures
+        assert failures and isinstance(failures[0], DatabaseUnavailableError), failures
+        [status] = router.statuses()  # what the read left (no probe: the interval)
+        assert status.up is False, status
+        assert router.choose() is primary
+    finally:
+        if stopped:
+            pair.standby.start()
+        reader.join(30)
+        router.close()
+        primary.close()
 
 
 def test_a_replica_whose_pool_is_busy_is_not_marked_down(pair: Pair) -> None:

@@ -14,8 +14,11 @@ or has not replayed the schema revision the code expects; the primary is the las
 is probed at most every ``probe_interval_s``, inline, by the request that finds its status
 stale; one whose probe failed slowly (it does not answer: blackholed) is probed again off the
 request path, after a back-off that doubles up to :data:`PROBE_BACKOFF_MAX_S`. A replica
-that fails under a request is marked down at once and the request is told
-(:attr:`Route.lost`) so the API can run it again on the primary. A read
+that fails under a request (it does not answer, its connection failed, it crashed or shuts
+down: :func:`replica_unusable`) is marked down at once and the request is told
+(:attr:`Route.lost`) so the API can run it again on the primary. A read that failed for
+itself on a replica that serves on (a configured limit, its session ended, a cancel) leaves
+the replica in use; where it is a ``database_unavailable`` it too is run on the primary. A read
 the standby cancelled to replay the primary's changes (a recovery conflict) is told so too,
 the replica left in use: it is fine, and the caller raced nothing (not a 409 ``conflict``);
 only a replica that keeps cancelling reads is left out of them for a short back-off.
@@ -210,8 +213,16 @@ class ReplicaDatabase(Database):
                 raise
             conflict = recovery_conflict(exc)
             if conflict is None:
-                if isinstance(exc, (DatabaseUnavailableError, psycopg.OperationalError)):
+                down = replica_unusable(exc)
+                if down is None:  # 57P01: a fast shutdown, or one session terminated
+                    down = not self.answers()
+                if down:
                     self._failed(exc)
+                if isinstance(exc, DatabaseUnavailableError) and route is not None:
+                    # the read's own (a configured limit, its session ended, a write
+                    # refused by the standby): the replica serves on, the primary may
+                    # serve this read
+                    route.lost = True
                 raise
             # the standby's replay needed what the read held (a lock, rows): the replica
             # is fine and the caller raced nothing; the read is run again on the primary
@@ -272,6 +283,46 @@ class ReplicaDatabase(Database):
 # its FATAL "terminating connection ..."): 40001 for a lock, snapshot, buffer pin or
 # tablespace replay needed, 40P01 for a deadlock with the startup process
 RECOVERY_CONFLICT = frozenset({"40001", "40P01"})
+
+
+# SQLSTATEs of a session ended because its server cannot serve now: a crash (57P02), a
+# server starting up, recovering or shutting down (57P03), its database dropped (57P04, the
+# primary's DROP DATABASE replayed); with class 08, a connection that failed
+SERVER_GONE = frozenset({"57P02", "57P03", "57P04"})
+# ... and the one a fast shutdown sends each session, and pg_terminate_backend one of them
+# while the server runs on: whether the server still takes a connection tells them apart
+SESSION_TERMINATED = "57P01"
+
+
+def replica_unusable(exc: BaseException) -> bool | None:
+    """Whether a routed read's failure ``exc`` says its replica cannot serve reads now
+    (True: mark it down), or is the read's own (False: the replica stays in use); None
+    for :data:`SESSION_TERMINATED`, which the server's answer to a fresh connection decides.
+
+    Every ``DatabaseUnavailableError`` and raw ``OperationalError`` marked the replica down,
+    its pool closed and every read sent to the primary until the next probe: among them a
+    statement a healthy standby refused for that read alone (``temp_file_limit``, 53400;
+    out of memory, 53200), a session an administrator or ``idle_session_timeout`` ended
+    (57P01, 57P05) and a write refused by the read-only standby (25006). Only no answer
+    from the server (no SQLSTATE: a connection refused, lost or cut by ``read_timeout_s``;
+    a pool that lent nothing; the replica's breaker open), class 08 and
+    :data:`SERVER_GONE` are the server's. A recovery conflict (40001, 40P01) is told apart
+    before (:func:`recovery_conflict`); a cancel (57014) and the rest are the read's."""
+    if isinstance(exc, DatabaseUnavailableError) and exc.busy:
+        return False
+    cause = exc if isinstance(exc, psycopg.Error) else exc.__cause__
+    if not isinstance(cause, psycopg.Error):
+        # ours with no database error behind it: the server did not answer (a pool that
+        # lent nothing, the breaker open); any other error of ours is the read's
+        return isinstance(exc, DatabaseUnavailableError)
+    state = cause.sqlstate
+    if not state:
+        return isinstance(cause, (psycopg.OperationalError, psycopg.InterfaceError))
+    if state[:2] == "08" or state in SERVER_GONE:
+        return True
+    if state == SESSION_TERMINATED:
+        return None
+    return False
 
 
 def recovery_conflict(exc: BaseException) -> BaseException | None:
