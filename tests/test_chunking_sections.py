@@ -13,7 +13,7 @@ from ragstore.chunking import chunk_document, chunker
 from ragstore.embedding.base import Embedder
 from ragstore.embedding.registry import load_embedder, resolve_spec
 from ragstore.ingest import ingest_paths
-from ragstore.models import ChunkType
+from ragstore.models import Chunk, ChunkType
 from ragstore.parsing import parse_bytes
 from ragstore.runtime import Runtime
 
@@ -86,6 +86,115 @@ def test_short_sections_share_a_chunk_and_long_ones_keep_their_own(embedder: Emb
         ("heading", "Long two"),
         ("paragraph", LONG[:10]),
     ]
+
+
+# about 370 characters: three of them are a short section, far over a quarter of the budget
+PARA = (
+    "This paragraph describes one aspect of the subject in enough words to matter, with a "
+    "second sentence that adds a detail and a third that closes the thought. It goes on "
+    "for a while so that it reaches about three hundred and seventy characters in all, "
+    "which is what a short section of a manual or a README holds in one of its paragraphs,"
+    " give or take a clause or two."
+)
+
+
+def _body(md: str, embedder: Embedder) -> tuple[list[Chunk], list[Chunk]]:
+    chunks = chunk_document(parse_bytes(md.encode(), "doc.md"), embedder, 256)
+    by_ordinal = {c.ordinal: c for c in chunks}
+    body = [c for c in chunks if c.chunk_type is not ChunkType.HEADING]
+    for c in body:  # a chunk's parent is the heading of the section it is labelled with
+        if c.section_path:
+            parent = by_ordinal[c.parent_ordinal] if c.parent_ordinal is not None else None
+            assert parent is not None
+            assert [*parent.section_path, parent.text] == list(c.section_path)
+        else:
+            assert c.parent_ordinal is None
+    return chunks, body
+
+
+def _texts(body: list[Chunk]) -> list[tuple[list[str], str]]:
+    return [(list(c.section_path), c.text) for c in body]
+
+
+def test_a_short_section_after_a_one_line_intro_keeps_its_own_section(
+    embedder: Embedder,
+) -> None:
+    """The intro was tiny, so Section A (three paragraphs, not tiny) was taken into the
+    intro's chunk: its text labelled with no section, its heading chunk left empty."""
+    assert len(PARA) > 360
+    section = f"{PARA}\n\n{PARA}\n\n{PARA}"
+    chunks, body = _body(f"One-line intro.\n\n# Section A\n\n{section}\n", embedder)
+    assert _texts(body) == [([], "One-line intro."), (["Section A"], section)]
+    assert all("headings" not in c.metadata for c in body)
+    assert [c.chunk_type for c in chunks] == [
+        ChunkType.PARAGRAPH,
+        ChunkType.HEADING,
+        ChunkType.PARAGRAPH,
+    ]
+    assert body[1].context == "Section A", "the model reads the section the text is in"
+
+
+def test_a_parents_one_line_stays_out_of_its_subsections_chunk(embedder: Embedder) -> None:
+    section = f"{PARA}\n\n{PARA}\n\n{PARA}"
+    _, body = _body(f"# Parent\n\nJust a line.\n\n## Child\n\n{section}\n", embedder)
+    assert _texts(body) == [(["Parent"], "Just a line."), (["Parent", "Child"], section)]
+
+
+def test_a_tiny_section_between_long_ones_is_named_by_the_chunk_that_holds_it(
+    embedder: Embedder,
+) -> None:
+    _, body = _body(
+        f"# Doc\n\n## Long one\n\n{LONG}\n\n## Tiny\n\nA tiny note.\n\n## Long two\n\n{LONG}\n",
+        embedder,
+    )
+    assert _texts(body) == [
+        (["Doc", "Long one"], f"{LONG}\n\n## Tiny\n\nA tiny note."),
+        (["Doc", "Long two"], LONG),
+    ]
+    assert body[0].metadata["headings"] == ["Tiny"]
+
+
+def test_a_heading_with_nothing_under_it_ends_no_chunk(embedder: Embedder) -> None:
+    section = f"{PARA}\n\n{PARA}\n\n{PARA}"
+    chunks, body = _body(
+        f"# Doc\n\n## A\n\nA short note.\n\n## Empty\n\n## Full\n\n{section}\n", embedder
+    )
+    assert _texts(body) == [(["Doc", "A"], "A short note."), (["Doc", "Full"], section)]
+    assert [c.text for c in chunks if c.chunk_type is ChunkType.HEADING] == [
+        "Doc",
+        "A",
+        "Empty",
+        "Full",
+    ]
+
+
+def test_a_tiny_section_is_never_labelled_with_no_section_or_a_deeper_one(
+    embedder: Embedder,
+) -> None:
+    """A tiny section still shares a chunk, but only one whose label holds it: never the
+    chunk of a document's intro (outside every section), nor a subsection's chunk when it
+    is a section of a higher level."""
+    _, body = _body("One-line intro.\n\n# Only\n\nA tiny note.\n", embedder)
+    assert _texts(body) == [([], "One-line intro."), (["Only"], "A tiny note.")]
+    _, body = _body("# A\n\n## A1\n\nA short note.\n\n# B\n\nAnother note.\n", embedder)
+    assert _texts(body) == [(["A", "A1"], "A short note."), (["B"], "Another note.")]
+    # a subsection and a sibling's subsection still join: the chunk's section holds them
+    _, body = _body(
+        "# A\n\n## A1\n\nA short note.\n\n### A1a\n\nA deeper note.\n\n## A2\n\nA sibling note.\n",
+        embedder,
+    )
+    assert _texts(body) == [
+        (
+            ["A", "A1"],
+            "A short note.\n\n### A1a\n\nA deeper note.\n\n## A2\n\nA sibling note.",
+        )
+    ]
+    assert body[0].metadata["headings"] == ["A1a", "A2"]
+
+
+def test_a_document_of_one_tiny_section_is_one_chunk_under_it(embedder: Embedder) -> None:
+    chunks, body = _body("# Only\n\nA tiny note.\n", embedder)
+    assert len(chunks) == 2 and _texts(body) == [(["Only"], "A tiny note.")]
 
 
 def test_an_upgraded_chunker_re_chunks_unchanged_files_and_reuses_vectors(

@@ -36,7 +36,7 @@ _TABLE_RULE = re.compile(r"^\s*(?:\|\s*)?:?-{3,}")
 _LINE_TYPES = {ChunkType.CODE, ChunkType.TABLE, ChunkType.LIST}
 CHARS_PER_TOKEN_CAP = 16  # no chunk is longer than this many characters per token of budget
 WINDOW_CHARS = 1 << 16  # prose is tokenized at most this many characters at a time
-CHUNKING_VERSION = 10  # in every document's content hash (document_hash): bump on any change
+CHUNKING_VERSION = 11  # in every document's content hash (document_hash): bump on any change
 
 
 class TokenCounter(Protocol):
@@ -378,7 +378,7 @@ def _with_context(context: str, text: str) -> str:
 PACK_SEPARATOR = "\n\n"
 
 
-TINY_SECTION_SHARE = 4  # a section under 1/4 of the budget may share a chunk with the next
+TINY_SECTION_SHARE = 4  # a section under 1/4 of the budget may join the chunk before it
 
 
 @dataclass
@@ -537,13 +537,21 @@ def _packs(
     ``max_chars`` characters: a tokenizer may read a huge unbroken word as one token).
 
     A heading ends the chunk before it unless the whole section it opens (up to the next
-    heading) fits in the chunk and either that section is tiny (under a
-    ``TINY_SECTION_SHARE``-th of the budget) or the chunk so far is tiny and the new
-    section is a subsection of the chunk's. A run of short sections then reads as one
-    passage instead of a string of fragments, and the chunk's section path still holds
-    every part of it. ``paths`` is each block's section path (a heading's excludes itself)
-    and ``pages`` its page: a chunk never spans a page break, nor holds a part that
-    stands alone.
+    heading) is tiny (under a ``TINY_SECTION_SHARE``-th of the budget) and fits in the
+    chunk, and the chunk lies in a section whose parent holds the new one too (its
+    sibling, a subsection, or one of a subsection's). A run of short sections then reads
+    as one passage instead of a string of fragments, under the section path of its first
+    part, naming the others (``metadata["headings"]`` and their heading lines).
+
+    A section that is not tiny is never taken into the chunk before it, however small
+    that chunk: its text would be labelled with the section the chunk began in (the
+    one-line intro of a document, no section at all), its heading chunk left with
+    nothing under it, and section context, section ranking and the chunk's path would
+    all point elsewhere. Nor is a tiny section taken into a chunk outside every section
+    or one of a deeper section than its parent's (a subsection's tail does not take in
+    the next top-level section). ``paths`` is each block's section path (a heading's
+    excludes itself) and ``pages`` its page: a chunk never spans a page break, nor holds
+    a part that stands alone.
     """
     tiny = limit // TINY_SECTION_SHARE
     body = [0] * len(parts)  # for a heading part: tokens of its section's own body
@@ -555,22 +563,21 @@ def _packs(
             run += parts[j].tokens
     packs: list[list[_Part]] = []
     open_pack = False
-    used = content = chars = 0
+    used = chars = 0
     for j, part in enumerate(parts):
         size = len(part.piece.text) + len(PACK_SEPARATOR)
         if part.heading:
             home = paths[packs[-1][0].block] if open_pack else ()
-            nested = paths[part.block][: len(home)] == home
             if (
-                open_pack
-                and (body[j] < tiny or (content < tiny and nested))
+                home
+                and body[j] < tiny
+                and paths[part.block][: len(home) - 1] == home[:-1]
                 and pages[part.block] == pages[packs[-1][0].block]
                 and chars + size <= max_chars
                 and used + part.tokens + body[j] <= limit
             ):
                 packs[-1].append(part)
                 used += part.tokens
-                content += part.tokens
                 chars += size
             else:
                 open_pack = False
@@ -586,9 +593,8 @@ def _packs(
         else:
             packs.append([part])
             open_pack = True
-            used, content, chars = _reserve(ctx[part.block]), 0, -len(PACK_SEPARATOR)
+            used, chars = _reserve(ctx[part.block]), -len(PACK_SEPARATOR)
         used += part.tokens
-        content += part.tokens
         chars += size
         open_pack = not part.alone
     for pack in packs:  # a heading that ended up last in a chunk opens the next one instead
