@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
 
+import httpx
 import psycopg
 import pytest
 from procrastinate.jobs import Job, Status
@@ -935,6 +937,65 @@ def test_a_write_answered_after_a_job_was_accepted_stays_though_it_began_before(
     assert done["summary"].get("superseded") == 1, done["summary"]
     stored = api.get_document("bg-lock", later["id"])
     assert stored["content_hash"] == later["content_hash"], "the acknowledged write stays"
+
+
+@pytest.mark.parametrize("between", ["write", "delete"])
+def test_a_job_answered_after_a_direct_change_is_the_later_request(
+    api: Client, open_url: str, jobs_settings: Settings, between: str
+) -> None:
+    """A job's acceptance was its queueing transaction's start (``created_at``'s default),
+    and that transaction can wait (here on another request under its Idempotency-Key)
+    before it commits: a direct write or delete of the same document answered while it
+    waited, before the job's 202, was stamped later than the job, and the worker took
+    the job for the older request (``superseded``), so the version the client sent last
+    never landed. The acceptance is now stamped as the transaction's last statement."""
+    name = f"bg-stamp-{between}"
+    api.create_collection(name)
+    first = api.add_document(name, "d.md", "# One\n\nversion one")
+    key = f"stamp-{between}"
+    scoped = hashlib.sha256(f"\0{key}".encode()).hexdigest()  # auth off: no key id
+    assert jobs_settings.database_url is not None
+    url = jobs_settings.database_url.get_secret_value()
+    with (
+        psycopg.connect(url) as held,
+        psycopg.connect(url, autocommit=True) as admin,
+        httpx.Client(base_url=open_url, timeout=60) as http,
+        ThreadPoolExecutor(max_workers=1) as pool,
+    ):
+        assert store.job_for_key(held, name, scoped) is None  # its lock held until commit
+        queued = pool.submit(
+            http.post,
+            f"/v1/collections/{name}/documents",
+            json={"name": "d.md", "text": "# Three\n\nversion three", "background": True},
+            headers={"Idempotency-Key": key},
+        )
+        _wait_until(
+            lambda: (
+                queued.done()
+                or admin.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'"
+                    " AND datname = current_database()"
+                ).fetchone()
+                == (1,)
+            ),
+            "the job's request to wait for its key's lock",
+        )
+        if between == "write":
+            assert api.add_document(name, "d.md", "# Two\n\nversion two")["status"] == "updated"
+        else:
+            api.delete_document(name, first["id"])
+        assert not queued.done()  # answered after the direct change was
+        held.commit()
+        answer = queued.result(timeout=60)
+    assert answer.status_code == 202, answer.text
+    run_worker(jobs_settings, burst=True, signals=False)
+    done = api.wait_for_job(answer.json()["id"], timeout=5)
+    assert done["status"] == "succeeded" and done["errors"] == []
+    status = "updated" if between == "write" else "added"
+    assert done["summary"].get(status) == 1, done["summary"]
+    assert "superseded" not in done["summary"], done["summary"]
+    stored = api.list_documents(name)["data"]
+    assert [d["title"] for d in stored] == ["Three"], "the job's upload, sent last, is stored"
 
 
 def _wait_until(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:

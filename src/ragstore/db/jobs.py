@@ -173,6 +173,21 @@ def set_queue_job(conn: Conn, job_id: int, queue_job_id: int) -> None:
     conn.execute("UPDATE ingest_jobs SET queue_job_id = %s WHERE id = %s", (queue_job_id, job_id))
 
 
+def stamp_accepted(conn: Conn, job_id: int) -> None:
+    """Set the job's ``created_at``, its acceptance (what its writes compare with a stored
+    row's or a tombstone's time: ``documents.write_documents``), to the database's clock
+    now; the queueing transaction's last statement (``jobs.service.submit_ingest``).
+
+    The column's default, ``now()``, is when that transaction began, and it can wait
+    before it commits: on the collection row behind a model switch or a delete
+    (:func:`hold_collection`), on another request under the same key
+    (:func:`job_for_key`), and while it copies the upload in (seconds for large files). A
+    direct write or delete of the same document answered in that window, before the
+    job's 202, was stamped later than the job, and the worker took the job for the older
+    request: ``superseded``, and the version the client sent last never landed."""
+    conn.execute("UPDATE ingest_jobs SET created_at = clock_timestamp() WHERE id = %s", (job_id,))
+
+
 def get(conn: Conn, job_id: int) -> JobRecord:
     row = conn.execute(f"SELECT {_COLS} FROM ingest_jobs WHERE id = %s", (job_id,)).fetchone()
     if row is None:

@@ -52,6 +52,15 @@ def submit_ingest(
     that failed on a lost commit answered an error for a job that could run too. The
     entry's insert runs on this transaction's connection (procrastinate's ``connection``),
     and the worker sees it only once the row is there with it.
+
+    The job's acceptance (``created_at``, which its writes compare with a stored row's
+    time) is stamped by the transaction's last statement (:func:`store.stamp_accepted`),
+    not at its start: a direct write or delete answered while this one waited or copied
+    the files was taken for a later request than the job, and the job lost to it. A
+    small gap is left: a direct write stamped (under its document's lock) just before
+    this stamp but committed, and answered, just after this commit counts as the older
+    one, and the job replaces it. Closing it would need the documents' write locks here,
+    which would hold a 202 behind a bulk load holding them for minutes.
     """
     with rt.db.connection() as conn, translated(f"queueing an ingest job for {collection!r}"):
         store.hold_collection(conn, collection)  # a delete meanwhile also fails this job
@@ -80,4 +89,5 @@ def submit_ingest(
                 raise exc.__cause__ from None  # translated: unavailable, refused, ...
             raise DatabaseError(f"could not queue the ingest job: {exc}") from None
         store.set_queue_job(conn, job_id, queue_id)
+        store.stamp_accepted(conn, job_id)  # last: the acceptance is the commit, not the start
         return store.get(conn, job_id)
