@@ -177,6 +177,44 @@ def test_remote_search_of_an_unknown_collection_is_one_line(
     )
 
 
+def test_a_hybrid_option_out_of_range_through_the_server_is_a_usage_error_the_api_a_422(
+    ingested: dict[str, object],
+    remote_env: dict[str, str],
+    local: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Through a server the server's 422 for ``--rrf-k -3`` (or a weight out of range)
+    exited 65; the CLI refuses it before asking, exit 64 as here, and the API itself
+    still answers what it answered for the same values."""
+    through_server(monkeypatch, remote_env)
+    bad = [
+        ("--rrf-k", "rrf_k", "-3"),
+        ("--rrf-k", "rrf_k", "Infinity"),
+        ("--vector-weight", "vector_weight", "-1"),
+        ("--fulltext-weight", "fulltext_weight", "NaN"),
+        ("--fulltext-weight", "fulltext_weight", "101"),
+    ]
+    search = f"{remote_env['RAGSTORE_URL']}/v1/collections/remote/search"
+    auth = {"Authorization": f"Bearer {remote_env['RAGSTORE_API_KEY']}"}
+    for option, field, value in bad:
+        typed = value.lower().replace("infinity", "inf")
+        assert run_cli("search", "cats", "-c", "remote", option, typed) == 64, option
+        err = capsys.readouterr().err
+        assert err.startswith(f"error[usage]: Invalid value for '{option}': "), err
+        body = f'{{"query": "cats", "{field}": {value}}}'.encode()
+        answer = httpx.post(
+            search, content=body, headers={**auth, "Content-Type": "application/json"}
+        )
+        assert answer.status_code == 422, (field, value, answer.text)
+        assert answer.headers["content-type"].startswith("application/problem+json")
+    both = ["--vector-weight", "0", "--fulltext-weight", "0"]
+    assert run_cli("search", "cats", "-c", "remote", *both) == 64
+    assert "cannot both be 0" in capsys.readouterr().err
+    zero = {"query": "cats", "vector_weight": 0, "fulltext_weight": 0}
+    assert httpx.post(search, json=zero, headers=auth).status_code == 422
+
+
 def test_collections_list_show_create_delete(
     ingested: dict[str, object],
     local: None,

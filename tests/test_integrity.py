@@ -12,6 +12,7 @@ import pytest
 
 from ragstore.db import documents, spaces
 from ragstore.db import integrity as db_integrity
+from ragstore.embedding.registry import TRUNCATED_MODEL
 from ragstore.ingest import ingest_paths
 from ragstore.integrity import check
 from ragstore.runtime import Runtime
@@ -352,3 +353,75 @@ def test_a_repair_behind_a_stuck_load_is_busy_and_the_others_go_on(
     for name in ("strayed", "unindexed"):
         assert check(rt, name, repair=True).ok
         assert check(rt, name).findings == []
+
+
+def test_a_repair_the_model_cannot_do_is_not_possible_and_the_others_go_on(
+    rt: Runtime, tmp_path: Path, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Missing vectors of a collection whose pinned model's weights are not the ones here
+    (a restore with --ignore-models, weights replaced by hand): embedding them raised
+    model_mismatch, which ended ``db check --repair`` at that collection, the collections
+    after it neither checked nor repaired. That repair is reported not possible now, with
+    why and what to do; the collection's other repairs and the other collections are
+    done, and the run exits 1."""
+    wrong = "sha256:" + "0" * 64
+    assert run_cli("collections", "create", "unloadable", "--model", TRUNCATED_MODEL) == 0
+    _ingested(rt, tmp_path, "unloadable")
+    _ingested(rt, tmp_path, "loadable")  # checked after it (by id)
+    unloadable, loadable = rt.collection("unloadable"), rt.collection("loadable")
+    assert unloadable.model.name == TRUNCATED_MODEL != loadable.model.name
+    with rt.db.connection() as conn:
+        kept = conn.execute(
+            "SELECT checksum FROM embedding_models WHERE name = %s", (TRUNCATED_MODEL,)
+        ).fetchone()
+        for coll in (unloadable, loadable):
+            conn.execute(
+                f"DELETE FROM {coll.table} WHERE chunk_id IN"
+                f" (SELECT chunk_id FROM {coll.table} ORDER BY chunk_id LIMIT 2)"
+            )
+        conn.execute(f"DROP INDEX {unloadable.table}_hnsw")
+        conn.execute(
+            "UPDATE embedding_models SET checksum = %s WHERE name = %s", (wrong, TRUNCATED_MODEL)
+        )
+    assert kept is not None
+    try:
+        capsys.readouterr()
+        assert run_cli("db", "check", "--repair", "--json") == 1
+        out = json.loads(capsys.readouterr().out)
+        assert out["ok"] is False and out["retry"] is False
+        mine = {
+            name: [f for f in out["findings"] if f["where"].startswith(f"collection {name!r}")]
+            for name in ("unloadable", "loadable")
+        }
+        by_problem = {f["problem"][:18]: f for f in mine["unloadable"]}
+        missing = by_problem["2 chunks have no v"]
+        assert not missing["repaired"] and missing["busy"] is None, missing
+        assert missing["impossible"].startswith(
+            f"model {TRUNCATED_MODEL}@{unloadable.model.revision}: weights checksum differs "
+            f"from the pin: pinned {wrong}"
+        ), missing
+        assert "restore those weights, or pin the new ones" in missing["impossible"]
+        assert (
+            "run ragstore db check --repair again once the model loads" in (missing["impossible"])
+        )
+        assert by_problem["no HNSW index: vec"]["repaired"]  # needs no model: done
+        assert not by_problem["searches and inges"]["repaired"]  # the weights, as before
+        ((fixed,),) = [mine["loadable"]]
+        assert fixed["problem"].startswith("2 chunks have no vector") and fixed["repaired"]
+        assert check(rt, "loadable").findings == []
+
+        # the text output says it alike: not repaired, and why
+        assert run_cli("db", "check", "--repair", "-c", "unloadable") == 1
+        text = capsys.readouterr().out
+        assert "not repaired: collection 'unloadable', " in text, text
+        assert "2 chunks have no vector" in text, text
+        assert "  not possible here: model all-MiniLM-L6-v2-256d@" in text, text
+    finally:
+        with rt.db.connection() as conn:
+            conn.execute(
+                "UPDATE embedding_models SET checksum = %s WHERE name = %s",
+                (kept[0], TRUNCATED_MODEL),
+            )
+    # once the weights are the pinned ones again, the repair is done
+    assert check(rt, "unloadable", repair=True).ok
+    assert check(rt, "unloadable").findings == []

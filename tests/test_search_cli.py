@@ -121,7 +121,11 @@ def test_explain_in_text_output_shows_each_list(
             "error[usage]: Invalid value for '--mode': unknown search mode 'semantic';"
             " use one of vector, fulltext, hybrid",
         ),
-        (["--rrf-k", "-3"], "error[invalid_input]: the RRF constant k must be between 0 and 10000"),
+        (
+            ["--rrf-k", "-3"],
+            "error[usage]: Invalid value for '--rrf-k': the RRF constant k must be between 0 "
+            "and 10000",
+        ),
         # read whole, /dev/zero filled memory until the kernel killed the command
         (
             ["--vector", "@/dev/zero"],
@@ -175,6 +179,40 @@ def test_a_bad_choice_of_an_option_is_a_usage_error(
     err = capsys.readouterr().err
     assert err.startswith(f"error[usage]: Invalid value for '{option}': "), err
     assert err.rstrip().endswith("(see 'ragstore search --help')"), err
+
+
+# each value the hybrid search refuses, and what the usage line says of it
+BAD_FUSION = [
+    (["--rrf-k", "-3"], "'--rrf-k': the RRF constant k must be between 0 and 10000, got -3"),
+    (["--rrf-k", "10001"], "'--rrf-k': the RRF constant k must be between 0 and 10000"),
+    (["--rrf-k", "nan"], "'--rrf-k': the value must be a finite number (not NaN or infinity)"),
+    (["--vector-weight", "-0.5"], "'--vector-weight': the vector weight must be between 0 and"),
+    (["--vector-weight", "inf"], "'--vector-weight': the value must be a finite number"),
+    (["--fulltext-weight", "101"], "'--fulltext-weight': the full-text weight must be between"),
+    (["--fulltext-weight", "-inf"], "'--fulltext-weight': the value must be a finite number"),
+    (
+        ["--vector-weight", "0", "--fulltext-weight", "0"],
+        "'--vector-weight' / '--fulltext-weight': the vector and full-text weights cannot "
+        "both be 0",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "said"), BAD_FUSION)
+def test_a_hybrid_option_out_of_range_is_a_usage_error(
+    corpus: str, capsys: pytest.CaptureFixture[str], args: list[str], said: str
+) -> None:
+    """``--rrf-k``, ``--vector-weight`` and ``--fulltext-weight`` out of range (negative,
+    over the limit, NaN, infinity, both weights 0) exited 65 (``invalid_input``, the API's
+    422) where every other bad option value exits 64; they exit 64 now, one usage line
+    naming the option. ``ragstore eval`` takes the same options and says the same."""
+    assert run_cli("search", "cats", "-c", corpus, *args) == 64
+    err = capsys.readouterr().err
+    assert err.startswith(f"error[usage]: Invalid value for {said}"), err
+    assert err.rstrip().endswith("(see 'ragstore search --help')") and err.count("\n") == 1
+    # checked before the dataset is read: the folder need not exist
+    assert run_cli("eval", str(Path(corpus) / "no-such-dataset"), *args) == 64
+    assert capsys.readouterr().err.startswith(f"error[usage]: Invalid value for {said}")
 
 
 def test_the_printed_score_is_the_one_the_hits_are_ordered_by(

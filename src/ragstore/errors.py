@@ -493,8 +493,14 @@ class ModelNotFoundError(ModelError):
 
 
 class ModelMismatchError(ModelError):
+    """A model differs from what a collection, archive or import is pinned to or declares
+    (weights checksum, dimension, probe vector, another model's vectors): a setup to fix
+    (install the pinned weights, declare the right model), not ragstore's failure (it
+    exited 70, EX_SOFTWARE, as a bug does)."""
+
     code = "model_mismatch"
     http_status = 409
+    exit_code = 78  # EX_CONFIG
 
 
 class EmbeddingProviderError(ModelError):

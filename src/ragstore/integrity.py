@@ -20,7 +20,10 @@ active space whose pinned model's weights are missing or differ here is found, a
 the user: nothing in the database fixes it). Each
 repair is one transaction (an index build, one concurrent build). A repair that waits
 past ``RAGSTORE_BULK_LOAD_WAIT_S`` for another write of its collection (a stuck bulk load)
-rolls back and is reported busy with the rest of that collection's; the run goes on.
+rolls back and is reported busy with the rest of that collection's; the run goes on. A
+repair that needs the collection's model (missing vectors) where the model cannot load
+(its weights missing or not the pinned ones) or fails is reported not possible, saying
+why; the collection's other repairs and the other collections go on, and the run fails.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import psycopg
 from ragstore.db import documents, field_indexes, integrity, repository, spaces
 from ragstore.db import session as db_session
 from ragstore.db.errors import translated
-from ragstore.errors import DatabaseUnavailableError
+from ragstore.errors import DatabaseUnavailableError, ModelError
 from ragstore.ingest import staging
 from ragstore.ingest.service import ensure_space_index
 
@@ -54,6 +57,9 @@ class Finding:
     # why --repair did not: another write of the collection held what the repair writes
     # past RAGSTORE_BULK_LOAD_WAIT_S (this step, or one before it that stopped the rest)
     busy: str | None = None
+    # why --repair cannot do it on this machine, and what to do: the model that embeds
+    # missing vectors does not load (its weights missing or not the pinned ones) or fails
+    impossible: str | None = None
 
 
 @dataclass
@@ -184,6 +190,14 @@ def _check_collection(
                     raise
                 busy.append(str(exc))
                 found.busy = str(exc)
+            except ModelError as exc:
+                # the collection's model could not embed: this repair is not possible here,
+                # the collection's other repairs (which need no model) and the other
+                # collections go on; it ended the whole run with model_mismatch
+                found.impossible = (
+                    f"{exc}; nothing more of this was repaired: run ragstore db check "
+                    "--repair again once the model loads"
+                )
             else:
                 found.repaired = True
         report.findings.append(found)

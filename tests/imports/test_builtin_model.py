@@ -70,7 +70,7 @@ def test_vectors_of_another_model_of_the_same_dimension_are_refused_before_writi
     args = ["import", str(src), "-c", "other", "--model", "all-MiniLM-L6-v2", "--no-backup"]
     for extra in (["--dry-run"], []):
         capsys.readouterr()
-        assert run_cli(*args, *extra) == 70
+        assert run_cli(*args, *extra) == 78
         err = " ".join(capsys.readouterr().err.split())
         assert "the vectors do not look like all-MiniLM-L6-v2" in err
         assert "5 of 5 records checked disagree" in err and "other-0 (cosine " in err

@@ -416,7 +416,7 @@ def test_builtin_model_dimension_is_checked(
             "--dimension",
             "768",
         )
-        == 70
+        == 78
     )
     assert "has 384 dimensions but --dimension says 768" in capsys.readouterr().err
     assert (
@@ -458,7 +458,7 @@ def test_existing_collection_with_another_model_is_refused(
             str(DIM),
             "--no-backup",
         )
-        == 70
+        == 78
     )
     err = capsys.readouterr().err
     assert "error[model_mismatch]: collection 'val-model' is pinned to first@v1 (8 dims)" in err

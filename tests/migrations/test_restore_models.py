@@ -68,14 +68,14 @@ def test_an_archive_whose_weights_differ_or_are_missing_is_refused_and_changes_n
     backups = Path(cli_env["RAGSTORE_DATA_DIR"]) / "backups"
     made = sorted(backups.glob("*.dump"))
     capsys.readouterr()
-    assert run_cli("restore", str(differ), "--yes") == 70
+    assert run_cli("restore", str(differ), "--yes") == 78
     err = capsys.readouterr().err
     assert err.startswith(f"error[model_mismatch]: {differ} holds collections pinned"), err
     assert err.count("\n") == 1, err
     assert "model all-MiniLM-L6-v2@" in err and "(collection 'kept'): " in err, err
     assert "weights checksum differs from the pin: pinned sha256:000" in err, err
     assert "nothing was changed" in err and "--ignore-models" in err, err
-    assert run_cli("restore", str(missing), "--yes", "--no-backup") == 70
+    assert run_cli("restore", str(missing), "--yes", "--no-backup") == 78
     err = capsys.readouterr().err
     assert "/nonexistent/weights does not exist" in err, err
     assert full_dump(store) == before
@@ -95,7 +95,7 @@ def test_ignore_models_restores_it_and_db_check_names_the_pin(
     try:
         assert run_cli("restore", str(differ), "--yes", "--no-backup", "--ignore-models") == 0
         capsys.readouterr()
-        assert run_cli("search", "how long do cats sleep", "-c", "kept") == 70
+        assert run_cli("search", "how long do cats sleep", "-c", "kept") == 78
         for repair in ((), ("--repair",)):
             assert run_cli("db", "check", *repair) == 1
             out = capsys.readouterr().out

@@ -419,8 +419,10 @@ def check(
     left by a stopped bulk load. Exits 1 when something is found and not repaired; 69 when
     a repair waited past RAGSTORE_BULK_LOAD_WAIT_S for another write of its collection, or,
     with --repair, a bulk load held a collection so it was not checked (the others are
-    repaired: run it again once that write ends). Without --repair a collection a bulk load
-    holds is listed as busy and not checked, and the exit is 0 if nothing else is found."""
+    repaired: run it again once that write ends). A repair that needs a model this
+    machine cannot load is reported not possible, and the others go on (exit 1). Without
+    --repair a collection a bulk load holds is listed as busy and not checked, and the
+    exit is 0 if nothing else is found."""
     from ragstore.errors import DatabaseUnavailableError
     from ragstore.integrity import check as run_check
     from ragstore.runtime import Runtime
@@ -459,10 +461,13 @@ def check(
                 f"{same}; {b['terms_differing']:,} terms differ"
             )
         for f in report.findings:
-            state = "repaired" if f.repaired else "not repaired" if f.busy else "found"
+            tried = f.busy or f.impossible
+            state = "repaired" if f.repaired else "not repaired" if tried else "found"
             typer.echo(f"{state}: {f.where}: {f.problem} ({f.fix})")
             if f.busy:
                 typer.echo(f"  busy: {f.busy}")
+            if f.impossible:
+                typer.echo(f"  not possible here: {f.impossible}")
         for w in report.warnings:
             typer.echo(f"warning: {w.where}: {w.problem}")
             typer.echo(f"  fix: {w.fix}")

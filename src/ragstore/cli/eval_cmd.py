@@ -7,12 +7,13 @@ from pathlib import Path
 import typer
 
 from ragstore.cli.output import console, echo_json, err_console
-from ragstore.cli.search_cmd import FULLTEXT_WEIGHT, RRF_K, VECTOR_WEIGHT
+from ragstore.cli.search_cmd import FULLTEXT_WEIGHT, RRF_K, VECTOR_WEIGHT, fusion_options
 
 
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_(
+        ctx: typer.Context,
         dataset_dir: Path = typer.Argument(
             ..., help="BEIR dataset: corpus.jsonl, queries.jsonl, qrels/<split>.tsv."
         ),
@@ -46,7 +47,6 @@ def register(app: typer.Typer) -> None:
         from ragstore.errors import InputError
         from ragstore.runtime import Runtime
         from ragstore.search.eval import collection_name, evaluate, ingest_records, load_beir
-        from ragstore.search.hybrid import FusionParams
         from ragstore.search.service import MODES, Mode, parse_mode
 
         # a scratch collection in the database, searched in this process: the server's
@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
         refuse_remote("eval")
         err = err_console()
         modes: list[Mode] = [parse_mode(m) for m in mode] or list(MODES)
-        fusion = FusionParams(rrf_k, vector_weight, fulltext_weight)
+        fusion = fusion_options(ctx, rrf_k, vector_weight, fulltext_weight)  # 64, as search
         ds = load_beir(dataset_dir, split)
         if limit is not None:
             keep = list(ds.qrels)[:limit]

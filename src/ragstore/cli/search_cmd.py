@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
@@ -18,6 +19,7 @@ from ragstore.errors import InputError
 if TYPE_CHECKING:
     from ragstore.models import Hit
     from ragstore.search.context import HitWithContext
+    from ragstore.search.hybrid import FusionParams
 
 # the defaults of ragstore.search.hybrid, repeated so that --help needs no search import
 # (tests/test_cli_usage.py checks that they agree)
@@ -174,14 +176,40 @@ def parse_vector(value: str) -> list[float]:
 T = TypeVar("T")
 
 
-def _usage_error(ctx: typer.Context, option: str, parse: Callable[[], T]) -> T:
+def _usage_error(ctx: typer.Context, option: str | Sequence[str], parse: Callable[[], T]) -> T:
     """``parse()``, its InputError (exit 65, the API's 422) a usage error naming ``option``
-    (exit 64): TROUBLESHOOTING.md says a bad option value is one, as ``jobs list
-    --status bogus`` and click's own checks are."""
+    (exit 64; several options as ``'--a' / '--b'``): TROUBLESHOOTING.md says a bad option
+    value is one, as ``jobs list --status bogus`` and click's own checks are."""
     try:
         return parse()
     except InputError as exc:
-        raise typer.BadParameter(exc.message, ctx=ctx, param_hint=f"'{option}'") from None
+        hint = f"'{option}'" if isinstance(option, str) else list(option)
+        raise typer.BadParameter(exc.message, ctx=ctx, param_hint=hint) from None
+
+
+def fusion_options(
+    ctx: typer.Context, rrf_k: float, vector_weight: float, fulltext_weight: float
+) -> FusionParams:
+    """``--rrf-k``, ``--vector-weight`` and ``--fulltext-weight`` as the hybrid search's
+    :class:`FusionParams`, a value it refuses (negative, over its limit, NaN, infinity, both
+    weights 0) a usage error naming the option (exit 64): FusionParams' InputError exited
+    65 here and, through a server, its 422 did too, where other bad option values exit 64.
+    The rules stay FusionParams' (the API's); only the option is named here."""
+    from ragstore.search.hybrid import FusionParams
+    from ragstore.validation import finite_number
+
+    given = (("--rrf-k", rrf_k), ("--vector-weight", vector_weight))
+    for option, value in (*given, ("--fulltext-weight", fulltext_weight)):
+        # "rrf_k must be a finite number" named the API's field, not the option
+        _usage_error(ctx, option, partial(finite_number, value, "the value"))
+    _usage_error(ctx, "--rrf-k", partial(FusionParams, k=rrf_k))
+    _usage_error(ctx, "--vector-weight", partial(FusionParams, vector_weight=vector_weight))
+    _usage_error(ctx, "--fulltext-weight", partial(FusionParams, fulltext_weight=fulltext_weight))
+    return _usage_error(
+        ctx,
+        ("--vector-weight", "--fulltext-weight"),
+        partial(FusionParams, rrf_k, vector_weight, fulltext_weight),
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -282,6 +310,8 @@ def register(app: typer.Typer) -> None:
         )
         if not mmr:  # the search's own check would name fetch_k and mmr, not the options
             refuse_without_mmr({"--fetch-k": fetch_k, "--lambda-mult": lambda_mult}, "--mmr")
+        # checked here for a search through a server too (its 422 exited 65)
+        fusion = fusion_options(ctx, rrf_k, vector_weight, fulltext_weight)
         settings = get_settings()
         client = remote_client(settings)
         if client is not None:
@@ -296,9 +326,9 @@ def register(app: typer.Typer) -> None:
                     explain=explain,
                     ef_search=ef_search,
                     vector=query_vector,
-                    rrf_k=rrf_k,
-                    vector_weight=vector_weight,
-                    fulltext_weight=fulltext_weight,
+                    rrf_k=fusion.k,
+                    vector_weight=fusion.vector_weight,
+                    fulltext_weight=fusion.fulltext_weight,
                     sections=sections,
                     mmr=mmr,
                     fetch_k=fetch_k,
@@ -317,12 +347,10 @@ def register(app: typer.Typer) -> None:
 
         from ragstore.runtime import Runtime
         from ragstore.search.context import with_context
-        from ragstore.search.hybrid import FusionParams
         from ragstore.search.service import search as run_search
 
         # as a server refuses it (store.search_response), before the database is opened
         check_answer_size(k, context_mode, settings.max_answer_chunks)
-        fusion = FusionParams(rrf_k, vector_weight, fulltext_weight)
         with Runtime(settings) as rt:
 
             def searched() -> list[Hit]:
