@@ -923,6 +923,7 @@ _REFUSED: list[tuple[list[str], str]] = [
     (["import", "/nowhere/v.jsonl", "--model", "all-MiniLM-L6-v2"], "import"),
     (["db", "status"], "db status"),
     (["db", "upgrade", "--no-backup"], "db upgrade"),
+    (["db", "upgrade", "--sql"], "db upgrade --sql"),
     (["db", "downgrade", "--to", "base", "--yes", "--no-backup"], "db downgrade"),
     (["db", "check"], "db check"),
     (["db", "stop"], "db stop"),
@@ -999,7 +1000,9 @@ def test_with_a_server_url_each_command_goes_through_it_or_refuses_leaving_nothi
         # this machine's settings, and what needs no database, still answer
         assert run_cli("config", "show", "--json") == 0
         assert json.loads(capsys.readouterr().out)["url"] == url
-        assert run_cli("db", "upgrade", "--sql") == 0
+        # the SQL of an upgrade from a revision given (no database; without --from it is
+        # refused above: it starts at the database's revision, which this machine's is not)
+        assert run_cli("db", "upgrade", "--sql", "--from", "base") == 0
         assert "CREATE TABLE" in capsys.readouterr().out
         assert not data_dir.exists()
     finally:

@@ -95,10 +95,21 @@ def test_commands_refuse_a_schema_ahead_of_the_code(empty_database_url: str) -> 
         _ = rt.db
 
 
-def test_upgrade_sql_prints_the_revision_sql() -> None:
+def test_upgrade_sql_prints_the_sql_from_the_database_revision(empty_database_url: str) -> None:
+    """``upgrade_sql(db)`` starts at ``db``'s revision (it printed every revision from the
+    first whatever the database's); without a database or ``start``, from an empty one."""
     out = migrations.upgrade_sql(None)
     assert "CREATE TABLE chunks" in out
     assert "CREATE EXTENSION IF NOT EXISTS vector" in out
+    db = Database(empty_database_url)
+    assert "-- Running upgrade  -> 0001" in migrations.upgrade_sql(db)
+    migrations.upgrade(db, "0036")
+    behind = migrations.upgrade_sql(db)
+    assert behind.split("-- Running upgrade ")[1].startswith("0036 -> 0037"), behind[:200]
+    assert "CREATE TABLE chunks" not in behind and "-> 0001" not in behind
+    assert behind == migrations.upgrade_sql(None, start="0036")
+    migrations.upgrade(db)
+    assert "Running upgrade" not in migrations.upgrade_sql(db)
 
 
 @pytest.mark.parametrize("target", ["", " ", "bogus", ":", "@", "base:", "0031+500"])

@@ -7,6 +7,7 @@ asks before it drops anything (``--yes`` answers for scripts).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -86,25 +87,116 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
 @app.command("upgrade")
 def upgrade(
     to: str = typer.Option("head", "--to", metavar="REV", help="Target revision."),
-    sql: bool = typer.Option(False, "--sql", help="Print the SQL instead of running it."),
+    sql: bool = typer.Option(
+        False, "--sql", help="Print the SQL that would run on the database instead of running it."
+    ),
+    start: str | None = typer.Option(
+        None,
+        "--from",
+        metavar="REV",
+        help="With --sql: print from this revision (base: an empty database) without "
+        "opening the database.",
+    ),
     no_backup: bool = typer.Option(
         False, "--no-backup", help="Do not back the database up before upgrading."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Upgrade the schema to the code's revision (or --to REV); backs up first."""
-    from ragstore.db import migrations
     from ragstore.errors import InputError
     from ragstore.runtime import Runtime
 
     if not to.strip():  # Alembic fails an empty target on an assert: a traceback
         raise InputError("--to is empty; give a schema revision (`ragstore db status`) or head")
-    if sql:  # the code's migrations as SQL: no database is opened
-        typer.echo(migrations.upgrade_sql(None, to))
+    if start is not None and not sql:
+        raise InputError("--from goes with --sql (it says where the printed SQL starts)")
+    if sql:
+        _print_upgrade_sql(to, start)
         return
     refuse_remote("db upgrade")
     with Runtime() as rt:
         upgrade_with_backup(rt, to, backup=not no_backup, as_json=as_json)
+
+
+def _print_upgrade_sql(to: str, start: str | None) -> None:
+    """Print the SQL ``db upgrade --to TO`` would run: from the database's revision, or
+    from ``start`` (``--from``) without opening the database. It printed the SQL for an
+    empty database whatever the database's revision (every revision from the first),
+    which failed on its first statement when applied. A database already at ``to``
+    prints nothing and says so on stderr; one at a revision this code does not know, or
+    below ``to``, is refused as ``db upgrade`` refuses it."""
+    from ragstore.db import migrations
+    from ragstore.errors import InputError
+    from ragstore.runtime import Runtime
+
+    known = migrations.known_revisions()
+    if start is not None:  # offline: the database is not read
+        if start != "base" and start not in known:
+            raise InputError(
+                f"--from {start!r} is not a schema revision this version of ragstore knows; "
+                f"give one of {known[0]}..{known[-1]} (`ragstore db status` says the "
+                "database's), or base for an empty database"
+            )
+        begin = None if start == "base" else start
+        target = known[-1] if to == "head" else to
+        if begin is not None and target in known and known.index(target) < known.index(begin):
+            raise InputError(
+                f"--to {to} is below --from {start}: an upgrade only goes up "
+                f"(`ragstore db downgrade --to {to}` goes down)"
+            )
+        where = (
+            f"{f'revision {begin}' if begin else 'an empty database'} (given with --from; no "
+            "database was read)"
+        )
+        there = f"--from {start}"
+    else:
+        refuse_remote("db upgrade --sql", "; or give --from REV to print it without a database")
+        with Runtime() as rt:
+            db = rt.raw_db()
+            st = migrations.status(db)
+            if st.current is None:
+                migrations.refuse_lost(db)
+            migrations.refuse_unknown(db, "upgrade", st.current)
+            _upgrade_target_reached(st, to)  # a --to below the database's is refused
+            begin = st.current
+            where = (
+                f"revision {begin} (the database's on {db.where})"
+                if begin
+                else f"an empty database (the database on {db.where} holds no schema)"
+            )
+            there = f"the database on {db.where}"
+    text = migrations.upgrade_sql(None, to, begin)
+    steps = re.findall(r"^-- Running upgrade (\S*) -> (\S+)$", text, re.MULTILINE)
+    if not steps:
+        typer.echo(
+            f"{there} is already at {begin or '(empty)'}, the upgrade's target: nothing to "
+            "apply, no SQL printed",
+            err=True,
+        )
+        return
+    typer.echo(_sql_header(where, steps[-1][1]) + text, nl=False)
+
+
+def _sql_header(where: str, end: str) -> str:
+    """The SQL comment ``db upgrade --sql`` opens with: where it starts, where it ends, and
+    what ``db upgrade`` does around the same SQL that a hand-applied copy does not."""
+    from ragstore.db import migrations
+
+    wait_ms = round(migrations.LOCK_WAIT_S * 1000)
+    lines = [
+        f"ragstore db upgrade --sql: the upgrade from {where} to {end}.",
+        "Applied by hand it runs without what `ragstore db upgrade` does around it:",
+        "- no backup first (`ragstore backup` takes one);",
+        "- no migration lock: `ragstore db upgrade` first takes",
+        f"  SELECT pg_advisory_xact_lock({migrations.MIGRATION_LOCK_KEY});",
+        "  so that two upgrades run one after the other;",
+        f"- no lock_timeout: `ragstore db upgrade` runs SET LOCAL lock_timeout = '{wait_ms}ms';",
+        f"  and tries again for {migrations.LOCK_GIVE_UP_S:g} s; without it a statement waits",
+        "  for its table lock without end, and the service's queries on that table wait",
+        "  behind it.",
+        "Add those two statements after BEGIN for the same lock and lock wait (one try).",
+    ]
+    return "".join(f"-- {line}\n" for line in lines) + "\n"
 
 
 def backup_before(

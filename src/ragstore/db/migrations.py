@@ -495,7 +495,7 @@ def _run_once(db: Database, action: str, target: str) -> tuple[str | None, str |
             progress.pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
             progress.before = _revision_in(conn)
             progress.known = True
-            _refuse_unknown(db, action, progress.before)
+            refuse_unknown(db, action, progress.before)
             if progress.before is None and (lost := lost_revision(conn, db.where)) is not None:
                 raise lost
             _refuse_below(db, action, target, progress.before)
@@ -530,7 +530,7 @@ def _run_once(db: Database, action: str, target: str) -> tuple[str | None, str |
         engine.dispose()
 
 
-def _refuse_unknown(db: Database, action: str, found: str | None) -> None:
+def refuse_unknown(db: Database, action: str, found: str | None) -> None:
     """Refuse to migrate a database at a revision this code does not know (a newer
     ragstore upgraded it), read under the migration lock: Alembic said "Can't locate
     revision identified by 'X'", which ``ragstore db upgrade`` reported as a bad ``--to``
@@ -646,11 +646,22 @@ def migrate(db: Database, action: str, to: str) -> Migrated:
 
 
 def upgrade_sql(db: Database | None, to: str = "head", start: str | None = None) -> str:
-    """The SQL an upgrade would run, without running it (Alembic offline mode). A target
+    """The SQL an upgrade would run, without running it (Alembic offline mode): from
+    ``start``, else from ``db``'s revision (read, and refused as :func:`upgrade` refuses a
+    database at a revision this code does not know or one that lost its revision), else
+    from an empty database. ``BEGIN; COMMIT;`` alone where there is nothing to apply.
+
+    ``ragstore db upgrade --sql`` printed every revision from the first, whatever the
+    database's revision: applied to a live one it failed on its first statement. A target
     Alembic cannot resolve is an InputError, as in :func:`upgrade`: ``ragstore db upgrade
     --sql --to bogus`` ended with Alembic's traceback."""
     from alembic import command
 
+    if start is None and db is not None:
+        start = status(db).current
+        if start is None:
+            refuse_lost(db)
+        refuse_unknown(db, "upgrade", start)
     # the dialect is all offline mode needs of a database: given ``db``'s conninfo, a
     # libpq ``key=value`` one failed as a URL SQLAlchemy could not parse
     cfg = _config(_DIALECT_URL)
@@ -658,6 +669,10 @@ def upgrade_sql(db: Database | None, to: str = "head", start: str | None = None)
     cfg.output_buffer = out
     rng = f"{start}:{to}" if start else to
     with _target_refused(f"print the SQL of an upgrade to {rng!r}"):
+        if start and ":" in to:  # a range in a range: Alembic's ValueError, a traceback
+            from alembic.util import CommandError
+
+            raise CommandError("Range revision not allowed")
         command.upgrade(cfg, rng, sql=True)
     return out.getvalue()
 
