@@ -134,45 +134,36 @@ def _counted(parsed: ParsedDocument, data: bytes, name: str, fmt: str) -> Parsed
 
 
 class _Helper:
-    """One helper process and the two pipes to it, owned by the process that started it."""
+    """One helper process and the two pipes to it, owned by the process that started it.
+    Made, its process runs; :meth:`wait_ready` then waits until it can parse, where
+    :meth:`_Helpers.lent` already holds it: an interrupt or :func:`stop_helpers` during
+    that half second (seconds on a loaded machine) left a process running, or a parse
+    that the interrupted ingest waited for, when the wait was part of making it."""
 
     def __init__(self) -> None:
-        to_helper_r, to_helper_w = os.pipe()
-        from_helper_r, from_helper_w = os.pipe()
-        package_root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(to_helper_r), str(from_helper_w)],
-                pass_fds=(to_helper_r, from_helper_w),
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,  # a Ctrl-C reaches the ingest, which decides
-            )
-        finally:
-            os.close(to_helper_r)
-            os.close(from_helper_w)
         self.owner = os.getpid()
         self.abandoned = False  # killed by stop_helpers(), not by its file
-        self.outbox = Connection(to_helper_w, readable=False)
-        self.inbox = Connection(from_helper_r, writable=False)
-        # a file's time limit counts its parse, not the helper's start (0.45 s idle, and
-        # seconds on a loaded machine): wait for the helper to say it is ready
+        try:
+            self.proc, self.outbox, self.inbox = _spawn()
+        except OSError as exc:  # no interpreter there; no process, pipe or memory left
+            raise _not_started(f"could not start ({exc})") from exc
+
+    def wait_ready(self) -> None:
+        """Wait until the helper says it is ready: a file's time limit counts its parse,
+        not the helper's start (0.45 s idle, and seconds on a loaded machine).
+        KeyboardInterrupt when :func:`stop_helpers` stopped it meanwhile."""
         closed = False
         try:
             ready = self.inbox.poll(STARTUP_TIMEOUT_S) and self.inbox.recv_bytes() == READY
         except (EOFError, OSError):
             ready, closed = False, True
+        if self.abandoned:  # the ingest was interrupted: it must not wait for this parse
+            raise KeyboardInterrupt
         if not ready:
             if closed:  # it ended (an import failed?): its own status, not our kill's
                 self.end()
             how = self.stop()
-            raise RagstoreError(
-                f"the parse helper ({sys.executable} -m {__name__}) did not start within "
-                f"{STARTUP_TIMEOUT_S:g} s ({how}); check that this Python can import "
-                "ragstore, or set RAGSTORE_PARSE_TIMEOUT_S=0 to parse in the ingesting process"
-            )
+            raise _not_started(f"did not start within {STARTUP_TIMEOUT_S:g} s ({how})")
 
     def usable(self) -> bool:
         return self.owner == os.getpid() and self.proc.poll() is None
@@ -227,20 +218,32 @@ class _Helpers:
         self.idle: list[_Helper] = []
         self.busy: set[_Helper] = set()
         self.slots = threading.BoundedSemaphore(max(2, os.cpu_count() or 1))
+        # how many times stop() ran: a helper being started (or just taken from the idle
+        # ones) while it ran is in neither list, and is abandoned once it is in busy
+        self.stops = 0
 
     @contextmanager
     def lent(self) -> Iterator[_Helper]:
         with self.slots:
             with self.lock:
                 helper = self.idle.pop() if self.idle else None
+                stops = self.stops
+            starting = False
             if helper is None or not helper.usable():
                 if helper is not None:
                     helper.stop()  # it died while idle
-                helper = _Helper()
+                helper = _Helper()  # its process runs: from here it is stopped on the way out
+                starting = True
             with self.lock:
                 self.busy.add(helper)
+                if self.stops != stops:  # stop() ran while it started, or was taken from idle
+                    helper.abandoned = True
             answered = False
             try:
+                if helper.abandoned:
+                    raise KeyboardInterrupt
+                if starting:
+                    helper.wait_ready()
                 yield helper
                 answered = True
             finally:
@@ -252,11 +255,13 @@ class _Helpers:
                     helper.stop()  # killed, dead, or interrupted mid-answer: never reused
 
     def stop(self) -> None:
-        """Stop every helper: the idle ones here, the busy ones by killing their process
-        (the thread waiting on each then fails its file and cleans up)."""
+        """Stop every helper: the idle ones here, the busy ones (starting ones too) by
+        killing their process (the thread waiting on each then raises KeyboardInterrupt
+        and cleans up)."""
         with self.lock:
             idle, self.idle = self.idle, []
             busy = list(self.busy)
+            self.stops += 1
         for helper in idle:
             if helper.usable():
                 helper.stop()
@@ -273,6 +278,51 @@ def stop_helpers() -> None:
     """Stop this process's helpers, busy ones too: an interrupted ingest must not wait for
     a parse whose result it will throw away (a slow file held Ctrl-C for 100 s)."""
     _helpers.stop()
+
+
+def _spawn() -> tuple[subprocess.Popen[bytes], Connection, Connection]:
+    """A helper's process (``python -m ragstore.parsing.sandbox``, not yet ready) and the
+    ends of its two pipes this process keeps, to it and from it. Nothing is left open when
+    this fails or is interrupted: a failed start kept two descriptors each time (a missing
+    interpreter: 6 open became 16 in five files)."""
+    to_helper_r, to_helper_w = os.pipe()
+    try:
+        from_helper_r, from_helper_w = os.pipe()
+    except BaseException:
+        _close(to_helper_r, to_helper_w)
+        raise
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", __name__, str(to_helper_r), str(from_helper_w)],
+            pass_fds=(to_helper_r, from_helper_w),
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,  # a Ctrl-C reaches the ingest, which decides
+        )
+    except BaseException:
+        _close(to_helper_w, from_helper_r)
+        raise
+    finally:
+        _close(to_helper_r, from_helper_w)  # the helper's ends: it has its own copies
+    return proc, Connection(to_helper_w, readable=False), Connection(from_helper_r, writable=False)
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _not_started(what: str) -> RagstoreError:
+    """The error of a parse helper that ``what`` (could not start, and why)."""
+    return RagstoreError(
+        f"the parse helper ({sys.executable} -m {__name__}) {what}; check that this Python "
+        "runs and can import ragstore, or set RAGSTORE_PARSE_TIMEOUT_S=0 to parse in the "
+        "ingesting process"
+    )
 
 
 def _ask(helper: _Helper, request: Request, timeout_s: float) -> tuple[bool, Any]:
