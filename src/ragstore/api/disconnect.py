@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -44,6 +44,12 @@ async def _disconnected(request: Request) -> None:
         pass  # more body: not expected once the route runs, and not ours to read
 
 
+def _outcome_dropped(task: asyncio.Future[Any]) -> None:
+    """Read the outcome of work whose request was cancelled: nobody awaits it."""
+    if not task.cancelled():
+        task.exception()
+
+
 async def unless_disconnected(request: Request, work: Callable[[], T]) -> T | Response:
     """``work()`` on a worker thread; if the client disconnects first, its statements are
     cancelled and the answer is a 499 no one receives."""
@@ -61,7 +67,13 @@ async def unless_disconnected(request: Request, work: Callable[[], T]) -> T | Re
         await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:  # this request itself was cancelled (the server stops)
         gone.cancel()
-        cancellation.cancel()
+        # its outcome is no one's now: read when it comes, or asyncio logs it as an error
+        # ("Task exception was never retrieved") once the task is collected
+        task.add_done_callback(_outcome_dropped)
+        # off the event loop, as below: the cancel requests are blocking round trips (up
+        # to CANCEL_TIMEOUT_S each), which stalled every other request of the server as it
+        # stopped; shielded, so that a second cancellation does not leave them unsent
+        await asyncio.shield(asyncio.to_thread(cancellation.cancel))
         raise
     gone.cancel()
     await asyncio.wait((gone,))

@@ -14,6 +14,7 @@ only needs their URLs in ``RAGSTORE_READ_DATABASE_URLS``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -183,7 +184,11 @@ def create(primary_conninfo: str, pgdata: Path, *, port: int | None = None) -> S
     try:
         standby.start()
     except DatabaseUnavailableError:
-        # pg_ctl gave up waiting but the postmaster may still be coming up: leave no orphan
-        standby.stop("immediate")
+        # pg_ctl gave up waiting but the postmaster may still be coming up: leave no orphan.
+        # The start's error is the one to see: a failed stop's would hide it
+        with contextlib.suppress(DatabaseUnavailableError):
+            standby.stop("immediate")
+        if standby.socket_dir != pgdata:
+            shutil.rmtree(standby.socket_dir, ignore_errors=True)  # the private folder
         raise
     return standby

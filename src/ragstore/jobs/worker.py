@@ -421,6 +421,31 @@ async def _run(
             ) from error
 
 
+def _cancelled_from_outside() -> bool:
+    """Whether this task is being cancelled (by the code running the worker), not only
+    the loop it awaits.
+
+    ``_work_until_lost`` took every ``CancelledError`` for the end of procrastinate's loop
+    after its own cancel: a cancellation of the task running the worker (a worker
+    embedded in code that stops it, ``run_worker(signals=False)`` off the main thread)
+    was swallowed, and the worker went on to close its database pool while the loop, never
+    cancelled, still ran jobs."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def _stop_loop(running: asyncio.Task[None]) -> None:
+    """Stop procrastinate's loop as a stop does (one cancel: the jobs in progress finish,
+    its worker row goes) and wait until it ended. A further cancellation of this task
+    while it waits is passed on to the loop (procrastinate then stops at once)."""
+    if running.done():
+        return
+    if not running.cancelling():
+        running.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await running
+
+
 BURST_AGAIN_S = 0.1  # a burst worker's pause before its loop runs again for jobs left
 
 
@@ -467,7 +492,8 @@ async def _work_until_lost(
     and ``ragstore worker`` exited with it: a restart or failover of the database stopped
     every worker for good, and queued jobs, accepted with 202, waited for an operator.
     A stop (SIGINT/SIGTERM) cancels the loop, which procrastinate takes as a graceful stop:
-    the jobs in progress finish first.
+    the jobs in progress finish first. A cancellation of the task running this stops the
+    loop the same way, waits for it, and then goes on (``CancelledError``).
 
     procrastinate's loop also ends, normally, when it stops itself: its side-task monitor
     stops the worker when one of its side tasks (the job listener, a beat) raises. Taken
@@ -483,15 +509,20 @@ async def _work_until_lost(
             # on the watcher's rounds
             await retention.sweep(app, stopping)
         async with watching_stalled(app, settings, retention, schema):
-            running = asyncio.ensure_future(loop())
+            running = asyncio.create_task(loop())
             stopped = asyncio.ensure_future(stopping.wait())
             try:
                 await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
                 if not running.done():
                     running.cancel()
-                await running
+                # shielded: a cancellation of this task while the loop finishes its jobs
+                # is not a second one of the loop, which would end its stop midway
+                await asyncio.shield(running)
             except asyncio.CancelledError:
-                return True
+                if _cancelled_from_outside():
+                    await _stop_loop(running)
+                    raise
+                return True  # the loop's own end after our cancel: a stop
             finally:
                 stopped.cancel()
     except procrastinate.exceptions.ConnectorException as exc:
