@@ -11,20 +11,29 @@ from ragstore.errors import ConfigError, InputError
 
 
 def listening(host: str, port: int, *, keyed: bool) -> list[socket.socket]:
-    """The sockets ``ragstore mcp --transport http`` serves on, bound here as ``ragstore
-    serve`` binds its own; without a key (``keyed`` false) refused unless every address
-    bound is loopback.
+    """The sockets ``ragstore mcp --transport http`` serves on, bound here by ``ragstore
+    serve``'s own code; without a key (``keyed`` false) refused unless every address
+    bound is loopback or the Unix socket ``--host unix:PATH`` names.
+
+    A Unix socket is made owner-only (0600) and a path that exists and is not a stale
+    socket of this user refused (:func:`ragstore.http.listen.bind_unix`): without a key
+    only its owner connects, which loopback TCP cannot promise (every local user reaches
+    a port). With a key it is opened to every local user, as serve opens its own, each
+    request presenting the key.
 
     The check compared the host as typed with ``127.0.0.1``, ``::1`` and ``localhost``:
     ``127.1``, ``127.0.0.2`` or ``[::1]`` (loopback all) were refused as another address,
     and ``localhost`` was let by whatever it resolved to. Judged from the addresses
     bound, the sockets uvicorn then serves on, nothing else can listen."""
-    from ragstore.http.listen import bind_sockets, bound_addresses
+    from ragstore.http.listen import bind_sockets, bound_addresses, open_unix_sockets
     from ragstore.profiles import is_loopback
 
     sockets = bind_sockets(host, port, setting="--host")
     bound = bound_addresses(sockets)
-    if keyed or all(is_loopback(address) for address in bound):
+    if keyed:
+        open_unix_sockets(sockets)  # the key is the credential
+        return sockets
+    if all(is_loopback(address) for address in bound):  # a unix: one included
         return sockets
     for sock in sockets:
         sock.close()
@@ -45,7 +54,10 @@ def register(app: typer.Typer) -> None:
             help="stdio (spawned by an agent) or http (streamable HTTP).",
         ),
         host: str = typer.Option(
-            "127.0.0.1", "--host", metavar="ADDR", help="Bind address for http."
+            "127.0.0.1",
+            "--host",
+            metavar="ADDR",
+            help="Bind address for http, or unix:PATH for an owner-only Unix socket.",
         ),
         port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port for http."),
         path: str = typer.Option("/mcp", "--path", metavar="PATH", help="Endpoint path for http."),
@@ -70,26 +82,23 @@ def register(app: typer.Typer) -> None:
         refuse_remote("mcp")
         if transport not in ("stdio", "http"):
             raise InputError(f"--transport {transport!r} is not stdio or http")
-        if transport == "http" and host.startswith("unix:"):
-            # it was taken for a host name: "not loopback" without a key, uvicorn's bare
-            # "Name or service not known" (exit 3) with one
-            raise InputError(
-                f"--host {host!r}: ragstore mcp listens on TCP only, not on a Unix socket; "
-                "give a loopback address (127.0.0.1), or another with --api-key"
-            )
+        from ragstore.http.listen import bound_addresses, release_sockets
+
         sockets = listening(host, port, keyed=bool(api_key)) if transport == "http" else []
+        # taken while they are open: uvicorn closes the sockets it served on
+        bound = bound_addresses(sockets)
         try:
             _serve(transport, host, path, api_key, sockets)
         finally:
-            for sock in sockets:
-                sock.close()
+            release_sockets(sockets, bound)  # a Unix socket's file removed
 
 
 def _serve(
     transport: str, host: str, path: str, api_key: str | None, sockets: list[socket.socket]
 ) -> None:
     """Serve the tools over ``transport``: over http on ``sockets`` (:func:`listening`),
-    ``host`` being what they were bound to (the SDK judges DNS rebinding by it)."""
+    ``host`` being what they were bound to (the SDK judges DNS rebinding by it); a Unix
+    socket among them is this command's own, owner-only, answered without a key."""
     try:
         from ragstore.integrations.mcp import build_server, http_app, key_for, serve_stdio
     except ModuleNotFoundError as exc:
@@ -114,7 +123,8 @@ def _serve(
         from ragstore.cli.signals import stop_signals_end_cleanly
         from ragstore.profiles import get_settings
 
-        app = http_app(server, store, key, path=path, host=host)
+        own_socket = any(sock.family == socket.AF_UNIX for sock in sockets)
+        app = http_app(server, store, key, path=path, host=host, own_socket=own_socket)
         config = server_config(app, get_settings(), log_level="warning", access_log=False)
         http_server = uvicorn.Server(config)
         with stop_signals_end_cleanly(http_server):

@@ -25,7 +25,7 @@ checked: a browser reaches such a socket through a local proxy. It is answered o
 the owner-only socket ``ragstore serve`` binds for ``RAGSTORE_API_HOST=unix:PATH``: a
 socket made by another (uvicorn's ``--uds``: mode 0666) lets every user of the machine
 in, so its requests are refused (:func:`unowned_socket`; MCP over HTTP without a key
-refuses every Unix socket's, ``ragstore mcp`` binding none).
+answers only over the owner-only socket ``ragstore mcp --host unix:PATH`` binds).
 """
 
 from __future__ import annotations
@@ -162,7 +162,8 @@ def foreign_sender(scope: Scope) -> str | None:
 
 def unowned_socket(scope: Scope, *, own_socket: bool) -> bool:
     """Whether a request came over a Unix socket (no client address) that ragstore did not
-    bind owner-only itself (``own_socket``: it did, :func:`ragstore.http.listen.bind_unix`).
+    bind owner-only itself (``own_socket``: ``ragstore serve`` or ``ragstore mcp`` did,
+    :func:`ragstore.http.listen.bind_unix`).
 
     Such a socket was made by another server: uvicorn's ``--uds`` makes it 0666, so every
     user of the machine can connect. A surface that answers without a key (the API with

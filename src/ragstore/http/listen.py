@@ -27,9 +27,10 @@ def bind_sockets(
 ) -> list[socket.socket]:
     """Listening TCP sockets for ``host`` (``""``: every IPv4 and IPv6 interface), or the
     Unix socket ``unix:PATH`` names (:func:`bind_unix`); ``setting`` names where ``host``
-    was given, in the error of one that does not resolve (``ragstore mcp``'s ``--host``)."""
+    was given, in the error of one that does not resolve or names no socket path
+    (``ragstore mcp``'s ``--host``)."""
     if host.startswith(UNIX_PREFIX):
-        return [bind_unix(host[len(UNIX_PREFIX) :])]
+        return [bind_unix(host[len(UNIX_PREFIX) :], setting=setting)]
     # ``[::1]``, ``[::]``: an IPv6 address as a URL writes it, which getaddrinfo reads as a
     # name ("does not resolve")
     name = host[1:-1] if host.startswith("[") and host.endswith("]") else host
@@ -107,17 +108,19 @@ def _ipv4_mapped(host: str) -> str | None:
     return None if mapped is None else str(mapped)
 
 
-def bind_unix(path: str) -> socket.socket:
-    """A listening Unix socket at ``path``, owner-only (0600) from its creation.
+def bind_unix(path: str, *, setting: str = "RAGSTORE_API_HOST") -> socket.socket:
+    """A listening Unix socket at ``path``, owner-only (0600) from its creation; shared by
+    ``ragstore serve`` and ``ragstore mcp --transport http`` (``setting``: where the path
+    was given, for the error of an empty one).
 
     uvicorn's ``--uds`` makes its socket 0666: with keys off (``RAGSTORE_AUTH=auto`` judges
     a Unix socket local) every user of the machine had admin rights through it. Created
     under a umask of 0177, no other user can connect between the bind and a chmod; a
     server with keys on opens it to them (:func:`open_unix_sockets`), the key being the
-    credential. A socket file left by a server that died is replaced; one a live server
-    listens on, or a path that is not a socket, is refused."""
+    credential. A socket file this user left (its server died) is replaced; one a live server
+    listens on, one of another user, or a path that is not a socket, is refused."""
     if not path:
-        raise ConfigError("RAGSTORE_API_HOST='unix:' names no socket: give unix:/PATH")
+        raise ConfigError(f"{setting}='unix:' names no socket: give unix:/PATH")
     _clear_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     mask = os.umask(0o177)
@@ -137,27 +140,40 @@ def bind_unix(path: str) -> socket.socket:
 
 
 def _clear_stale_socket(path: str) -> None:
-    """Remove a socket file at ``path`` that nothing listens on; refuse a live one or a
-    path that is not a socket (never deleted: it may be anything)."""
+    """Remove a socket file of this user at ``path`` that nothing listens on; refuse a live
+    one, one of another user, or a path that is not a socket (never deleted: it may be
+    anything).
+
+    Another user's socket is not ours to replace, stale or not: its unlink failed in a
+    sticky folder (/tmp) with a bare PermissionError, and as root it went, leaving its
+    owner's clients on a socket they cannot open."""
     import stat
 
     try:
-        mode = os.lstat(path).st_mode
+        info = os.lstat(path)
     except FileNotFoundError:
         return
-    if not stat.S_ISSOCK(mode):
+    if not stat.S_ISSOCK(info.st_mode):
         raise ConfigError(
             f"cannot listen on unix:{path}: the path exists and is not a socket; give "
             "another path or remove it"
+        )
+    if info.st_uid != os.geteuid():
+        raise ConfigError(
+            f"cannot listen on unix:{path}: a socket of another user (uid {info.st_uid}) is "
+            "there; give another path (in a folder of your own, such as $XDG_RUNTIME_DIR)"
         )
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
     except ConnectionRefusedError:
-        os.unlink(path)  # a socket whose server died: nothing answers on it
+        # a socket whose server died: nothing answers on it (one this user may not remove
+        # stays, and the bind says to give a path in a folder this user may write)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
         return
     except OSError:
-        return  # not ours to judge (no permission): the bind says what is wrong
+        return  # not ours to judge: the bind says what is wrong
     finally:
         probe.close()
     raise ConfigError(

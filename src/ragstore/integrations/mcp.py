@@ -455,32 +455,38 @@ class LocalOnly:
     checks them with keys off (:func:`ragstore.http.guard.foreign_party`).
 
     A request over a Unix socket is refused too, as the API refuses it with keys off
-    (:func:`ragstore.http.guard.unowned_socket`): ``ragstore mcp`` listens on TCP only, so
-    such a socket is another server's, uvicorn's ``--uds`` one (0666) when the app is
-    served that way, and every user of the machine read every collection through it."""
+    (:func:`ragstore.http.guard.unowned_socket`), unless ``own_socket``: ``ragstore mcp
+    --host unix:PATH`` bound it owner-only (0600), so only its user connects. Another
+    socket is another server's, uvicorn's ``--uds`` one (0666) when the app is served
+    that way, and every user of the machine read every collection through it. Over the
+    own socket the ``Host`` is left unchecked (a proxy in front of it names its own) and
+    the ``Origin`` and forwarding headers checked, as the API does."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, own_socket: bool = False) -> None:
         self.app = app
+        self.own_socket = own_socket
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if unowned_socket(scope, own_socket=False):
+        if unowned_socket(scope, own_socket=self.own_socket):
             await send_problem(
                 scope,
                 send,
                 PermissionDeniedError(
                     "this request came over a Unix socket that ragstore did not create "
-                    "(uvicorn's --uds makes one every user of this machine can open): an MCP "
-                    "server started without a key is served on loopback TCP only (`ragstore "
-                    "mcp --transport http`); start it with --api-key (RAGSTORE_API_KEY), "
-                    "which every request must then present, to serve it on a socket"
+                    "(uvicorn's --uds makes one every user of this machine can open): serve "
+                    "MCP without a key on a socket with `ragstore mcp --transport http "
+                    "--host unix:PATH`, which makes it owner-only, or start it with "
+                    "--api-key (RAGSTORE_API_KEY), which every request must then present"
                 ),
             )
             return
         sender = foreign_sender(scope)
-        party = sender or foreign_party(dict(scope.get("headers", ())))
+        # over the own socket (no client address) the Host is a proxy's to name
+        unix = not scope.get("client")
+        party = sender or foreign_party(dict(scope.get("headers", ())), check_host=not unix)
         if party is None:
             await self.app(scope, receive, send)
             return
@@ -507,13 +513,15 @@ def http_app(
     *,
     path: str = "/mcp",
     host: str = "127.0.0.1",
+    own_socket: bool = False,
 ) -> ASGIApp:
     """The streamable HTTP app of ``server``; with ``key``, one that asks every request
     for it (:class:`KeyRequired`), before any body is read. ``host`` is the bind address:
     on loopback the SDK also refuses other sites' pages (DNS rebinding). A body is held to
     ``RAGSTORE_MAX_REQUEST_BYTES`` as at the HTTP API (the SDK reads any body whole into
     memory, however large). Without ``key`` only this machine's clients are served
-    (:class:`LocalOnly`)."""
+    (:class:`LocalOnly`), over a Unix socket only where ``own_socket`` (``ragstore mcp``
+    bound it owner-only: :func:`ragstore.http.listen.bind_unix`)."""
     settings = store.runtime.settings
     app: ASGIApp = BodyLimitMiddleware(
         server.streamable_http_app(streamable_http_path=path, host=host),
@@ -521,7 +529,7 @@ def http_app(
         upload_bytes=settings.max_request_bytes,
     )
     if key is None:
-        return LocalOnly(app)
+        return LocalOnly(app, own_socket=own_socket)
     return KeyRequired(app, KeyStore(store.runtime.db, read_only=True), key)
 
 
