@@ -28,19 +28,8 @@ from ragstore import Store
 from ragstore.auth.keys import KeyStore
 from ragstore.config import Settings
 from ragstore.integrations.mcp import build_server, http_app, key_for
+from tests.mcp_wire import HELLO
 from tests.search_helpers import waiting_searches
-
-# the JSON-RPC request that opens a session, sent by hand where a test speaks the wire
-_HELLO = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "probe", "version": "1"},
-    },
-}
 
 GUIDE = (
     "# Guide\n\nThe operations guide.\n\n## Rollback\n\nTo roll back a schema migration "
@@ -256,14 +245,14 @@ def test_over_http_the_server_key_is_asked_of_every_request(handbook: Store) -> 
     with _serving(_served(handbook, writer.secret)) as url:
         for auth in (None, f"Bearer {other}", "Bearer rsk_x_y", f"Basic {writer.secret}"):
             headers = {**accept, **({"Authorization": auth} if auth else {})}
-            answer = httpx.post(url, json=_HELLO, headers=headers, timeout=30)
+            answer = httpx.post(url, json=HELLO, headers=headers, timeout=30)
             assert answer.status_code == 401, (auth, answer.text)
             assert answer.headers["content-type"].startswith("application/problem+json")
             assert answer.json()["code"] == "unauthorized"
         good = {**accept, "Authorization": f"Bearer {writer.secret}"}
-        assert httpx.post(url, json=_HELLO, headers=good, timeout=30).status_code == 200
+        assert httpx.post(url, json=HELLO, headers=good, timeout=30).status_code == 200
         keys.revoke(writer.key.key_id)
-        revoked = httpx.post(url, json=_HELLO, headers=good, timeout=30)
+        revoked = httpx.post(url, json=HELLO, headers=good, timeout=30)
         assert revoked.status_code == 401 and "revoked" in revoked.json()["detail"]
 
 
@@ -285,13 +274,13 @@ def test_over_http_without_a_key_a_proxied_client_of_another_machine_is_refused(
             {"Forwarded": "for=198.51.100.7;proto=https"},
         ):
             headers = {**accept, **host, **forwarded}
-            answer = httpx.post(url, json=_HELLO, headers=headers, timeout=30)
+            answer = httpx.post(url, json=HELLO, headers=headers, timeout=30)
             assert answer.status_code == 403, (forwarded, answer.text)
             assert answer.headers["content-type"].startswith("application/problem+json")
             assert answer.json()["code"] == "forbidden"
             assert "--api-key" in answer.json()["detail"]
         local = {**accept, **host, "X-Forwarded-For": "127.0.0.1"}
-        assert httpx.post(url, json=_HELLO, headers=local, timeout=30).status_code == 200
+        assert httpx.post(url, json=HELLO, headers=local, timeout=30).status_code == 200
 
 
 @contextmanager
@@ -326,7 +315,7 @@ def test_over_http_without_a_key_a_unix_socket_is_refused(handbook: Store, tmp_p
     accept = {"Accept": "application/json, text/event-stream"}
     with _serving_uds(http_app(build_server(handbook), handbook, None), path) as client:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o666  # every local user connects
-        answer = client.post(url, json=_HELLO, headers=accept)
+        answer = client.post(url, json=HELLO, headers=accept)
         assert answer.status_code == 403, answer.text
         assert answer.headers["content-type"].startswith("application/problem+json")
         problem = answer.json()
@@ -334,9 +323,9 @@ def test_over_http_without_a_key_a_unix_socket_is_refused(handbook: Store, tmp_p
         assert "Unix socket" in problem["detail"] and "--api-key" in problem["detail"]
     secret = KeyStore(handbook.runtime.db).create("read", name="mcp-uds").secret
     with _serving_uds(_served(handbook, secret), path) as client:
-        assert client.post(url, json=_HELLO, headers=accept).status_code == 401
+        assert client.post(url, json=HELLO, headers=accept).status_code == 401
         keyed = {**accept, "Authorization": f"Bearer {secret}"}
-        assert client.post(url, json=_HELLO, headers=keyed).status_code == 200
+        assert client.post(url, json=HELLO, headers=keyed).status_code == 200
 
 
 def test_over_http_a_body_over_the_request_limit_is_refused_unread(handbook: Store) -> None:
@@ -443,11 +432,11 @@ def test_ragstore_mcp_on_loopback_spelled_otherwise_serves_only_this_machines_pa
         url = f"http://127.0.0.1:{port}/mcp"
         accept = {"Accept": "application/json, text/event-stream"}
         for foreign in ({"Host": "evil.example"}, {"Origin": "https://evil.example"}):
-            answer = httpx.post(url, json=_HELLO, headers={**accept, **foreign}, timeout=30)
+            answer = httpx.post(url, json=HELLO, headers={**accept, **foreign}, timeout=30)
             assert answer.status_code == 403, (foreign, answer.text)
             assert answer.json()["code"] == "forbidden"
             assert "evil.example" in answer.json()["detail"]
-        assert httpx.post(url, json=_HELLO, headers=accept, timeout=30).status_code == 200
+        assert httpx.post(url, json=HELLO, headers=accept, timeout=30).status_code == 200
     finally:
         served.terminate()
         served.wait(timeout=60)
@@ -929,7 +918,7 @@ async def test_over_stdio_a_line_the_server_cannot_read_is_answered(handbook: St
 
     deep = '{"a":' * 300 + "1" + "}" * 300
     sent = [
-        json.dumps(_HELLO),
+        json.dumps(HELLO),
         '{"jsonrpc": "2.0", "method": "notifications/initialized"}',
         "{not json",
         "[]",

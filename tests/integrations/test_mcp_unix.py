@@ -23,6 +23,7 @@ from mcp.client.streamable_http import streamable_http_client
 from ragstore import Store
 from ragstore.errors import ConfigError
 from tests.conftest import run_cli
+from tests.mcp_wire import HELLO
 
 NOTE = "# Runbook\n\nTo rotate the signing key run the rotation job on the primary first.\n"
 
@@ -43,18 +44,6 @@ def _accepts(path: Path) -> bool:
     return True
 
 
-_HELLO = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "probe", "version": "1"},
-    },
-}
-
-
 async def _initialize_and_search(path: Path) -> dict[str, Any]:
     """An MCP session of the SDK's client over the Unix socket: initialize, then a search
     (fulltext: no model to load); the search's structured answer.
@@ -65,7 +54,7 @@ async def _initialize_and_search(path: Path) -> dict[str, Any]:
     transport = httpx2.AsyncHTTPTransport(uds=str(path))
     accept = {"Accept": "application/json, text/event-stream"}
     async with httpx2.AsyncClient(transport=transport, timeout=120) as http:
-        hello = await http.post("http://localhost/mcp", json=_HELLO, headers=accept)
+        hello = await http.post("http://localhost/mcp", json=HELLO, headers=accept)
         assert hello.status_code == 200, hello.text
     transport = httpx2.AsyncHTTPTransport(uds=str(path))
     with anyio.fail_after(240):

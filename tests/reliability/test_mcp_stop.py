@@ -21,6 +21,7 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from ragstore.db import embedded
+from tests.mcp_wire import HELLO
 
 
 @pytest.fixture(scope="module")
@@ -148,18 +149,7 @@ def test_stdio_mcp_stopped_by_a_signal_or_eof_exits_0_and_stops_its_embedded_ser
         )
     assert proc.stdin is not None
     try:
-        hello = _ask(
-            proc,
-            {
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-06-18",
-                    "capabilities": {},
-                    "clientInfo": {"name": "probe", "version": "1"},
-                },
-            },
-        )
+        hello = _ask(proc, HELLO)
         assert "result" in hello, (hello, log.read_text(errors="replace")[-2000:])
         _ask(proc, {"method": "notifications/initialized"})
         # a tool call: it opens the Store's pool, starting the embedded server
