@@ -1170,6 +1170,91 @@ async def test_get_section_finds_a_section_past_the_chunk_limit(
             assert doc["truncated"] and "Region 11" not in doc["text"]
 
 
+LONG = " ".join(f"Sentence {i} explains one more detail of the topic at hand." for i in range(18))
+TINY_SECTIONS = (  # each tiny section joins the chunk before it (chunker.py, _packs)
+    f"# Doc\n\n## Long one\n\n{LONG}\n\n## Tiny\n\nThe quokka note sits here.\n\n"
+    f"## Long two\n\n{LONG}\n\n### Subtiny\n\nThe wombat note sits here.\n\n"
+    f"## Long three\n\n{LONG}\n\n## Small\n\nSmall note.\n\n### Small kid\n\nKid note.\n\n"
+    f"### Big kid\n\n{LONG}\n"
+)
+
+
+async def test_get_section_reads_a_tiny_section_merged_into_the_chunk_before_it(
+    handbook: Store,
+) -> None:
+    """A tiny section shares the chunk before it, which keeps the section path it starts
+    in and names the tiny one in ``metadata["headings"]``: ``get_section`` read chunks by
+    section path only, so it answered "has no section" for the tiny section (its heading
+    chunk is labelled with its parent's path), and a section followed by a tiny one ended
+    with the tiny one's text. The section's chunks now include the one holding its
+    heading, each cut to the section's part."""
+    from mcp import Client as McpClient
+
+    doc_id = handbook.add_document("mcp-tiny", "doc.md", TINY_SECTIONS)["id"]
+    async with McpClient(build_server(handbook)) as session:
+
+        async def section(path: str) -> str:
+            got = _data(
+                await session.call_tool(
+                    "get_section",
+                    {"collection": "mcp-tiny", "document_id": doc_id, "section": path},
+                )
+            )
+            assert got["section"] == path and not got["truncated"]
+            return str(got["text"])
+
+        assert await section("Doc > Tiny") == "The quokka note sits here."
+        assert await section("Doc > Long two > Subtiny") == "The wombat note sits here."
+        assert await section("Doc > Long one") == LONG
+        assert (
+            await section("Doc > Long two")
+            == f"{LONG}\n\n### Subtiny\n\nThe wombat note sits here."
+        )
+        assert await section("Doc > Long three") == LONG
+        # a tiny section with a tiny subsection merged too and one of its own chunk
+        assert await section("Doc > Small") == (
+            f"Small note.\n\n### Small kid\n\nKid note.\n\nBig kid\n\n{LONG}"
+        )
+        assert await section("Doc > Small > Small kid") == "Kid note."
+        assert await section("Doc > Small > Big kid") == LONG
+        # the whole document: each held heading once, as its line in the text that holds it
+        assert await section("Doc") == "\n\n".join(
+            [
+                "Long one",
+                LONG,
+                "## Tiny",
+                "The quokka note sits here.",
+                "Long two",
+                LONG,
+                "### Subtiny",
+                "The wombat note sits here.",
+                "Long three",
+                LONG,
+                "## Small",
+                "Small note.",
+                "### Small kid",
+                "Kid note.",
+                "Big kid",
+                LONG,
+            ]
+        )
+        # the way an agent is told to read more: a hit's section, which holds the text
+        found = _data(
+            await session.call_tool(
+                "search",
+                {
+                    "collection": "mcp-tiny",
+                    "query": "quokka note",
+                    "k": 1,
+                    "mode": "fulltext",
+                    "context": "section",
+                },
+            )
+        )
+        hit = found["hits"][0]
+        assert hit["section"] == "Doc > Long one" and "quokka note" in hit["context"]
+
+
 @pytest.mark.parametrize(
     ("tool", "reader", "extra"),
     [

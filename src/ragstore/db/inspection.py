@@ -9,6 +9,7 @@ shared tables' sizes; each embedding space has tables of its own, sized exactly.
 
 from __future__ import annotations
 
+import re
 from typing import Any, cast
 
 import psycopg
@@ -136,25 +137,99 @@ def document_chunks(
     ]
 
 
+# A section's chunks: those labelled with its path or a subsection's, and the chunk
+# holding its heading. The chunker lets a tiny section join the chunk before it
+# (chunking/chunker.py ``_packs``): that chunk keeps the path it starts in and names the
+# heading in ``metadata["headings"]``; the heading chunks it names follow it, in that
+# order, before any other chunk but headings. So a heading's holder is the nearest body
+# chunk before it, naming it at the place it stands after that chunk. A heading found
+# held is left out (its line is in the holder's text), and ``flags`` says of each heading
+# a chunk names whether it is the section's own (2), a subsection's (1) or another's (0).
+# Each heading costs one step back in the (document_id, ordinal) index.
+_SECTION_SQL = """
+WITH heads AS (
+    SELECT h.id, hold.id AS holder
+    FROM chunks h
+    LEFT JOIN LATERAL (
+        SELECT b.id, b.ordinal, b.metadata FROM chunks b
+        WHERE b.document_id = h.document_id AND b.ordinal < h.ordinal
+          AND b.chunk_type <> 'heading'
+        ORDER BY b.ordinal DESC LIMIT 1
+    ) hold ON hold.metadata -> 'headings' ->> (h.ordinal - hold.ordinal - 1) = h.text
+    WHERE h.document_id = %(d)s AND h.chunk_type = 'heading'
+      AND (h.section_path || h.text)[1:%(n)s] = %(path)s::text[]
+), picked AS (
+    SELECT c.id FROM chunks c
+    WHERE c.document_id = %(d)s AND c.section_path[1:%(n)s] = %(path)s::text[]
+      AND NOT EXISTS (SELECT 1 FROM heads WHERE heads.id = c.id AND heads.holder IS NOT NULL)
+    UNION
+    SELECT holder FROM heads WHERE holder IS NOT NULL
+)
+SELECT c.text, c.section_path[1:%(n)s] = %(path)s::text[], named.names, named.flags,
+       count(*) OVER ()
+FROM picked JOIN chunks c ON c.id = picked.id
+LEFT JOIN LATERAL (
+    SELECT array_agg(x.text ORDER BY x.ordinal) AS names,
+           array_agg(CASE WHEN x.section_path || x.text = %(path)s::text[] THEN 2
+                          WHEN (x.section_path || x.text)[1:%(n)s] = %(path)s::text[] THEN 1
+                          ELSE 0 END ORDER BY x.ordinal) AS flags
+    FROM chunks x
+    WHERE jsonb_typeof(c.metadata -> 'headings') = 'array'
+      AND x.document_id = c.document_id AND x.ordinal > c.ordinal
+      AND x.ordinal <= c.ordinal + jsonb_array_length(c.metadata -> 'headings')
+) named ON true
+ORDER BY c.ordinal LIMIT %(limit)s
+"""
+
+
 def section_chunks(
     conn: Conn, coll: Collection, document_id: int, path: list[str], *, limit: int
 ) -> tuple[list[str], int]:
     """The texts of the chunks of a document's section ``path`` (a heading path: the chunks whose
-    section path starts with it, its subsections' too), in reading order, at most
-    ``limit``, and how many there are in all (in the same statement's snapshot).
+    section path starts with it, its subsections' too, and the chunk before it that a tiny
+    section was merged into), in reading order, at most ``limit``, and how many there are
+    in all (in the same statement's snapshot).
 
-    Selected by the database: read from the whole document's chunks (at most 10,000 of
-    them), a section past those was answered as no section at all. Raises
-    DocumentNotFoundError when the document is not in the collection."""
+    A chunk that holds other sections' text beside the section's is cut to the section's
+    part: a tiny section read back is its own text, not its neighbour's, and a section
+    followed by a tiny one does not end with it. Selected by the database: read from the
+    whole document's chunks (at most 10,000 of them), a section past those was answered
+    as no section at all. Raises DocumentNotFoundError when the document is not in the
+    collection."""
     _require_document(conn, coll, document_id)
     rows = conn.execute(
-        "SELECT text, count(*) OVER () FROM chunks WHERE document_id = %(d)s"
-        " AND section_path[1:%(n)s] = %(path)s::text[]"
-        " ORDER BY ordinal LIMIT %(limit)s",
+        _SECTION_SQL,
         {"d": document_id, "n": len(path), "path": list(path), "limit": limit},
     ).fetchall()
-    total = int(rows[0][1]) if rows else 0
-    return [str(r[0]) for r in rows], total
+    total = int(rows[0][4]) if rows else 0
+    return [_section_part(str(r[0]), bool(r[1]), r[2] or [], r[3] or []) for r in rows], total
+
+
+def _section_part(text: str, inside: bool, names: list[str], flags: list[int]) -> str:
+    """The part of a chunk's ``text`` that is the section's: the chunk names ``names``
+    (the headings merged into it, in order, each with its ``flags``: 2 the section's own
+    heading, 1 a subsection's, 0 another section's). A chunk ``inside`` the section ends
+    before the first heading of another; one that only holds the section's heading starts
+    after that heading's line (a section is read without its own heading) and ends as the
+    other does. Where a heading line is not found, the whole text is the answer."""
+    at = 0
+    spans: list[tuple[int, int]] = []  # each named heading's line: (start, end)
+    for name in names:
+        line = re.compile(r"\n\n#{1,6} " + re.escape(" ".join(name.split())) + r"(?=\n\n)")
+        found = line.search(text, at)
+        if found is None:
+            return text
+        spans.append((found.start(), found.end()))
+        at = found.end()
+    start = first = 0
+    if not inside:
+        held = next((i for i, f in enumerate(flags) if f), None)
+        if held is None:
+            return text
+        first, (line_start, line_end) = held, spans[held]
+        start = line_end + 2 if flags[held] == 2 else line_start + 2
+    end = next((spans[i][0] for i in range(first, len(flags)) if not flags[i]), None)
+    return text[start:end]
 
 
 # collations that order strings as their bytes (UTF-8's byte order is code point order)
