@@ -43,6 +43,7 @@ from ragstore.ingest import staging
 from ragstore.ingest.service import ensure_space_index
 
 if TYPE_CHECKING:
+    from ragstore.db.models import PinnedModel
     from ragstore.runtime import Runtime
 
 REPAIR_BATCH = 256  # chunks embedded per transaction when missing vectors are restored
@@ -380,33 +381,60 @@ def _check_pins(rt: Runtime, report: CheckReport) -> None:
 
     The pin is not rewritten, here or by ``--repair``: its options are what every process
     using it sends, and a pin never changes under its users. The fix is a new pin of the
-    same endpoint with the pair in an environment variable (``--auth basic``), and a
-    migration of each collection using the old one. Not a finding: nothing the user does
-    removes the old pin (a pin is never deleted), so it would fail every check for good."""
+    same endpoint with the pair in an environment variable (``--auth basic``), a migration
+    of each collection whose active model the old one is, a prune of each collection
+    keeping it for a rollback, then ``models remove`` of the old pin, which no collection
+    uses by then: the warning goes with it. Not a finding: the user decides when to give
+    up the rollback, and the check would fail until then."""
     from ragstore.modelops.specs import pins_holding_credentials, repin_command, repin_variable
 
     for pinned in pins_holding_credentials(rt):
         spec = pinned.spec
         users = sorted({c["collection"] for c in pinned.collections})
         used = f"used by collection(s) {', '.join(users)}" if users else "used by no collection"
-        # only where it is the active model: a migration switches the collection to it
-        active = sorted({c["collection"] for c in pinned.collections if c["status"] == "active"})
-        migrate = "; ".join(
-            f"ragstore models migrate -c {name} --to {spec.name}@{spec.revision}-basic"
-            for name in active
-        )
         report.warnings.append(
             Finding(
                 f"model {spec.key} ({used})",
                 "its endpoint URL holds a password (user:password@, from a version that "
                 "took one), stored in the database and in its backups; it is masked "
                 "wherever shown, and the pin is left as it is",
-                f"export {repin_variable(spec)}='USER:PASSWORD', then {repin_command(spec)}"
-                + (f", then {migrate}" if migrate else "")
-                + "; change the password at the endpoint afterwards, as the old one stays "
-                "in this pin",
+                _pin_fix(pinned, repin_variable(spec), repin_command(spec)),
             )
         )
+
+
+def _pin_fix(pinned: PinnedModel, variable: str, repin: str) -> str:
+    """The commands that leave no pin holding the password of ``pinned``: pin the endpoint
+    again and move each collection to it (each that uses the old pin), then remove it."""
+    spec = pinned.spec
+    key = f"{spec.name}@{spec.revision}-basic"
+    by_status: dict[str, set[str]] = {}
+    for c in pinned.collections:
+        by_status.setdefault(c["status"], set()).add(c["collection"])
+    steps = []
+    if pinned.collections:
+        steps.append(f"export {variable}='USER:PASSWORD'")
+        steps.append(repin)
+    # only where it is the active model: a migration switches the collection to it
+    steps += [
+        f"ragstore models migrate -c {n} --to {key}" for n in sorted(by_status.get("active", ()))
+    ]
+    # a migration to the old pin in progress: dropped (the new pin takes its place)
+    steps += [f"ragstore models cancel -c {n}" for n in sorted(by_status.get("building", ()))]
+    # kept for a rollback (a migrated collection keeps it too) until pruned
+    kept = by_status.get("active", set()) | by_status.get("retired", set())
+    steps += [f"ragstore models prune -c {n}" for n in sorted(kept)]
+    steps.append(f"ragstore models remove {spec.key}")
+    again = (
+        ""
+        if pinned.collections
+        else f" (to use the endpoint again: export {variable}='USER:PASSWORD', then {repin})"
+    )
+    return (
+        ", then ".join(steps)
+        + again
+        + "; change the password at the endpoint afterwards, as backups made before keep it"
+    )
 
 
 def _check_leftovers(rt: Runtime, report: CheckReport, repair: bool) -> None:

@@ -13,7 +13,6 @@ real CLI and the database.
 from __future__ import annotations
 
 import json
-import re
 import shlex
 from collections.abc import Iterator
 from typing import Any
@@ -234,10 +233,17 @@ def test_db_check_names_a_pin_holding_a_password_with_the_commands_that_fix_it(
     code, text = _check(capsys, "-c", "old-docs")
     assert code == 0 and f"warning: model {old.key}" in text and f"  fix: {fix}" in text, text
 
-    found = re.search(r"then (ragstore models add .*?), then (ragstore models migrate .*?);", fix)
-    assert found, fix
+    # the steps: pin it again, migrate, prune (asks: --yes here), remove the old pin
+    steps, _, tail = fix.partition("; ")
+    assert tail.startswith("change the password at the endpoint afterwards"), fix
+    commands = steps.split(", then ")[1:]
+    assert [c.split()[2] for c in commands] == ["add", "migrate", "prune", "remove"], fix
+    assert commands[2:] == [
+        "ragstore models prune -c old-docs",
+        f"ragstore models remove {old.key}",
+    ]
     monkeypatch.setenv(variable, PAIR)
-    for command in found.groups():
+    for command in commands[:2]:
         assert run_cli(*shlex.split(command)[1:]) == 0, (command, capsys.readouterr())
     capsys.readouterr()
     new = find_model(rt, f"old-pw@{old.revision}-basic").spec
@@ -247,6 +253,40 @@ def test_db_check_names_a_pin_holding_a_password_with_the_commands_that_fix_it(
     stored = _stored_options(rt, "old-pw")
     assert stored.startswith(before + "\n") and stored.count(PASSWORD) == 1  # left as it was
 
+    # kept for a rollback: still warned of, now with the prune and the removal left to do
     code, text = _check(capsys)
     assert code == 0 and f"warning: model {old.key} (used by collection(s) old-docs)" in text
+    assert f"  fix: export {variable}='USER:PASSWORD', then ragstore models add" in text, text
+    assert f"then ragstore models prune -c old-docs, then ragstore models remove {old.key};" in text
     assert f"warning: model {new.key}" not in text
+    assert run_cli("models", "remove", old.key, "--yes") == 65  # a rollback still needs it
+    assert "error[conflict]" in capsys.readouterr().err
+
+    for command in commands[2:]:
+        assert run_cli(*shlex.split(command)[1:], "--yes") == 0, (command, capsys.readouterr())
+    capsys.readouterr()
+    code, out = _check(capsys, "--json")
+    report = json.loads(out)
+    assert code == 0 and not [w for w in report["warnings"] if "old-pw" in w["where"]], report
+    assert PASSWORD not in _stored_options(rt, "old-pw")
+    hits = search(rt, "bread dough", collection="old-docs", mode="vector", k=1)
+    assert hits and "Sourdough" in hits[0].text  # on the new pin, the endpoint still used
+
+
+def test_db_check_offers_only_the_removal_for_a_pin_no_collection_uses(
+    rt: Runtime,
+    server: EmbeddingServer,
+    cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(VAR, PAIR)
+    old = _old_pin(rt, server, "unused-pw")
+    code, out = _check(capsys, "--json")
+    [warning] = [w for w in json.loads(out)["warnings"] if "unused-pw" in w["where"]]
+    assert code == 0 and warning["where"] == f"model {old.key} (used by no collection)"
+    assert warning["fix"].startswith(f"ragstore models remove {old.key} (to use the endpoint")
+    assert run_cli(*shlex.split(warning["fix"].split(" (")[0])[1:], "--yes") == 0
+    code, out = _check(capsys, "--json")
+    assert code == 0 and not [w for w in json.loads(out)["warnings"] if "unused-pw" in w["where"]]
+    assert not [m for m in list_models(rt) if m.spec.name == "unused-pw"]

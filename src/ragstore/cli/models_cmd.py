@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ragstore.modelops.migrate import MigrationReport
 
 app = typer.Typer(
-    help="Pinned embedding models: list, pin, migrate a collection, roll back.",
+    help="Pinned embedding models: list, pin, migrate a collection, roll back, remove.",
     no_args_is_help=True,
 )
 
@@ -449,6 +449,37 @@ def prune_cmd(
         err.print(f"nothing to prune in {name!r}")
     for sp in dropped:
         err.print(f"{verb} {sp.table} ({escape(sp.model.key)})")
+
+
+@app.command("remove")
+def remove_cmd(
+    model: str = typer.Argument(..., metavar="MODEL", help="NAME@REVISION (or NAME alone)."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Only check that nothing uses it; remove nothing."
+    ),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask; remove at once."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Delete a pinned model that no collection uses (not as its model, not kept for a
+    rollback, not being migrated to); refused, naming each use, otherwise. Asks first."""
+    from ragstore.modelops.remove import remove_model
+    from ragstore.runtime import Runtime
+
+    refuse_remote("models remove")  # pins are made and kept on the database, not the server
+    with Runtime() as rt:
+        pinned = remove_model(rt, model, dry_run=True)
+        if not dry_run:
+            confirm(
+                f"Remove the pin of model {pinned.spec.key}? No collection uses it; pinning "
+                "it again takes `ragstore models add`",
+                yes=yes,
+            )
+            pinned = remove_model(rt, pinned.spec.key)
+    if as_json:
+        echo_json({"model": pinned.spec.key, "dry_run": dry_run, "removed": not dry_run})
+        return
+    verb = "would remove" if dry_run else "removed"
+    err_console().print(f"{verb} {escape(pinned.spec.key)} (no collection uses it)")
 
 
 @app.command("cancel")

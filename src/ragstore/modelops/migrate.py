@@ -38,6 +38,7 @@ from ragstore.db.errors import translated
 from ragstore.embedding.registry import tokenizer_identity
 from ragstore.errors import ConflictError, InputError, MigrationStateError
 from ragstore.modelops import rechunk
+from ragstore.modelops.remove import hold_target
 from ragstore.modelops.specs import find_model
 from ragstore.models import VECTOR_ONLY_PROVIDER, ModelSpec
 from ragstore.runtime import Runtime
@@ -170,6 +171,7 @@ def _target_space(
 ) -> spaces.Space:
     """The space to fill: a building one resumed, a retired one reused, or a new one."""
     _lock_as_read(conn, coll, "migrate", lock)
+    hold_target(conn, model_id, spec.key, coll.name)
     rechunk.ensure_not_stale(conn, coll, model_id, spec.key)
     existing = spaces.list_spaces(conn, coll.id)
     for sp in existing:

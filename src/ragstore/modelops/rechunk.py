@@ -26,6 +26,7 @@ from ragstore.db import documents, repository, spaces
 from ragstore.db.errors import translated
 from ragstore.db.models import PinnedModel
 from ragstore.errors import MigrationStateError
+from ragstore.modelops.remove import hold_target
 from ragstore.models import Chunk
 
 BATCH_DOCUMENTS = 64  # documents cut, embedded and written per transaction
@@ -54,6 +55,7 @@ def prepare(
     """The shadow to fill for ``target``: one being built resumed, a retired one (the
     chunk set of a model switched away from) reused, or a new one."""
     spaces.lock_collection(conn, coll.id)
+    hold_target(conn, target.id, target.spec.key, coll.name)
     sh = find_shadow(conn, coll, target.id)
     if sh is None:
         sh = repository.create_shadow(conn, coll, target.id, target.spec)
