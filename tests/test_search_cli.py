@@ -215,6 +215,25 @@ def test_a_hybrid_option_out_of_range_is_a_usage_error(
     assert capsys.readouterr().err.startswith(f"error[usage]: Invalid value for {said}")
 
 
+@pytest.mark.parametrize(
+    "command", [["search", "cats"], ["eval", "/nowhere/beir"], ["eval-sections", "/nowhere/set"]]
+)
+def test_a_bad_mode_is_the_same_usage_error_in_every_command(
+    cli_env: dict[str, str], capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """``eval --mode bogus`` (and ``eval-sections``'s) exited 65, ``invalid_input``, where
+    ``search --mode bogus`` exits 64: every command taking ``--mode`` says it as search
+    does, one usage line naming the option and the modes, before any dataset is read."""
+    name = command[0]
+    assert run_cli(*command, "-m", "fulltext", "--mode", "bogus") == 64
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "error[usage]: Invalid value for '--mode': unknown search mode 'bogus'; use one of "
+        "vector, fulltext, hybrid"
+    ), err
+    assert err.rstrip().endswith(f"(see 'ragstore {name} --help')") and err.count("\n") == 1
+
+
 def test_the_printed_score_is_the_one_the_hits_are_ordered_by(
     corpus: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

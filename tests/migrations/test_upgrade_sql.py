@@ -84,6 +84,24 @@ def test_from_base_prints_every_revision_and_to_stops_there(
     assert "-> 0036" in out and "-> 0037" not in out
 
 
+def test_every_statement_of_the_whole_script_ends_in_one_terminator(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A revision's SQL written ``op.execute("...;")`` (0038's and most others') printed
+    ``);;`` at its end, Alembic's terminator after the revision's own: the script from an
+    empty database to the head holds no ``;;``, and a statement still ends in one ``;``."""
+    monkeypatch.setenv("RAGSTORE_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    monkeypatch.setenv("RAGSTORE_DATA_DIR", str(tmp_path))
+    capsys.readouterr()
+    assert run_cli("db", "upgrade", "--sql", "--from", "base") == 0
+    out = capsys.readouterr().out
+    assert f"-> {migrations.head_revision()}" in out and out.rstrip().endswith("COMMIT;")
+    doubled = [line for line in out.splitlines() if ";;" in line]
+    assert doubled == [], doubled
+    # 0038's statement, the one seen: still ended, by one terminator
+    assert "PRIMARY KEY (collection_id, source)\n    );\n\n" in out, out[-800:]
+
+
 def test_a_database_at_the_target_prints_nothing_to_apply(
     cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import errno
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from ragstore.ingest import ingest_paths
-from ragstore.parsing import registry
+from ragstore.ingest import ingest_paths, prepare
+from ragstore.ingest.service import Item
+from ragstore.parsing import registry, sandbox
 from ragstore.runtime import Runtime
 
 
@@ -71,3 +75,95 @@ def test_oserror_labels() -> None:
     assert (
         unreadable(path, FileNotFoundError(errno.ENOENT, "No such file")).code == "path_not_found"
     )
+
+
+# prepare() on one file with no descriptor left: the file's open fails with EMFILE
+_NO_DESCRIPTOR_LEFT = """
+import json, os, resource, sys
+from pathlib import Path
+from ragstore.ingest.prepare import Job, prepare
+from ragstore.ingest.service import Item
+
+path = Path(sys.argv[1])
+job = Job(counter=None, max_tokens=512, max_file_bytes=1 << 20, user_meta={})
+fd = os.open(os.devnull, os.O_RDONLY)
+os.close(fd)  # the lowest free descriptor: with the limit there, the next open fails
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (fd, hard))
+got = prepare(job, Item(str(path), path, str(path)), None)
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+print(json.dumps({"code": got.error.code, "message": str(got.error)}))
+"""
+
+
+def test_a_process_out_of_descriptors_does_not_call_the_file_unreadable(tmp_path: Path) -> None:
+    """A file that could not be opened because the ingesting process had no descriptor
+    left (EMFILE: too many files open at once, a low ``ulimit -n``) failed as
+    ``file_unreadable``, "check the file's permissions": a healthy file blamed, the cause
+    unsaid. It is an ``internal_error`` naming the process's error and its remedy."""
+    f = tmp_path / "healthy.md"
+    f.write_text("# Fine\n\nA healthy file.\n")
+    run = subprocess.run(
+        [sys.executable, "-c", _NO_DESCRIPTOR_LEFT, str(f)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout)
+    assert got["code"] == "internal_error", got
+    assert got["message"] == (
+        f"{f}: reading it failed in this process, not because of the file (OSError: "
+        f"[Errno 24] Too many open files: '{f}'); it was not stored: ingest it again; raise "
+        "the open-files limit (ulimit -n) or ingest fewer files at once"
+    ), got
+
+
+def _item(path: Path) -> Item:
+    return Item(str(path), path, str(path))
+
+
+def _job(timeout_s: float) -> prepare.Job:
+    # the counter is never reached: the file fails before it is chunked
+    return prepare.Job(None, 512, 1 << 20, {}, parse_timeout_s=timeout_s)  # type: ignore[arg-type]
+
+
+def test_an_oserror_of_the_parse_is_not_called_an_unreadable_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any OSError below the read (a parser's, a parse helper's pipe broken) was taken for
+    "the file is unreadable; check its permissions". Only the read's is the file's now;
+    the parse's says it is not (the parse put in its place raises one)."""
+    f = tmp_path / "healthy.md"
+    f.write_text("# Fine\n\nA healthy file.\n")
+
+    def broken_pipe(*args: object, **kwargs: object) -> None:
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    monkeypatch.setattr(prepare, "parse_file", broken_pipe)
+    got = prepare.prepare(_job(0), _item(f), None)
+    assert got.error is not None and got.error.code == "internal_error", got.error
+    assert str(got.error).startswith(
+        f"{f}: preparing it failed in this process, not because of the file "
+        "(BrokenPipeError: [Errno 32] Broken pipe); it was not stored"
+    ), got.error
+    # a read's own error is still the file's
+    gone = tmp_path / "gone.md"
+    assert prepare.prepare(_job(0), _item(gone), None).error.code == "path_not_found"  # type: ignore[union-attr]
+
+
+def test_a_parse_helper_that_cannot_start_is_that_error_not_the_files(
+    rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No interpreter at ``sys.executable`` for the parse helper: its start failed with a
+    raw FileNotFoundError that the ingest called the file unreadable (sandbox.py now
+    raises its own error); the ingest reports that error for the file."""
+    monkeypatch.setattr(sandbox, "_helpers", sandbox._Helpers())
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
+    (tmp_path / "big.md").write_bytes(b"# A title\n\n" + b"A paragraph of some words.\n\n" * 800)
+    report = ingest_paths(rt, [tmp_path], collection="helperless")
+    (outcome,) = report.outcomes
+    assert outcome.status == "failed" and outcome.code == "internal_error", outcome
+    assert (outcome.error or "").startswith(
+        "the parse helper (/nonexistent/python3 -m ragstore.parsing.sandbox) could not start"
+    ), outcome

@@ -1315,6 +1315,37 @@ def test_a_read_a_healthy_replica_refuses_leaves_it_in_use(pair: Pair, case: str
         primary.close()
 
 
+def test_a_write_on_a_replica_outside_translated_is_run_again_on_the_primary(
+    pair: Pair,
+) -> None:
+    """A routed read that writes on the standby without ``translated()`` around it got
+    psycopg's raw ``ReadOnlySqlTransaction`` (25006, an InternalError that the pool's
+    connection does not translate): the API answered 500 and never ran the read on the
+    primary. It is the ``database_unavailable`` a translated one is: the route is lost
+    (run again on the primary), the replica left in use."""
+    primary = Database(pair.primary_url)
+    router = ReadRouter(
+        primary, [pair.standby.conninfo], max_lag_s=5, wait_s=0.1, probe_interval_s=600
+    )
+    try:
+        route = Route(router)
+        with routed(route):
+            replica = route.database()
+            assert route.on_replica, router.statuses()
+            with pytest.raises(RagstoreError) as failed, replica.connection() as conn:
+                conn.execute("CREATE TABLE written_raw (x int)")  # no translated() around it
+        assert type(failed.value) is DatabaseUnavailableError, repr(failed.value)
+        assert isinstance(failed.value.__cause__, psycopg.errors.ReadOnlySqlTransaction)
+        assert "the database refuses writes: it is read-only" in str(failed.value)
+        assert route.lost, "the API would not run the read again on the primary"
+        [status] = router.statuses()
+        assert status.up is True, status
+        assert router.choose() is replica, "the next read does not go to the replica"
+    finally:
+        router.close()
+        primary.close()
+
+
 def test_a_replica_stopped_under_a_read_is_marked_down(pair: Pair) -> None:
     """The counterpart: a standby shut down (fast) while a read runs on it ends the read's
     session with the same 57P01 an administrator's pg_terminate_backend sends, and takes

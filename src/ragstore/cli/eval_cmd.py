@@ -7,7 +7,13 @@ from pathlib import Path
 import typer
 
 from ragstore.cli.output import console, echo_json, err_console
-from ragstore.cli.search_cmd import FULLTEXT_WEIGHT, RRF_K, VECTOR_WEIGHT, fusion_options
+from ragstore.cli.search_cmd import (
+    FULLTEXT_WEIGHT,
+    RRF_K,
+    VECTOR_WEIGHT,
+    fusion_options,
+    mode_options,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -47,14 +53,13 @@ def register(app: typer.Typer) -> None:
         from ragstore.errors import InputError
         from ragstore.runtime import Runtime
         from ragstore.search.eval import collection_name, evaluate, ingest_records, load_beir
-        from ragstore.search.service import MODES, Mode, parse_mode
 
         # a scratch collection in the database, searched in this process: the server's
         # search (what RAGSTORE_URL names) is not what would be measured
         refuse_remote("eval")
         err = err_console()
-        modes: list[Mode] = [parse_mode(m) for m in mode] or list(MODES)
-        fusion = fusion_options(ctx, rrf_k, vector_weight, fulltext_weight)  # 64, as search
+        modes = mode_options(ctx, mode)  # 64, as search
+        fusion = fusion_options(ctx, rrf_k, vector_weight, fulltext_weight)
         ds = load_beir(dataset_dir, split)
         if limit is not None:
             keep = list(ds.qrels)[:limit]

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ragstore.models import Hit
     from ragstore.search.context import HitWithContext
     from ragstore.search.hybrid import FusionParams
+    from ragstore.search.service import Mode
 
 # the defaults of ragstore.search.hybrid, repeated so that --help needs no search import
 # (tests/test_cli_usage.py checks that they agree)
@@ -210,6 +211,15 @@ def fusion_options(
         ("--vector-weight", "--fulltext-weight"),
         partial(FusionParams, rrf_k, vector_weight, fulltext_weight),
     )
+
+
+def mode_options(ctx: typer.Context, modes: Sequence[str]) -> list[Mode]:
+    """Repeated ``--mode`` values as search modes, all of them when none is given; a mode
+    that is not one a usage error naming ``--mode`` and the modes (exit 64), as ``search
+    --mode`` says: ``eval`` and ``eval-sections`` ended a bad one in ``invalid_input`` (65)."""
+    from ragstore.search.service import MODES, parse_mode
+
+    return [_usage_error(ctx, "--mode", partial(parse_mode, m)) for m in modes] or list(MODES)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,11 +9,13 @@ import typer
 
 from ragstore.cli.output import console as stdout_console
 from ragstore.cli.output import err_console
+from ragstore.cli.search_cmd import mode_options
 
 
 def register(app: typer.Typer) -> None:
     @app.command("eval-sections")
     def eval_sections(
+        ctx: typer.Context,
         set_dir: Path = typer.Argument(
             ..., help="Question set: questions.tsv (question, file, section_regex) and docs/."
         ),
@@ -49,12 +51,10 @@ def register(app: typer.Typer) -> None:
 
         from ragstore.cli.remote import refuse_remote
         from ragstore.runtime import Runtime
-        from ragstore.search import parse_mode
         from ragstore.search.sections import evaluate_sections
-        from ragstore.search.service import MODES, Mode
 
         refuse_remote("eval-sections")  # as `eval`: a scratch collection searched here
-        modes: list[Mode] = [parse_mode(m) for m in mode] or list(MODES)
+        modes = mode_options(ctx, mode)  # 64, as search --mode
         with Runtime() as rt:
             result = evaluate_sections(
                 rt,

@@ -645,6 +645,19 @@ def migrate(db: Database, action: str, to: str) -> Migrated:
     return Migrated(found, status_of(after))
 
 
+class _OneTerminator(io.StringIO):
+    """Alembic's offline output, one ``;`` after each statement: Alembic appends its
+    terminator to a statement as written, and a revision's ``op.execute("...;")`` (most
+    of them end so) printed ``);;`` in ``db upgrade --sql``. A write is one statement
+    and its terminator (``static_output``), so only its own end is looked at: a ``;;``
+    inside a statement (a function body) is left as written."""
+
+    def write(self, s: str, /) -> int:
+        if s.endswith(";;\n\n"):
+            s = s[: -len(";;\n\n")] + ";\n\n"
+        return super().write(s)
+
+
 def upgrade_sql(db: Database | None, to: str = "head", start: str | None = None) -> str:
     """The SQL an upgrade would run, without running it (Alembic offline mode): from
     ``start``, else from ``db``'s revision (read, and refused as :func:`upgrade` refuses a
@@ -665,7 +678,7 @@ def upgrade_sql(db: Database | None, to: str = "head", start: str | None = None)
     # the dialect is all offline mode needs of a database: given ``db``'s conninfo, a
     # libpq ``key=value`` one failed as a URL SQLAlchemy could not parse
     cfg = _config(_DIALECT_URL)
-    out = io.StringIO()
+    out = _OneTerminator()
     cfg.output_buffer = out
     rng = f"{start}:{to}" if start else to
     with _target_refused(f"print the SQL of an upgrade to {rng!r}"):
