@@ -119,7 +119,7 @@ def test_a_document_deleted_before_the_context_is_read_leaves_no_hit(
     store = Store.from_runtime(rt)
     doc = next(d for d in store.list_documents(coll.name)["data"] if d["source"].endswith(SOURCE))
     after_search.append(lambda: store.delete_document(coll.name, doc["id"]))
-    data = search_response(rt, coll.name, "apples", k=10, context="1").model_dump()["data"]
+    data = search_response(rt, coll.name, "apples", k=10, context=1).model_dump()["data"]
     assert _sources(data) == {OTHER[0]}
     assert all(h["context"] for h in data)
     # section mode: the document was deleted, so the hook has nothing left to do

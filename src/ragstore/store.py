@@ -780,7 +780,7 @@ def search_response(
     """One search as the Store and the HTTP route run it: hits (with context if asked),
     timing, and with ``explain`` the plan of the lists and their fusion."""
     from ragstore.search import service
-    from ragstore.search.context import check_answer_size, parse_context, with_context
+    from ragstore.search.context import check_answer_size, check_context, with_context
     from ragstore.search.hybrid import FusionParams
     from ragstore.search.plan import search_plan
 
@@ -789,7 +789,7 @@ def search_response(
     flag(sections, "sections")
     flag(mmr, "mmr")
     resolved = service.resolve_mode(mode, query, vector)
-    context_mode = None if context is None else parse_context(str(context))
+    context_mode = check_context(context)  # as the HTTP schema takes it, for every surface
     # before any statement: an answer of k hits each with its context can take hundreds
     # of megabytes to build (RAGSTORE_MAX_ANSWER_CHUNKS bounds it)
     check_answer_size(k, context_mode, rt.settings.max_answer_chunks)

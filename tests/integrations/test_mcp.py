@@ -511,7 +511,7 @@ async def test_tool_arguments_are_not_coerced(handbook: Store) -> None:
             assert f"{field}: " in text, (tool, args, text)
         found = _data(
             await session.call_tool(
-                "search", {"collection": "handbook", "query": "backups", "k": 2, "context": "1"}
+                "search", {"collection": "handbook", "query": "backups", "k": 2, "context": 1}
             )
         )
         assert found["hits"]

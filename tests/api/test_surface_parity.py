@@ -1,0 +1,76 @@
+"""One input, one answer: the Store, the HTTP Client and the MCP tools (the SDK's client
+over :func:`ragstore.integrations.mcp.build_server`, on the real Store) take or refuse
+the same values with the same error code, and where each says why, in the same words.
+docs/python.md promises that code moves from a Store to a Client by one line."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ragstore import Client, Store
+from ragstore.config import Settings
+from ragstore.errors import RagstoreError
+from ragstore.integrations.mcp import build_server
+
+NOTES = [
+    "Backups are taken nightly and kept for thirty days.",
+    "Rollback: run ragstore db downgrade to go back one schema revision.",
+]
+
+
+@pytest.fixture(scope="module")
+def store(settings: Settings) -> Iterator[Store]:
+    with Store(settings=settings) as s:
+        s.add_texts("parity", NOTES, ids=["backups", "rollback"])
+        yield s
+
+
+@pytest.fixture()
+def client(open_url: str, store: Store) -> Iterator[Client]:
+    with Client(open_url) as c:
+        yield c
+
+
+def _refused(call: Any) -> RagstoreError:
+    with pytest.raises(RagstoreError) as caught:
+        call()
+    return caught.value
+
+
+async def _mcp_search(store: Store, **args: Any) -> tuple[bool, str]:
+    """The MCP ``search`` tool's answer: (is an error, its text)."""
+    from mcp import Client as McpClient
+
+    async with McpClient(build_server(store)) as session:
+        result = await session.call_tool(
+            "search", {"collection": "parity", "query": "backups", **args}
+        )
+    return bool(result.is_error), str(result.content[0].text)
+
+
+@pytest.mark.parametrize("context", ["2", "Section", " 2 ", "02"])
+async def test_a_context_the_http_schema_refuses_is_refused_everywhere(
+    store: Store, client: Client, context: str
+) -> None:
+    # the Store and MCP read it as str(context) stripped and lower-cased: "2" searched
+    # with two neighbours there and was 422 through the Client
+    for backend in (store, client):
+        err = _refused(lambda b=backend: b.search("parity", "backups", context=context))
+        assert err.code == "invalid_input", (backend, err)
+        assert "context" in err.message, (backend, err)
+    failed, text = await _mcp_search(store, context=context)
+    assert failed and "error[invalid_input]: context" in text, text
+
+
+async def test_a_context_the_http_schema_takes_is_taken_everywhere(
+    store: Store, client: Client
+) -> None:
+    for context in (2, "section"):
+        for backend in (store, client):
+            hits = backend.search("parity", "backups", context=context)["data"]
+            assert hits and hits[0]["context"], (backend, context)
+        failed, text = await _mcp_search(store, context=context)
+        assert not failed, text
