@@ -788,6 +788,12 @@ def search_response(
     flag(explain, "explain")  # as the HTTP schema checks them (see validation.flag)
     flag(sections, "sections")
     flag(mmr, "mmr")
+    if where is not None and not isinstance(where, Mapping):
+        # in the HTTP schema's words (schemas._filter_object), naming the field: the
+        # Store's and the MCP tool's said only "the filter must be a JSON object"
+        from ragstore.search.filters import not_an_object
+
+        raise not_an_object(where, "where")
     resolved = service.resolve_mode(mode, query, vector)
     context_mode = check_context(context)  # as the HTTP schema takes it, for every surface
     # before any statement: an answer of k hits each with its context can take hundreds

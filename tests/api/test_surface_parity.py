@@ -74,3 +74,31 @@ async def test_a_context_the_http_schema_takes_is_taken_everywhere(
             assert hits and hits[0]["context"], (backend, context)
         failed, text = await _mcp_search(store, context=context)
         assert not failed, text
+
+
+@pytest.mark.parametrize("where", [[1], "x", 5])
+async def test_a_where_that_is_no_object_is_an_invalid_filter_everywhere(
+    store: Store, client: Client, where: Any
+) -> None:
+    # the MCP tool declared where a dict: the SDK's argument check answered invalid_input
+    # ("the arguments are invalid: where: Input should be a valid dictionary")
+    told = set()
+    for backend in (store, client):
+        err = _refused(lambda b=backend: b.search("parity", "backups", where=where))
+        assert err.code == "invalid_filter", (backend, err)
+        told.add(err.message)
+    assert len(told) == 1, told
+    failed, text = await _mcp_search(store, where=where)
+    assert failed and text.endswith(f"error[invalid_filter]: {told.pop()}"), text
+
+
+async def test_the_mcp_search_schema_still_says_where_is_an_object(store: Store) -> None:
+    from mcp import Client as McpClient
+
+    async with McpClient(build_server(store)) as session:
+        tools = {t.name: t for t in (await session.list_tools()).tools}
+    where = tools["search"].input_schema["properties"]["where"]
+    assert {"type": "object", "additionalProperties": True} in where["anyOf"], where
+    assert {"type": "null"} in where["anyOf"], where
+    failed, text = await _mcp_search(store, where={"$nope": 1})
+    assert failed and "error[invalid_filter]" in text, text
