@@ -54,6 +54,7 @@ from ragstore.schemas import (
 from ragstore.validation import (
     a_type,
     check_value,
+    document_filters,
     flag,
     id_list,
     integral,
@@ -550,13 +551,10 @@ class Store:
         from ragstore.uploads import names
 
         limit = page_limit(limit)  # a NumPy integer as the int it is
-        # checked as the HTTP route checks them: a NaN or a NUL reached PostgreSQL and came
-        # back as "invalid input syntax for type json", naming neither the value nor where
-        check_value(
-            {"format": format, "source_prefix": source_prefix, "source": source},
-            "the query",
-            InvalidFilterError,
-        )
+        # checked by the HTTP route's own check: a NaN or a NUL reached PostgreSQL and came
+        # back as "invalid input syntax for type json", naming neither the value nor where,
+        # and a source_prefix longer than the route takes answered an empty page
+        document_filters(format, source_prefix, source, InvalidFilterError)
         if metadata is not None:
             if not isinstance(metadata, Mapping):
                 raise InvalidFilterError(

@@ -375,6 +375,37 @@ def page_limit(value: Any) -> int:
     return operator.index(value)
 
 
+MAX_FORMAT_CHARS = 50  # a list_documents format filter (the longest format name is short)
+MAX_SOURCE_CHARS = 1000  # a list_documents source or source_prefix filter
+
+
+def document_filters(format: Any, source_prefix: Any, source: Any, error: type[InputError]) -> None:
+    """What a ``list_documents`` refuses in its text filters, in one place for the Store
+    and the HTTP route: a ``format`` of more than :data:`MAX_FORMAT_CHARS` characters or
+    a ``source_prefix`` or ``source`` of more than :data:`MAX_SOURCE_CHARS` (InputError,
+    422 ``invalid_input``), then what PostgreSQL cannot compare (a NUL, a lone surrogate:
+    ``error``, the route's and the Store's ``InvalidFilterError``). The caps were the
+    route's alone: ``Store.list_documents`` answered an empty page where the Client got
+    422."""
+    for name, value, most in (
+        ("format", format, MAX_FORMAT_CHARS),
+        ("source_prefix", source_prefix, MAX_SOURCE_CHARS),
+        ("source", source, MAX_SOURCE_CHARS),
+    ):
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise InputError(f"{name} must be a string, got {a_type(value)}")
+        if len(value) > most:
+            raise InputError(
+                f"{name} is {len(value):,} characters, more than the {most:,} it may have; "
+                "give a shorter one"
+            )
+    check_value(
+        {"format": format, "source_prefix": source_prefix, "source": source}, "the query", error
+    )
+
+
 def flag(value: Any, name: str) -> bool:
     """``value`` when it is a bool, else InputError naming option ``name``. In process
     ``explain="yes"`` or ``sections="no"`` were taken by their truth (``"no"`` as True),

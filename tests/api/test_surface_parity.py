@@ -102,3 +102,24 @@ async def test_the_mcp_search_schema_still_says_where_is_an_object(store: Store)
     assert {"type": "null"} in where["anyOf"], where
     failed, text = await _mcp_search(store, where={"$nope": 1})
     assert failed and "error[invalid_filter]" in text, text
+
+
+@pytest.mark.parametrize(
+    ("option", "length", "cap"),
+    [("source_prefix", 2000, 1000), ("source", 1001, 1000), ("format", 51, 50)],
+)
+def test_a_list_documents_filter_too_long_is_refused_alike(
+    store: Store, client: Client, option: str, length: int, cap: int
+) -> None:
+    # the caps were the HTTP route's alone: the Store answered an empty page
+    told = set()
+    for backend in (store, client):
+        err = _refused(lambda b=backend: b.list_documents("parity", **{option: "x" * length}))
+        assert err.code == "invalid_input", (backend, err)
+        told.add(err.message)
+    assert told == {
+        f"{option} is {length:,} characters, more than the {cap:,} it may have; give a shorter one"
+    }
+    # at the cap, a filter (matching nothing here)
+    for backend in (store, client):
+        assert backend.list_documents("parity", **{option: "x" * cap})["data"] == []
