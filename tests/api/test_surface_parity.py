@@ -123,3 +123,45 @@ def test_a_list_documents_filter_too_long_is_refused_alike(
     # at the cap, a filter (matching nothing here)
     for backend in (store, client):
         assert backend.list_documents("parity", **{option: "x" * cap})["data"] == []
+
+
+@pytest.mark.parametrize(
+    ("metadata", "told"),
+    [
+        (
+            {"x": b"b"},
+            "metadatas[0] holds a bytes (b'b') at 'x', which is not JSON-serialisable; "
+            "give text (value.decode())",
+        ),
+        (
+            {"x": {"tags": {"a"}}},
+            "metadatas[0] holds a set ({'a'}) at 'x.tags', which is not JSON-serialisable; "
+            "give a list (sorted(value))",
+        ),
+    ],
+    ids=["bytes", "set"],
+)
+def test_metadata_json_cannot_hold_is_told_alike(
+    store: Store, client: Client, metadata: dict[str, Any], told: str
+) -> None:
+    # the Store said "metadatas[0] is not JSON-serialisable: Object of type bytes is not
+    # JSON serializable", naming neither where nor how to write it
+    for backend in (store, client):
+        err = _refused(lambda b=backend: b.add_texts("parity", ["a note"], [metadata], ["m"]))
+        assert (err.code, err.message) == ("invalid_input", told), backend
+    assert store.get_texts("parity", ["m"]) == []
+
+
+def test_a_nul_in_a_text_is_told_alike(store: Store, client: Client) -> None:
+    # the Client sent one request's texts unchecked: the server's words for the whole
+    # request came back, not the Store's for the text
+    told = (
+        "texts[1] holds a NUL character (\\u0000) at character 3, which PostgreSQL text "
+        "cannot store; remove it"
+    )
+    for backend in (store, client):
+        err = _refused(
+            lambda b=backend: b.add_texts("parity", ["fine", "bad\x00text"], ids=["n1", "n2"])
+        )
+        assert (err.code, err.message) == ("invalid_input", told), backend
+    assert store.get_texts("parity", ["n1", "n2"]) == []
