@@ -5,6 +5,7 @@ docs/python.md promises that code moves from a Store to a Client by one line."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -165,3 +166,14 @@ def test_a_nul_in_a_text_is_told_alike(store: Store, client: Client) -> None:
         )
         assert (err.code, err.message) == ("invalid_input", told), backend
     assert store.get_texts("parity", ["n1", "n2"]) == []
+
+
+async def test_the_mcp_search_takes_as_many_hits_by_default_as_the_store(store: Store) -> None:
+    # the tool asked for 5 where Store.search, the Client and the CLI ask for 10, and the
+    # docs say its k is as for Store.search
+    from mcp import Client as McpClient
+
+    async with McpClient(build_server(store)) as session:
+        tools = {t.name: t for t in (await session.list_tools()).tools}
+    default = inspect.signature(Store.search).parameters["k"].default
+    assert tools["search"].input_schema["properties"]["k"]["default"] == default == 10

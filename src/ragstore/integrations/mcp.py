@@ -602,7 +602,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
     async def search(
         collection: Name,
         query: Annotated[str, Strict()],
-        k: StrictInt = 5,
+        k: StrictInt = 10,  # as for Store.search, the Client and the CLI
         mode: Annotated[str, Strict()] = "hybrid",
         where: WhereArgument = None,
         context: StrictInt | Annotated[str, Strict()] | None = None,
