@@ -90,14 +90,14 @@ def _rewrite(rt: Runtime, coll: Collection, text: str) -> Callable[[], Any]:
 
 @pytest.mark.parametrize(
     ("mode", "ctx"),
-    [("hybrid", "1"), ("vector", "2"), ("fulltext", "1"), ("hybrid", "section")],
+    [("hybrid", 1), ("vector", 2), ("fulltext", 1), ("hybrid", "section")],
 )
 def test_a_document_replaced_before_the_context_is_read_gives_the_new_version(
     rt: Runtime,
     coll: Collection,
     after_search: list[Callable[[], Any]],
     mode: str,
-    ctx: str,
+    ctx: int | str,
 ) -> None:
     after_search.append(_rewrite(rt, coll, NEW))
     data = search_response(rt, coll.name, "apples", k=10, mode=mode, context=ctx).model_dump()[
@@ -109,7 +109,7 @@ def test_a_document_replaced_before_the_context_is_read_gives_the_new_version(
     orchard = " ".join(
         c["text"] for h in data if h["source"].endswith(SOURCE) for c in h["context"]
     )
-    if ctx != "1" or mode != "fulltext":  # the full-text hit's one neighbour is a heading
+    if ctx != 1 or mode != "fulltext":  # the full-text hit's one neighbour is a heading
         assert "Cherries" in orchard or "Apples grow" in orchard
 
 
@@ -119,7 +119,7 @@ def test_a_document_deleted_before_the_context_is_read_leaves_no_hit(
     store = Store.from_runtime(rt)
     doc = next(d for d in store.list_documents(coll.name)["data"] if d["source"].endswith(SOURCE))
     after_search.append(lambda: store.delete_document(coll.name, doc["id"]))
-    data = search_response(rt, coll.name, "apples", k=10, context="1").model_dump()["data"]
+    data = search_response(rt, coll.name, "apples", k=10, context=1).model_dump()["data"]
     assert _sources(data) == {OTHER[0]}
     assert all(h["context"] for h in data)
     # section mode: the document was deleted, so the hook has nothing left to do

@@ -153,19 +153,10 @@ def _json_value(
     value: Any, what: str, error: type[InputError] = InputError, *, paths: bool = False
 ) -> Any:
     """``value`` when it is JSON the server takes unchanged, else ``error`` naming the bad
-    part as the Store does (:func:`ragstore.validation.check_value`). Unchecked, NaN or a
-    set surfaced as httpx's bare ``ValueError``/``TypeError``, which no ``except
-    RagstoreError`` caught, and a key that is no string (``1``) was turned into one by the
-    encoder, dropping one of two values when the object also held ``"1"``."""
-    from ragstore.validation import check_value
+    part in the Store's words (:func:`ragstore.validation.json_value`, the Store's check)."""
+    from ragstore.validation import json_value
 
-    # named with its path, as in process (``paths``: metadata, see validation.problem_in)
-    check_value(value, what, error, json_only=True, paths=paths)
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise error(f"{what} is not JSON-serialisable: {exc}") from None
-    return value
+    return json_value(value, what, error, paths=paths)
 
 
 def _metadata(meta: Any, what: str) -> dict[str, Any]:
@@ -407,7 +398,12 @@ def add_texts(
 ) -> Call[dict[str, Any]]:
     if isinstance(texts, (str, bytes)):  # sent as its characters, a text each
         raise InputError("texts is one string, not a list of texts; pass [text] to add one")
+    from ragstore.validation import check_text_items
+
     body: dict[str, Any] = {"texts": list(texts)}
+    # as the Store checks them, in its words: a NUL was told in the server's words for the
+    # whole request ("the request holds a NUL byte at 'texts'")
+    check_text_items(body["texts"])
     if metadatas is not None:
         body["metadatas"] = [_metadata(m, f"metadatas[{i}]") for i, m in enumerate(metadatas)]
     if ids is not None:

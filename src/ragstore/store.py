@@ -54,6 +54,7 @@ from ragstore.schemas import (
 from ragstore.validation import (
     a_type,
     check_value,
+    document_filters,
     flag,
     id_list,
     integral,
@@ -550,13 +551,10 @@ class Store:
         from ragstore.uploads import names
 
         limit = page_limit(limit)  # a NumPy integer as the int it is
-        # checked as the HTTP route checks them: a NaN or a NUL reached PostgreSQL and came
-        # back as "invalid input syntax for type json", naming neither the value nor where
-        check_value(
-            {"format": format, "source_prefix": source_prefix, "source": source},
-            "the query",
-            InvalidFilterError,
-        )
+        # checked by the HTTP route's own check: a NaN or a NUL reached PostgreSQL and came
+        # back as "invalid input syntax for type json", naming neither the value nor where,
+        # and a source_prefix longer than the route takes answered an empty page
+        document_filters(format, source_prefix, source, InvalidFilterError)
         if metadata is not None:
             if not isinstance(metadata, Mapping):
                 raise InvalidFilterError(
@@ -780,7 +778,7 @@ def search_response(
     """One search as the Store and the HTTP route run it: hits (with context if asked),
     timing, and with ``explain`` the plan of the lists and their fusion."""
     from ragstore.search import service
-    from ragstore.search.context import check_answer_size, parse_context, with_context
+    from ragstore.search.context import check_answer_size, check_context, with_context
     from ragstore.search.hybrid import FusionParams
     from ragstore.search.plan import search_plan
 
@@ -788,8 +786,14 @@ def search_response(
     flag(explain, "explain")  # as the HTTP schema checks them (see validation.flag)
     flag(sections, "sections")
     flag(mmr, "mmr")
+    if where is not None and not isinstance(where, Mapping):
+        # in the HTTP schema's words (schemas._filter_object), naming the field: the
+        # Store's and the MCP tool's said only "the filter must be a JSON object"
+        from ragstore.search.filters import not_an_object
+
+        raise not_an_object(where, "where")
     resolved = service.resolve_mode(mode, query, vector)
-    context_mode = None if context is None else parse_context(str(context))
+    context_mode = check_context(context)  # as the HTTP schema takes it, for every surface
     # before any statement: an answer of k hits each with its context can take hundreds
     # of megabytes to build (RAGSTORE_MAX_ANSWER_CHUNKS bounds it)
     check_answer_size(k, context_mode, rt.settings.max_answer_chunks)

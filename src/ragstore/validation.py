@@ -127,6 +127,21 @@ def per_text_list(value: Any, what: str, hint: str) -> list[Any]:
     return list(value)
 
 
+def check_text_items(texts: Sequence[Any]) -> None:
+    """Each of an ``add_texts``' texts a string with some text that PostgreSQL can store,
+    else InputError naming it (``texts[3]``), for the Store and the Client alike: the
+    Client sent a single request's texts unchecked, and a NUL came back in the server's
+    words for the whole request, not the Store's for the text."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InputError(f"texts[{i}] is {a_type(text)}, not a string")
+        # a leading byte-order mark is dropped when the text is parsed: a text of one
+        # alone passed here and failed there, after the batches before it were stored
+        if not text.removeprefix("\ufeff").strip():
+            raise EmptyDocumentError(f"texts[{i}] is empty; give it some text")
+        storable_text(text, f"texts[{i}]")
+
+
 def check_texts(
     texts: Sequence[Any], ids: Sequence[str], others: Mapping[str, Sized | None]
 ) -> None:
@@ -138,14 +153,7 @@ def check_texts(
     for name, seq in others.items():
         if seq is not None and len(seq) != n:
             raise InputError(f"{name} has {len(seq)} entries for {n} texts; give one per text")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise InputError(f"texts[{i}] is {a_type(text)}, not a string")
-        # a leading byte-order mark is dropped when the text is parsed: a text of one
-        # alone passed here and failed there, after the batches before it were stored
-        if not text.removeprefix("\ufeff").strip():
-            raise EmptyDocumentError(f"texts[{i}] is empty; give it some text")
-        storable_text(text, f"texts[{i}]")
+    check_text_items(texts)
     seen: set[str] = set()
     for i, doc_id in enumerate(ids):
         storable_text(doc_id, f"ids[{i}]")
@@ -375,6 +383,37 @@ def page_limit(value: Any) -> int:
     return operator.index(value)
 
 
+MAX_FORMAT_CHARS = 50  # a list_documents format filter (the longest format name is short)
+MAX_SOURCE_CHARS = 1000  # a list_documents source or source_prefix filter
+
+
+def document_filters(format: Any, source_prefix: Any, source: Any, error: type[InputError]) -> None:
+    """What a ``list_documents`` refuses in its text filters, in one place for the Store
+    and the HTTP route: a ``format`` of more than :data:`MAX_FORMAT_CHARS` characters or
+    a ``source_prefix`` or ``source`` of more than :data:`MAX_SOURCE_CHARS` (InputError,
+    422 ``invalid_input``), then what PostgreSQL cannot compare (a NUL, a lone surrogate:
+    ``error``, the route's and the Store's ``InvalidFilterError``). The caps were the
+    route's alone: ``Store.list_documents`` answered an empty page where the Client got
+    422."""
+    for name, value, most in (
+        ("format", format, MAX_FORMAT_CHARS),
+        ("source_prefix", source_prefix, MAX_SOURCE_CHARS),
+        ("source", source, MAX_SOURCE_CHARS),
+    ):
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise InputError(f"{name} must be a string, got {a_type(value)}")
+        if len(value) > most:
+            raise InputError(
+                f"{name} is {len(value):,} characters, more than the {most:,} it may have; "
+                "give a shorter one"
+            )
+    check_value(
+        {"format": format, "source_prefix": source_prefix, "source": source}, "the query", error
+    )
+
+
 def flag(value: Any, name: str) -> bool:
     """``value`` when it is a bool, else InputError naming option ``name``. In process
     ``explain="yes"`` or ``sections="no"`` were taken by their truth (``"no"`` as True),
@@ -480,6 +519,25 @@ def check_value(
     found = problem_in(value, json_only=json_only, paths=paths)
     if found:
         raise error(f"{what} holds {found}")
+    return value
+
+
+def json_value(
+    value: Any, what: str, error: type[InputError] = InputError, *, paths: bool = False
+) -> Any:
+    """``value`` when it is JSON the server takes unchanged, else ``error`` naming the bad
+    part (:func:`check_value`, ``json_only``; ``paths``: metadata, see :func:`problem_in`),
+    for the HTTP clients before they send and for the Store alike: the Store said of a
+    ``bytes`` in metadata only "is not JSON-serialisable: Object of type bytes ...",
+    where the Client named where it is and how to write it. Unchecked, NaN or a set
+    surfaced as httpx's bare ``ValueError``/``TypeError``, and a key that is no string
+    (``1``) was turned into one by the encoder, dropping one of two values when the
+    object also held ``"1"``."""
+    check_value(value, what, error, json_only=True, paths=paths)
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise error(f"{what} is not JSON-serialisable: {exc}") from None
     return value
 
 

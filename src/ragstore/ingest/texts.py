@@ -43,6 +43,7 @@ from ragstore.validation import (
     check_value,
     float32_array,
     id_list,
+    json_value,
     per_text_list,
     text_list,
 )
@@ -129,11 +130,9 @@ def _checked(
     for i, meta in enumerate(metadatas or [{}] * n):
         if not isinstance(meta, Mapping):
             raise InputError(f"metadatas[{i}] is {a_type(meta)}, not a JSON object")
-        try:
-            json.dumps(dict(meta))
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"metadatas[{i}] is not JSON-serialisable: {exc}") from None
-        metas.append(dict(meta))
+        # the Client's check, in its words (where the value is, how to write it): json.dumps
+        # said only "Object of type bytes is not JSON serializable"
+        metas.append(json_value(dict(meta), f"metadatas[{i}]", paths=True))
     matrix = None
     if vectors is not None:
         matrix = float32_array(vectors, "vectors")

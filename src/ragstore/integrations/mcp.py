@@ -52,7 +52,15 @@ from mcp.types import (
     InputRequiredResult,
     JSONRPCError,
 )
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ragstore.auth.keys import ApiKey, KeyStore, is_live
@@ -95,6 +103,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 # default collection while the answer named "". Now such a call is a tool error.
 StrictInt = Annotated[int, Strict()]
 Name = Annotated[str, Strict(), Field(min_length=1)]
+# a search's where filter: any JSON value reaches the Store, which refuses one that is no
+# object as every surface does (``invalid_filter``, "the filter must be a JSON object, got
+# an array"); declared ``dict[str, Any]``, the SDK's argument check refused ``[1]`` or
+# ``"x"`` as ``invalid_input`` first. The schema agents read still says an object (or null)
+WhereArgument = Annotated[
+    Any,
+    WithJsonSchema({"anyOf": [{"type": "object", "additionalProperties": True}, {"type": "null"}]}),
+]
 T = TypeVar("T")
 
 
@@ -586,9 +602,9 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
     async def search(
         collection: Name,
         query: Annotated[str, Strict()],
-        k: StrictInt = 5,
+        k: StrictInt = 10,  # as for Store.search, the Client and the CLI
         mode: Annotated[str, Strict()] = "hybrid",
-        where: dict[str, Any] | None = None,
+        where: WhereArgument = None,
         context: StrictInt | Annotated[str, Strict()] | None = None,
         mmr: Annotated[bool, Strict()] = False,
         fetch_k: StrictInt | None = None,

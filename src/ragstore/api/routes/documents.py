@@ -50,7 +50,13 @@ from ragstore.paging import decode_cursor, encode_cursor, split_page
 from ragstore.runtime import Runtime
 from ragstore.schemas import DocumentCreate, DocumentPublic, DocumentsPublic, JobPublic
 from ragstore.uploads import names, staging
-from ragstore.validation import check_value, loads_json
+from ragstore.validation import (
+    MAX_FORMAT_CHARS,
+    MAX_SOURCE_CHARS,
+    check_value,
+    document_filters,
+    loads_json,
+)
 
 router = APIRouter(
     prefix="/v1/collections/{name}/documents", tags=["documents"], responses=responses(404)
@@ -369,8 +375,17 @@ def list_documents(
     caller: ReadAccess,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    format: Annotated[str | None, Query(max_length=50, examples=["markdown"])] = None,
-    source_prefix: Annotated[str | None, Query(max_length=1000)] = None,
+    format: Annotated[
+        str | None,
+        Query(
+            examples=["markdown"],
+            description=f"At most {MAX_FORMAT_CHARS} characters.",
+        ),
+    ] = None,
+    source_prefix: Annotated[
+        str | None,
+        Query(description=f"At most {MAX_SOURCE_CHARS:,} characters."),
+    ] = None,
     metadata: Annotated[
         str | None,
         Query(description="JSON object the metadata contains", examples=['{"team": "ops"}']),
@@ -378,21 +393,19 @@ def list_documents(
     source: Annotated[
         str | None,
         Query(
-            max_length=1000,
             description="The one document of this exact source: an absolute path is a "
             "source as stored (a file ingested from the server's disk), a relative one the "
             "name a file was uploaded under (compared in Unicode NFC). A name no upload "
-            "can have matches nothing. `ragstore documents show/delete NAME` use it.",
+            "can have matches nothing. `ragstore documents show/delete NAME` use it. "
+            f"At most {MAX_SOURCE_CHARS:,} characters.",
             examples=["notes/tea.md"],
         ),
     ] = None,
 ) -> DocumentsPublic:
     caller.require("read", name)
-    check_value(
-        {"format": format, "source_prefix": source_prefix, "metadata": metadata, "source": source},
-        "the query",
-        InvalidFilterError,
-    )
+    # the Store's check (its caps too: the Store answered an empty page for a longer one)
+    document_filters(format, source_prefix, source, InvalidFilterError)
+    check_value({"metadata": metadata}, "the query", InvalidFilterError)
     meta: dict[str, Any] | None = None
     if metadata is not None:
         try:
