@@ -22,6 +22,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from ragstore import Store
 from ragstore.errors import ConfigError
+from tests.api.test_serve_unix import _accepts
 from tests.conftest import run_cli
 from tests.mcp_wire import HELLO
 
@@ -32,16 +33,6 @@ NOTE = "# Runbook\n\nTo rotate the signing key run the rotation job on the prima
 def runbook(store: Store) -> Store:
     store.add_document("runbook", "ops/rotate.md", NOTE)
     return store
-
-
-def _accepts(path: Path) -> bool:
-    """Whether something listens on the Unix socket ``path``."""
-    with socket.socket(socket.AF_UNIX) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True
 
 
 async def _initialize_and_search(path: Path) -> dict[str, Any]:
