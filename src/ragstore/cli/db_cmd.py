@@ -174,29 +174,7 @@ def _print_upgrade_sql(to: str, start: str | None) -> None:
             err=True,
         )
         return
-    typer.echo(_sql_header(where, steps[-1][1]) + text, nl=False)
-
-
-def _sql_header(where: str, end: str) -> str:
-    """The SQL comment ``db upgrade --sql`` opens with: where it starts, where it ends, and
-    what ``db upgrade`` does around the same SQL that a hand-applied copy does not."""
-    from ragstore.db import migrations
-
-    wait_ms = round(migrations.LOCK_WAIT_S * 1000)
-    lines = [
-        f"ragstore db upgrade --sql: the upgrade from {where} to {end}.",
-        "Applied by hand it runs without what `ragstore db upgrade` does around it:",
-        "- no backup first (`ragstore backup` takes one);",
-        "- no migration lock: `ragstore db upgrade` first takes",
-        f"  SELECT pg_advisory_xact_lock({migrations.MIGRATION_LOCK_KEY});",
-        "  so that two upgrades run one after the other;",
-        f"- no lock_timeout: `ragstore db upgrade` runs SET LOCAL lock_timeout = '{wait_ms}ms';",
-        f"  and tries again for {migrations.LOCK_GIVE_UP_S:g} s; without it a statement waits",
-        "  for its table lock without end, and the service's queries on that table wait",
-        "  behind it.",
-        "Add those two statements after BEGIN for the same lock and lock wait (one try).",
-    ]
-    return "".join(f"-- {line}\n" for line in lines) + "\n"
+    typer.echo(migrations.sql_header(where, steps[-1][1]) + text, nl=False)
 
 
 def backup_before(

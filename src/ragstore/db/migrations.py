@@ -658,6 +658,26 @@ class _OneTerminator(io.StringIO):
         return super().write(s)
 
 
+def sql_header(where: str, end: str) -> str:
+    """The SQL comment ``db upgrade --sql`` opens with: where it starts, where it ends, and
+    what ``db upgrade`` does around the same SQL that a hand-applied copy does not."""
+    wait_ms = round(LOCK_WAIT_S * 1000)
+    lines = [
+        f"ragstore db upgrade --sql: the upgrade from {where} to {end}.",
+        "Applied by hand it runs without what `ragstore db upgrade` does around it:",
+        "- no backup first (`ragstore backup` takes one);",
+        "- no migration lock: `ragstore db upgrade` first takes",
+        f"  SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY});",
+        "  so that two upgrades run one after the other;",
+        f"- no lock_timeout: `ragstore db upgrade` runs SET LOCAL lock_timeout = '{wait_ms}ms';",
+        f"  and tries again for {LOCK_GIVE_UP_S:g} s; without it a statement waits",
+        "  for its table lock without end, and the service's queries on that table wait",
+        "  behind it.",
+        "Add those two statements after BEGIN for the same lock and lock wait (one try).",
+    ]
+    return "".join(f"-- {line}\n" for line in lines) + "\n"
+
+
 def upgrade_sql(db: Database | None, to: str = "head", start: str | None = None) -> str:
     """The SQL an upgrade would run, without running it (Alembic offline mode): from
     ``start``, else from ``db``'s revision (read, and refused as :func:`upgrade` refuses a
