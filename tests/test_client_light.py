@@ -56,12 +56,14 @@ after_import = sorted(m for m in HEAVY if m in sys.modules)
 from ragstore.client import Client
 from ragstore.errors import InputError
 # each call is refused by the client's own checks, before anything is sent (nothing
-# listens on port 9): ids (id_list), a page's limit (page_limit), metadata (check_value)
+# listens on port 9): ids (id_list), a page's limit (page_limit), metadata (check_value),
+# a search's context (check_context)
 calls = (
     lambda c: c.get_texts("c", "abc"),
     lambda c: c.list_documents("c", limit=0),
     lambda c: c.add_texts("c", ["a text"], [{"score": float("nan")}]),
     lambda c: c.list_documents("c", metadata={"k": {1, 2}}),
+    lambda c: c.search("c", "q", context="lots"),
 )
 refused = []
 with Client("http://127.0.0.1:9", retries=0) as client:
@@ -89,10 +91,11 @@ def test_the_client_and_its_checks_load_nothing_heavy() -> None:
     ).stdout
     found = json.loads(out)
     assert found["after_import"] == []
-    # the checks ran (four refusals, each naming what is wrong) and loaded nothing heavy
+    # the checks ran (five refusals, each naming what is wrong) and loaded nothing heavy
     assert found["validation"] is True
-    assert len(found["refused"]) == 4, found["refused"]
+    assert len(found["refused"]) == 5, found["refused"]
     assert "ids is one string" in found["refused"][0]
+    assert found["refused"][4].startswith("context 'lots' is invalid"), found["refused"]
     assert found["after_calls"] == []
 
 

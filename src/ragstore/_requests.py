@@ -1329,14 +1329,15 @@ def search(
     fetch_k: int | None = None,
     lambda_mult: float | None = None,
 ) -> Call[dict[str, Any]]:
-    from ragstore.validation import finite_number, flag
+    from ragstore.validation import check_context, finite_number, flag
 
     # a NumPy integer (``k=np.int64(2)``, from an array's argmax or len) is taken as the
     # Store takes it, as the int it is: refused here as not JSON-serialisable, the same
     # call worked on a Store and failed on a Client
     k, ef_search, fetch_k = _integer(k), _integer(ef_search), _integer(fetch_k)
-    if not isinstance(context, str):
-        context = _integer(context)
+    # the Store's check and words (a NumPy integer taken as the int it is): sent
+    # unchecked, a bad context came back in the server schema's pydantic wording
+    context = check_context(context)
     # and a NumPy float (``rrf_k=np.float32(20)``) as the float it is; NaN and infinity
     # refused as the Store refuses them (the Store's check: validation.finite_number)
     rrf_k, vector_weight, fulltext_weight, lambda_mult = (

@@ -53,6 +53,7 @@ from ragstore.schemas import (
 )
 from ragstore.validation import (
     a_type,
+    check_context,
     check_value,
     document_filters,
     flag,
@@ -778,7 +779,7 @@ def search_response(
     """One search as the Store and the HTTP route run it: hits (with context if asked),
     timing, and with ``explain`` the plan of the lists and their fusion."""
     from ragstore.search import service
-    from ragstore.search.context import check_answer_size, check_context, with_context
+    from ragstore.search.context import check_answer_size, with_context
     from ragstore.search.hybrid import FusionParams
     from ragstore.search.plan import search_plan
 

@@ -17,7 +17,7 @@ import operator
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence, Set, Sized
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ragstore.errors import EmptyDocumentError, InputError
 
@@ -36,6 +36,10 @@ INT64_MAX = 2**63 - 1
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
 MAX_JSON_DEPTH = 64
+# A search's ``context``: a number of neighbouring chunks on each side of a hit, at most
+# MAX_NEIGHBOURS (the HTTP API's schema, ``SearchRequest.context``), or its section
+ContextMode = int | Literal["section"]
+MAX_NEIGHBOURS = 50
 # The longest query text a search takes, in characters: the HTTP API's schema
 # (``SearchRequest.query``) and every search (search/service.py ``_check_query``) alike
 MAX_QUERY_CHARS = 10_000
@@ -356,6 +360,33 @@ def integral(value: Any) -> bool:
     count of 1). The checks below take one as the int it is (``operator.index``), so that
     the Store and the HTTP clients, which must send JSON, take the same values."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_context(value: object) -> ContextMode | None:
+    """A search's ``context`` as the HTTP API's schema takes it: an integer (not a bool)
+    from 0 to 50, or exactly ``"section"`` (``None``: no context). Anything else is an
+    InputError naming ``context``. The Store and MCP read it through ``parse_context``
+    (``str(context)`` stripped and lower-cased), so ``"2"``, ``" 2 "``, ``"02"`` and
+    ``"Section"`` worked there and were refused 422 through the Client: code moved from
+    a Store to a Client failed. The CLI's ``--context`` text is parsed first (by
+    :func:`ragstore.search.context.parse_context`) and comes here as the int or
+    ``"section"`` it means.
+
+    Here, not in ``search/context.py`` (which imports the database layer), so that the
+    HTTP client runs it before sending too: a bad ``context`` got the Store's words in
+    process and pydantic's 422 wording through the Client."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value == "section":
+        return "section"
+    if integral(value) and 0 <= value <= MAX_NEIGHBOURS:  # type: ignore[operator]
+        return operator.index(value)  # type: ignore[arg-type]
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    raise InputError(
+        f"context {shown} is invalid: give a number of neighbouring chunks "
+        f"(an integer, 0-{MAX_NEIGHBOURS}) or 'section'"
+    )
 
 
 def finite_number(value: Any, name: str) -> float:

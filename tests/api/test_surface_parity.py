@@ -77,6 +77,23 @@ async def test_a_context_the_http_schema_takes_is_taken_everywhere(
         assert not failed, text
 
 
+@pytest.mark.parametrize("context", ["lots", "2", True, 51, -1, 2.5])
+def test_a_bad_context_is_told_alike_by_the_store_and_the_client(
+    store: Store, client: Client, context: Any
+) -> None:
+    # the Client sent it unchecked: the server schema's pydantic words came back
+    # ("body.context: Input should be ..."), where the Store names it and how to fix it
+    told = set()
+    for backend in (store, client):
+        err = _refused(lambda b=backend: b.search("parity", "backups", context=context))
+        assert err.code == "invalid_input", (backend, err)
+        told.add(err.message)
+    assert told == {
+        f"context {context!r} is invalid: give a number of neighbouring chunks "
+        "(an integer, 0-50) or 'section'"
+    }
+
+
 @pytest.mark.parametrize("where", [[1], "x", 5])
 async def test_a_where_that_is_no_object_is_an_invalid_filter_everywhere(
     store: Store, client: Client, where: Any

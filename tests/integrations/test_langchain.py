@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from langchain_core.documents import Document
@@ -19,9 +20,11 @@ from ragstore.errors import (
     CollectionNotFoundError,
     EmptyDocumentError,
     InputError,
+    InvalidFilterError,
     ModelMismatchError,
 )
 from ragstore.integrations.langchain import RagstoreVectorStore
+from ragstore.validation import a_type
 from tests.api.conftest import running_server, with_
 
 
@@ -576,3 +579,26 @@ async def test_mmr_retriever_with_k_above_20_and_no_fetch_k_returns_k(store: Sto
             vs.max_marginal_relevance_search("backup", k=25, fetch_k=10)
     by_vector = await theirs.amax_marginal_relevance_search_by_vector(fake.embed_query("x"), 25)
     assert len(by_vector) == 25
+
+
+@pytest.mark.parametrize("filter_", ["team = db", ["team", "db"], 5])
+def test_a_filter_that_is_no_dict_is_told_in_langchains_words(
+    handbook: RagstoreVectorStore, filter_: Any
+) -> None:
+    """A ``filter`` that is no dict was told "send 'where' as an object", naming ragstore's
+    own parameter, which a LangChain caller never passed; now it names ``filter``, with
+    the same code as the Store's and the Client's refusal of such a ``where``."""
+    retriever = handbook.as_retriever(search_kwargs={"k": 2, "filter": filter_})
+    for call in (
+        lambda: handbook.similarity_search("backups", k=2, filter=filter_),
+        lambda: handbook.similarity_search_with_relevance_scores("backups", k=2, filter=filter_),
+        lambda: handbook.max_marginal_relevance_search("backups", k=2, filter=filter_),
+        lambda: retriever.invoke("backups"),
+    ):
+        with pytest.raises(InvalidFilterError) as caught:
+            call()
+        assert caught.value.code == "invalid_filter"
+        assert caught.value.message == (
+            f'filter must be a dict, e.g. {{"team": "ops"}} or '
+            f'{{"year": {{"$gte": 2020}}}}, got {a_type(filter_)} ({filter_!r})'
+        )

@@ -22,9 +22,15 @@ from llama_index.core.vector_stores.utils import node_to_metadata_dict
 
 from ragstore import Client, Store
 from ragstore.config import Settings
-from ragstore.errors import CollectionNotFoundError, EmptyDocumentError, InputError
+from ragstore.errors import (
+    CollectionNotFoundError,
+    EmptyDocumentError,
+    InputError,
+    InvalidFilterError,
+)
 from ragstore.integrations.backend import Backend
 from ragstore.integrations.llamaindex import RagstoreEmbedding, RagstoreVectorStore, to_where
+from ragstore.validation import a_type
 from tests.api.conftest import running_server, with_
 from tests.search_helpers import reference_mmr
 
@@ -775,6 +781,32 @@ def test_filters_ragstore_cannot_mean_as_llamaindex_does_are_refused(store: Stor
         to_where(MetadataFilters(condition=FilterCondition.NOT, filters=[team, empty]))
     assert to_where(MetadataFilters(condition=FilterCondition.OR, filters=[team, empty])) is None
     assert to_where(MetadataFilters(filters=[team, empty])) == {"$and": [{"team": {"$eq": "ops"}}]}
+
+
+@pytest.mark.parametrize(
+    "filters", [{"team": "ops"}, "team = ops", [MetadataFilter(key="team", value="ops")]]
+)
+def test_filters_that_are_no_metadata_filters_are_an_invalid_filter_named_filters(
+    index: VectorStoreIndex, filters: Any
+) -> None:
+    """LlamaIndex's ``filters`` that are no ``MetadataFilters`` are refused in its own
+    terms (``filters``, how to wrap them), with the code every other surface gives a
+    filter of the wrong shape (``invalid_filter``; it was ``invalid_input``), wherever
+    they are given: a retriever's query, ``get_nodes``, ``delete_nodes``."""
+    told = (
+        f"filters must be a MetadataFilters, got {a_type(filters)}; wrap it: "
+        "MetadataFilters(filters=[MetadataFilter(key=..., value=...)])"
+    )
+    vs = cast(RagstoreVectorStore, index.vector_store)
+    for call in (
+        lambda: index.as_retriever(filters=filters).retrieve("backups"),
+        lambda: vs.get_nodes(filters=filters),
+        lambda: vs.delete_nodes(filters=filters),
+    ):
+        with pytest.raises(InvalidFilterError) as caught:
+            call()
+        assert (caught.value.code, caught.value.message) == ("invalid_filter", told)
+    assert len(vs.get_nodes(node_ids=[n.id_ for n in NODES])) == len(NODES)  # none deleted
 
 
 def _vectored(nodes: list[TextNode]) -> list[TextNode]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numbers
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from typing import Any
 
@@ -39,7 +39,7 @@ from langchain_core.structured_query import (
 )
 from langchain_core.vectorstores import VectorStore
 
-from ragstore.errors import CollectionNotFoundError, InputError
+from ragstore.errors import CollectionNotFoundError, InputError, InvalidFilterError
 from ragstore.ingest.texts import check_call
 from ragstore.integrations.backend import (
     Backend,
@@ -48,7 +48,7 @@ from ragstore.integrations.backend import (
     metadata_field,
 )
 from ragstore.integrations.hits import distinct_hits, distinct_mmr_hits, whole_texts
-from ragstore.validation import id_list, text_list
+from ragstore.validation import a_type, id_list, text_list
 
 __all__ = ["RagstoreTranslator", "RagstoreVectorStore"]
 
@@ -253,6 +253,7 @@ class RagstoreVectorStore(VectorStore):
         fetch_k: int | None = None,
         lambda_mult: float | None = None,
     ) -> list[tuple[Document, float]]:
+        _check_filter(where)
         if isinstance(fetch_k, numbers.Integral) and not isinstance(fetch_k, bool):
             fetch_k = int(fetch_k)  # numpy's, as for k (_query_args)
 
@@ -388,6 +389,18 @@ def _query_args(
         k = int(k)
     where = kwargs.get("filter")
     return _query_text(query, "similarity_search"), k, where
+
+
+def _check_filter(value: Any) -> None:
+    """Refuse a ``filter`` that is no dict (a mapping), in LangChain's terms. Passed on,
+    the search refused it as a ``where`` that is no object ("send 'where' as an object"),
+    naming ragstore's own parameter, which a LangChain caller never used; the code is
+    the same (``invalid_filter``)."""
+    if value is not None and not isinstance(value, Mapping):
+        raise InvalidFilterError(
+            'filter must be a dict, e.g. {"team": "ops"} or {"year": {"$gte": 2020}}, '
+            f"got {a_type(value)} ({value!r:.60})"
+        )
 
 
 def _query_text(query: Any, method: str) -> str:

@@ -46,7 +46,12 @@ from llama_index.core.vector_stores.types import (
 )
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 
-from ragstore.errors import CollectionNotFoundError, InputError, ModelMismatchError
+from ragstore.errors import (
+    CollectionNotFoundError,
+    InputError,
+    InvalidFilterError,
+    ModelMismatchError,
+)
 from ragstore.ingest.texts import WHOLE_MARK, check_call
 from ragstore.integrations.backend import (
     Backend,
@@ -99,11 +104,15 @@ def to_where(filters: MetadataFilters | None) -> dict[str, Any] | None:
     back), and filters with nothing in them, nested ones too, restrict nothing (nested
     empty ones left an empty ``$and``, refused by ragstore with an error about a filter
     the caller never wrote). ``None`` (no filter) is the only other value taken: a dict
-    or a single ``MetadataFilter`` failed with an AttributeError."""
+    or a single ``MetadataFilter`` failed with an AttributeError, and is refused as an
+    ``invalid_filter`` naming ``filters`` (a dict is not read as ragstore's ``where``:
+    LlamaIndex's ``filters`` are ``MetadataFilters``)."""
     if filters is None:
         return None
     if not isinstance(filters, MetadataFilters):
-        raise InputError(
+        # invalid_filter, as every surface refuses a filter of the wrong shape (a Store's
+        # or a Client's ``where`` that is no object, a LangChain ``filter`` no dict)
+        raise InvalidFilterError(
             f"filters must be a MetadataFilters, got {a_type(filters)}; wrap it: "
             "MetadataFilters(filters=[MetadataFilter(key=..., value=...)])"
         )

@@ -19,20 +19,17 @@ at the version the search read; each context statement checks it in its own snap
 from __future__ import annotations
 
 import numbers
-import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any
 
 from ragstore.db import chunk_ranges
 from ragstore.db.errors import translated
 from ragstore.errors import AnswerTooLargeError, InputError
 from ragstore.models import Hit
 from ragstore.runtime import Runtime
-from ragstore.validation import integral
+from ragstore.validation import MAX_NEIGHBOURS, ContextMode
 
-ContextMode = int | Literal["section"]
-MAX_NEIGHBOURS = 50
 MAX_SECTION_CHUNKS = 200
 _NO_END = 2**31 - 1
 
@@ -64,8 +61,8 @@ class HitWithContext(Hit):
 def parse_context(value: str, name: str = "context") -> ContextMode:
     """``"section"`` or a number of neighbours 0..50, from the CLI's ``--context`` text
     (stripped, any case); an error names it ``name``, as the CLI spells it. Only for
-    typed text: a search's own ``context`` (Store, HTTP, MCP) is :func:`check_context`'s,
-    which takes no string but ``"section"``."""
+    typed text: a search's own ``context`` (Store, Client, MCP) is
+    :func:`ragstore.validation.check_context`'s, which takes no string but ``"section"``."""
     cleaned = value.strip().lower()
     if cleaned == "section":
         return "section"
@@ -76,28 +73,6 @@ def parse_context(value: str, name: str = "context") -> ContextMode:
     raise InputError(
         f"{name} {value!r} is invalid: give a number of neighbouring chunks "
         f"(0-{MAX_NEIGHBOURS}) or 'section'"
-    )
-
-
-def check_context(value: object) -> ContextMode | None:
-    """A search's ``context`` as the HTTP API's schema takes it: an integer (not a bool)
-    from 0 to 50, or exactly ``"section"`` (``None``: no context). Anything else is an
-    InputError naming ``context``. The Store and MCP read it through :func:`parse_context`
-    (``str(context)`` stripped and lower-cased), so ``"2"``, ``" 2 "``, ``"02"`` and
-    ``"Section"`` worked there and were refused 422 through the Client: code moved from
-    a Store to a Client failed. The CLI's ``--context`` text is parsed first (by
-    :func:`parse_context`) and comes here as the int or ``"section"`` it means."""
-    if value is None:
-        return None
-    if isinstance(value, str) and value == "section":
-        return "section"
-    if integral(value) and 0 <= value <= MAX_NEIGHBOURS:  # type: ignore[operator]
-        return operator.index(value)  # type: ignore[arg-type]
-    shown = repr(value)
-    shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    raise InputError(
-        f"context {shown} is invalid: give a number of neighbouring chunks "
-        f"(an integer, 0-{MAX_NEIGHBOURS}) or 'section'"
     )
 
 
