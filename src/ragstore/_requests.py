@@ -38,6 +38,7 @@ from ragstore.errors import (
 )
 from ragstore.files import (
     LINK_OUTSIDE_FOLDER,
+    NOT_THE_FILE,
     discover,
     link_outside_detail,
     not_ingestible,
@@ -817,7 +818,7 @@ class StreamedFile:
                     raise FileUnreadableError(f"{path}: not a regular file")
                 f.read(1)
         except OSError as exc:
-            raise unreadable(path, exc) from None
+            raise unreadable(path, exc, "upload") from None
         self.size = st.st_size
         self._mtime = st.st_mtime_ns
         self._file: BinaryIO | None = None
@@ -853,6 +854,10 @@ class StreamedFile:
                 with deferred():
                     self._file = open(self.path, "rb", opener=_open_nonblocking)  # noqa: SIM115
             except OSError as exc:
+                if exc.errno in NOT_THE_FILE:  # the process's, not the file's: not a change
+                    error = unreadable(self.path, exc, "upload")
+                    error.changed_source = self  # type: ignore[attr-defined]
+                    raise error from None
                 raise self._changed(f"it cannot be opened now ({exc.strerror or exc})") from None
             self._check(os.fstat(self._file.fileno()))
         want = self.size - self._pos if n is None or n < 0 else min(n, self.size - self._pos)
@@ -869,7 +874,7 @@ class StreamedFile:
                 self._file, self._read_all = None, True
         except OSError as exc:  # an I/O error: the error Store.ingest raises for it
             self.close()
-            error = unreadable(self.path, exc)
+            error = unreadable(self.path, exc, "upload")
             error.changed_source = self  # type: ignore[attr-defined]
             raise error from None
         except BaseException:

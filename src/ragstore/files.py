@@ -28,7 +28,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-from ragstore.errors import FileTooLargeError, FileUnreadableError, InputError, PathNotFoundError
+from ragstore.errors import (
+    FileTooLargeError,
+    FileUnreadableError,
+    InputError,
+    PathNotFoundError,
+    RagstoreError,
+)
 from ragstore.formats import supported_suffixes
 
 
@@ -324,12 +330,39 @@ def gone_from_disk(source: str) -> bool:
     return not stat.S_ISREG(st.st_mode) or os.path.realpath(source) != source
 
 
-def unreadable(path: Path, exc: OSError) -> InputError:
-    """The error for a file that could not be read: ``path_not_found`` only when it is gone
-    (ENOENT), ``file_unreadable`` for permissions, I/O errors and the like."""
+# an open or read that fails with these ran out of this process's or the system's
+# descriptors or memory: another file fails the same, and this one is not to blame
+NOT_THE_FILE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+
+
+def unreadable(path: Path | str, exc: OSError, verb: str = "ingest") -> RagstoreError:
+    """The error for a file whose open or read failed with ``exc``: ``path_not_found``
+    only when it is gone (ENOENT), ``file_unreadable`` for permissions, I/O errors and the
+    like, and :func:`not_the_file`'s where the process ran out of descriptors or memory
+    (:data:`NOT_THE_FILE`). ``verb`` is what the caller does with the file (ingest,
+    upload, import), for what to do again. One judgement for every surface that reads a
+    file: an ingest, the client's upload and an import; the upload and the import called
+    an EMFILE "check the file's permissions", sending the user to a healthy file."""
+    if exc.errno in NOT_THE_FILE:
+        return not_the_file(str(path), "reading", exc, verb)
     if exc.errno == errno.ENOENT:
         return PathNotFoundError(f"{path}: no such file or directory (removed meanwhile?)")
     return FileUnreadableError(
         f"{path}: cannot read: {exc.strerror or exc}; check the "
         "file's permissions for the user running ragstore"
+    )
+
+
+def not_the_file(label: str, doing: str, exc: OSError, verb: str = "ingest") -> RagstoreError:
+    """The error of a file whose ``doing`` (reading, preparing) failed for a reason that
+    is not the file's (``exc``): ``internal_error``, saying so, not ``file_unreadable``;
+    ``verb`` as :func:`unreadable`'s."""
+    hint = (
+        f"; raise the open-files limit (ulimit -n) or {verb} fewer files at once"
+        if exc.errno in (errno.EMFILE, errno.ENFILE)
+        else ""
+    )
+    return RagstoreError(
+        f"{label}: {doing} it failed in this process, not because of the file "
+        f"({type(exc).__name__}: {exc}); it was not stored: {verb} it again{hint}"
     )

@@ -167,3 +167,64 @@ def test_a_parse_helper_that_cannot_start_is_that_error_not_the_files(
     assert (outcome.error or "").startswith(
         "the parse helper (/nonexistent/python3 -m ragstore.parsing.sandbox) could not start"
     ), outcome
+
+
+# a file read by the client's upload (planned, or sent) or by an import with no
+# descriptor left: its open fails with EMFILE
+_NO_DESCRIPTOR_LEFT_FOR = """
+import json, os, resource, sys
+from pathlib import Path
+import ragstore.files
+from ragstore._requests import StreamedFile
+from ragstore.imports.files import JsonlSource
+
+what, path = sys.argv[1], Path(sys.argv[2])
+planned = StreamedFile(path) if what == "upload-send" else None
+use = {
+    "upload-plan": lambda: StreamedFile(path),
+    "upload-send": lambda: planned.read(65536),
+    "import": lambda: list(JsonlSource(path).records()),
+}[what]
+fd = os.open(os.devnull, os.O_RDONLY)
+os.close(fd)  # the lowest free descriptor: with the limit there, the next open fails
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (fd, hard))
+try:
+    use()
+    got = None
+except Exception as exc:
+    got = exc
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+print(json.dumps({"code": getattr(got, "code", None), "message": str(got),
+                  "changed_source": hasattr(got, "changed_source")}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("what", "verb"), [("upload-plan", "upload"), ("upload-send", "upload"), ("import", "import")]
+)
+def test_an_upload_or_import_out_of_descriptors_does_not_call_the_file_unreadable(
+    tmp_path: Path, what: str, verb: str
+) -> None:
+    """The client's upload (planning it, or sending the file) and an import of a JSONL
+    file shared the ingest's ``files.unreadable`` but not its judgement of an EMFILE: a
+    healthy file was "cannot read: Too many open files; check the file's permissions" (or,
+    sent, "changed while the upload was being sent"). Each says what an ingest says."""
+    f = tmp_path / "healthy.jsonl"
+    f.write_text('{"id": "a", "text": "A healthy record.", "vector": [0.5, 0.5]}\n')
+    run = subprocess.run(
+        [sys.executable, "-c", _NO_DESCRIPTOR_LEFT_FOR, what, str(f)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout)
+    assert got["code"] == "internal_error", got
+    assert got["message"] == (
+        f"{f}: reading it failed in this process, not because of the file (OSError: "
+        f"[Errno 24] Too many open files: '{f}'); it was not stored: {verb} it again; raise "
+        f"the open-files limit (ulimit -n) or {verb} fewer files at once"
+    ), got
+    # a send cut short names its file to the upload's plan (nothing of the request stored)
+    assert got["changed_source"] == (what == "upload-send"), got

@@ -271,3 +271,70 @@ def test_a_key_first_used_on_a_read_only_database_reads(
     assert "ro-keys" in names
     assert refused.value.code == "database_unavailable", refused.value
     assert "read-only" in refused.value.message
+
+
+def test_a_write_a_read_only_database_refuses_outside_translated_is_database_unavailable(
+    pg_admin_uri: str,
+    template_url: str,
+    tmp_path: Path,
+    folder: Path,
+    admin: psycopg.Connection[tuple[object, ...]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A write a read-only database refuses (SQLSTATE 25006: ``ReadOnlySqlTransaction``,
+    psycopg's ``InternalError``, not an ``OperationalError``) in a block without
+    ``translated()`` left the pool's connection as it was: a raw psycopg error, a 500 and
+    a traceback from the API. It is the ``database_unavailable`` that ``translated()``
+    makes of it, the breaker left closed (reads still work), as a Store ingest and the
+    API's own writes answer: one clear error, problem+json 503. On a database of the
+    test's own (from the migrated template); the route stands for any handler that
+    writes without ``translated()``."""
+    import httpx
+    from fastapi import Depends
+
+    from ragstore.api.app import create_app
+    from ragstore.api.deps import get_runtime
+    from ragstore.store import Store
+    from tests.api.conftest import running_server
+    from tests.conftest import TEMPLATE, create_database, drop_database
+
+    url = create_database(pg_admin_uri, TEMPLATE)
+    try:
+        settings = Settings(database_url=url, data_dir=tmp_path / "data", profile="test")
+        with Runtime(settings) as rt:
+            rt.collection("ro-raw", create=True)
+        app = create_app(settings.model_copy(update={"auth": "off"}))
+
+        @app.post("/raw-write")
+        def raw_write(rt: Runtime = Depends(get_runtime)) -> dict[str, str]:
+            with rt.db.connection() as conn:  # no translated() around it
+                conn.execute("CREATE TABLE written_raw (x int)")
+            return {"written": "yes"}
+
+        refused = "the database refuses writes: it is read-only"
+        with running_server(settings, app) as base, _read_only(admin, _dbname(settings)):
+            with Runtime(settings) as rt:
+                with pytest.raises(DatabaseUnavailableError) as raw, rt.db.connection() as conn:
+                    conn.execute("CREATE TABLE written_raw (x int)")
+                assert isinstance(raw.value.__cause__, psycopg.errors.ReadOnlySqlTransaction)
+                assert str(raw.value).startswith(f"using the database: {refused}"), raw.value
+                assert "default_transaction_read_only" in str(raw.value), raw.value
+                with rt.db.connection() as conn:  # the breaker stayed closed: reads work
+                    assert conn.execute("SELECT count(*) FROM collections").fetchone()
+                with pytest.raises(DatabaseUnavailableError, match=refused):
+                    Store.from_runtime(rt).ingest("ro-raw", [folder / "p00.md"])
+            with httpx.Client(base_url=base, timeout=60) as http:
+                answers = [
+                    http.post("/raw-write"),
+                    http.post("/v1/collections/ro-raw/texts", json={"ids": ["a"], "texts": ["x"]}),
+                ]
+        for answer in answers:
+            assert answer.status_code == 503, (answer.request.url, answer.text)
+            assert answer.headers["content-type"] == "application/problem+json", answer.headers
+            body = answer.json()
+            assert body["code"] == "database_unavailable", body
+            assert refused in body["detail"], body
+        assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+        assert _stored(settings, "ro-raw") == set()
+    finally:
+        drop_database(pg_admin_uri, url)

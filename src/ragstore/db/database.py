@@ -760,6 +760,14 @@ class Database:
         except DatabaseUnavailableError as exc:
             self._lost(exc, gone)
             raise
+        except psycopg.errors.ReadOnlySqlTransaction as exc:
+            # a write a read-only server refused (25006: a primary turned standby, a
+            # database with default_transaction_read_only on) in a block that did not
+            # translate its errors: psycopg's InternalError, none of _LOST, escaped as it
+            # was (a 500, a traceback). It is what translated() makes of it, without the
+            # database's address (the message is what a caller is told); the server
+            # answered and the connection is kept: no breaker (refused_write)
+            raise translate(exc, "using the database") from exc
         except _LOST as exc:
             err = translate(exc, f"using {self.where}")  # a cancel: statement_cancelled
             if isinstance(err, DatabaseUnavailableError):

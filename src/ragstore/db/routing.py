@@ -55,7 +55,6 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ragstore import forks
 from ragstore.db import lsn, migrations
 from ragstore.db.database import Database, with_tcp
-from ragstore.db.errors import translate
 from ragstore.errors import (
     DatabaseUnavailableError,
     RagstoreError,
@@ -212,14 +211,6 @@ class ReplicaDatabase(Database):
                 if route is not None:
                     route.lost = True
                 raise
-            if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
-                # a write the standby refused (25006) where the code did not translate its
-                # errors: psycopg's InternalError, which Database leaves as it is, escaped
-                # as a 500 and the read was not run again on the primary. It is what the
-                # translated one is: the read's own, the replica serving on
-                if route is not None:
-                    route.lost = True
-                raise translate(exc, f"using {self.where}") from exc
             conflict = recovery_conflict(exc)
             if conflict is None:
                 down = replica_unusable(exc)

@@ -75,15 +75,16 @@ def _utf8_lines(path: Path, *, csv_file: bool = False) -> Iterator[str]:
     """The file's lines as text: UTF-8, a leading BOM dropped (as Excel and PowerShell
     write them); a file in another encoding is :class:`ImportSourceError` naming the line
     and byte, not a ``UnicodeDecodeError`` from deep inside the import. A file that cannot
-    be read (permissions, an I/O error) is the error an ingest gives it
-    (:func:`ragstore.files.unreadable`), not the ``OSError`` traceback it was.
+    be read (permissions, an I/O error; the process out of descriptors or memory) is the
+    error an ingest gives it (:func:`ragstore.files.unreadable`), not the ``OSError``
+    traceback it was.
     ``csv_file``: the file is a CSV one, for the error naming a line over the limit."""
     from ragstore.files import unreadable
 
     try:
         yield from _decoded_lines(path, csv_file=csv_file)
     except OSError as exc:
-        raise unreadable(path, exc) from None
+        raise unreadable(path, exc, "import") from None
 
 
 def _compressed(path: Path, head: bytes) -> None:

@@ -10,7 +10,6 @@ and their results come back pickled in input order.
 
 from __future__ import annotations
 
-import errno
 import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
@@ -29,7 +28,7 @@ from ragstore.errors import (
     EmptyDocumentError,
     RagstoreError,
 )
-from ragstore.files import read_with_stat, unreadable
+from ragstore.files import not_the_file, read_with_stat, unreadable
 from ragstore.models import Chunk, ParsedDocument
 from ragstore.parsing import detect_format
 from ragstore.parsing.language import detect_language
@@ -103,40 +102,19 @@ def prepare(job: Job, item: Item, stored_hash: str | None) -> Prepared:
     except RagstoreError as exc:
         return Prepared(item.source, error=exc)
     except OSError as exc:  # not the read's (see _read): a parser's, the process's
-        return Prepared(item.source, error=_not_the_file(item.label, "preparing", exc))
-
-
-# an open or read that fails with these ran out of this process's or the system's
-# descriptors or memory: another file fails the same, and this one is not to blame
-_NOT_THE_FILE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+        return Prepared(item.source, error=not_the_file(item.label, "preparing", exc))
 
 
 def _read(item: Item, limit: int) -> tuple[bytes, os.stat_result]:
     """The file's bytes and status (``read_with_stat``); an OSError of its open or read
     is the file's (``file_unreadable``, ``path_not_found``) unless it is the process's
-    (:data:`_NOT_THE_FILE`). ``prepare`` took every OSError below it, a parser's or a
-    parse helper's too (its pipe, its fork), for "the file is unreadable; check its
-    permissions", sending the user to a healthy file."""
+    (:func:`ragstore.files.unreadable`). ``prepare`` took every OSError below it, a
+    parser's or a parse helper's too (its pipe, its fork), for "the file is unreadable;
+    check its permissions", sending the user to a healthy file."""
     try:
         return read_with_stat(item.path, limit, item.label)
     except OSError as exc:
-        if exc.errno in _NOT_THE_FILE:
-            raise _not_the_file(item.label, "reading", exc) from exc
         raise unreadable(Path(item.label), exc) from exc
-
-
-def _not_the_file(label: str, doing: str, exc: OSError) -> RagstoreError:
-    """The error of a file whose ``doing`` (reading, preparing) failed for a reason that
-    is not the file's (``exc``): ``internal_error``, saying so, not ``file_unreadable``."""
-    hint = (
-        "; raise the open-files limit (ulimit -n) or ingest fewer files at once"
-        if exc.errno in (errno.EMFILE, errno.ENFILE)
-        else ""
-    )
-    return RagstoreError(
-        f"{label}: {doing} it failed in this process, not because of the file "
-        f"({type(exc).__name__}: {exc}); it was not stored: ingest it again{hint}"
-    )
 
 
 def _prepare(job: Job, item: Item, stored_hash: str | None) -> Prepared:
