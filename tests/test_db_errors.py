@@ -4,6 +4,7 @@ that reach it through a real database."""
 from __future__ import annotations
 
 import select
+import signal
 import socket
 import threading
 import time
@@ -992,3 +993,47 @@ def test_a_connection_refused_for_a_limit_is_told_whatever_the_servers_language(
             f'connection to server on socket "/d/.s.PGSQL.5432" failed: {words}'
         )
         assert refused_for_limit(refused), words
+
+
+@pytest.mark.parametrize("close_outlasts_the_wait", [False, True])
+def test_a_wait_for_a_connection_the_pool_closed_under_is_told_closed(
+    database_url: str, close_outlasts_the_wait: bool
+) -> None:
+    """A Store closed by a signal handler that interrupted its own thread's wait for a
+    connection: the pool's close fails the waiter (PoolClosed), or, when the close took
+    longer than the wait had left (a loaded machine; a CI run), the wait reads as run out.
+    The first was told "cannot be reached", the second "all 10 are busy" (or "does not
+    answer"): both the closed pool's, said so, and no breaker (a Store says RuntimeError,
+    as for any use after close(): tests/test_store_processes.py)."""
+    db = Database(database_url, max_size=1, connect_timeout_s=1.0)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with db.connection():
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(30)
+
+    def close_in_handler(_signum: int, _frame: object) -> None:
+        db.close()
+        if close_outlasts_the_wait:
+            time.sleep(1.5)  # a close slower than the 1 s the wait had: it reads as run out
+
+    previous = signal.signal(signal.SIGALRM, close_in_handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)  # inside the wait: its one connection held
+        with (
+            pytest.raises(DatabaseUnavailableError, match="pool was closed while this call waited"),
+            db.connection(),
+        ):
+            pass
+        assert not db.breaker.failures
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        release.set()
+        holder.join(30)
+        db.close()

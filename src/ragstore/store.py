@@ -29,6 +29,7 @@ from ragstore.config import Settings
 from ragstore.db import catalog, documents, field_indexes, repository, texts
 from ragstore.db.errors import translated
 from ragstore.errors import (
+    DatabaseUnavailableError,
     DocumentNotFoundError,
     InputError,
     InvalidFilterError,
@@ -216,6 +217,10 @@ class Store:
             self._in_flight[me] += 1
         try:
             yield self._runtime
+        except DatabaseUnavailableError as exc:
+            if getattr(exc, "pool_closed", False):  # closed by this thread's signal handler
+                raise RuntimeError(_CLOSED) from exc
+            raise
         finally:
             with self._calls:
                 self._in_flight[me] -= 1

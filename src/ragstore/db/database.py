@@ -29,7 +29,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import set_json_loads
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from ragstore import forks
 from ragstore.config import Settings, conninfo_problem
@@ -721,8 +721,10 @@ class Database:
         """:meth:`connection`'s body: the pooled connection, its errors translated."""
         lent = False
         gone: bool | None = None  # the lent connection's state as an error left the block
+        pool: ConnectionPool[psycopg.Connection[tuple[object, ...]]] | None = None
         try:
-            with self.pool.connection(timeout=wait_s) as conn:
+            pool = self.pool  # (opening it may fail: translated below, as a connection's)
+            with pool.connection(timeout=wait_s) as conn:
                 block.conn = conn
                 lent = True
                 with self._lent_lock:
@@ -741,6 +743,8 @@ class Database:
         except PoolTimeout:
             if not lent:  # (not a PoolTimeout of a nested block's own request)
                 metrics.observe_pool_acquire(self.pool_label, time.perf_counter() - started)
+            if pool is not None and pool.closed and not lent:
+                raise _closed_under_wait() from None
             if wait_s is not None:
                 raise
             if self.probe():  # the server answers: every pooled connection is busy
@@ -757,6 +761,8 @@ class Database:
                 public="the database is unavailable",
                 retry_after=wait,
             ) from None
+        except PoolClosed:  # closed before the wait ended, by this thread's signal handler
+            raise _closed_under_wait() from None
         except DatabaseUnavailableError as exc:
             self._lost(exc, gone)
             raise
@@ -789,3 +795,19 @@ class Database:
             if self._pool is not None:
                 self._pool.close()
                 self._pool = None
+
+
+def _closed_under_wait() -> DatabaseUnavailableError:
+    """The error of a wait for a connection that the pool's close ended: a ``close()``
+    run by a signal handler that interrupted this very wait (a Store closed from a
+    SIGALRM or SIGTERM handler) fails the waiter, or, when it takes longer than the wait
+    had left (a loaded machine), makes the wait read as run out. It was told "cannot be
+    reached", or "all 10 connections are busy": the database was never asked. No breaker;
+    ``pool_closed`` on it lets a Store say it was closed (RuntimeError, as any use after
+    ``close()``)."""
+    err = DatabaseUnavailableError(
+        "the database pool was closed while this call waited for a connection (close() "
+        "ran during the call): the statement that waited was not run"
+    )
+    err.pool_closed = True  # type: ignore[attr-defined]
+    return err
