@@ -14,6 +14,7 @@ import random
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import closing
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar, cast
 
@@ -472,22 +473,22 @@ class Client(_WritePosition, _KeyedWrites):
         return read_answer(call, response)
 
     def _run(self, plan: Plan[T]) -> T:
-        """Send a verb's calls one after another (see :data:`ragstore._requests.Plan`)."""
-        call = next(plan)
-        while True:
-            answer: Any = None
-            failure: RagstoreError | None = None
-            try:
-                answer = self._send(call)
-            except RagstoreError as exc:
-                failure = exc
-            except BaseException:
-                plan.close()  # an interrupt mid-call: what the plan holds open is closed
-                raise
-            try:
-                call = plan.send(answer) if failure is None else plan.throw(failure)
-            except StopIteration as done:
-                return cast(T, done.value)
+        """Send a verb's calls one after another (see :data:`ragstore._requests.Plan`).
+        The plan is closed however this ends (an interrupt mid-call: what it holds open,
+        an upload's files, is closed now, not by the garbage collector)."""
+        with closing(plan):
+            call = next(plan)
+            while True:
+                answer: Any = None
+                failure: RagstoreError | None = None
+                try:
+                    answer = self._send(call)
+                except RagstoreError as exc:
+                    failure = exc
+                try:
+                    call = plan.send(answer) if failure is None else plan.throw(failure)
+                except StopIteration as done:
+                    return cast(T, done.value)
 
     # --- verbs ---------------------------------------------------------------------------
 
@@ -876,22 +877,22 @@ class AsyncClient(_WritePosition, _KeyedWrites):
         return read_answer(call, response)
 
     async def _run(self, plan: Plan[T]) -> T:
-        """Send a verb's calls one after another (see :data:`ragstore._requests.Plan`)."""
-        call = next(plan)
-        while True:
-            answer: Any = None
-            failure: RagstoreError | None = None
-            try:
-                answer = await self._send(call)
-            except RagstoreError as exc:
-                failure = exc
-            except BaseException:
-                plan.close()  # an interrupt mid-call: what the plan holds open is closed
-                raise
-            try:
-                call = plan.send(answer) if failure is None else plan.throw(failure)
-            except StopIteration as done:
-                return cast(T, done.value)
+        """Send a verb's calls one after another (see :data:`ragstore._requests.Plan`).
+        The plan is closed however this ends (an interrupt mid-call: what it holds open,
+        an upload's files, is closed now, not by the garbage collector)."""
+        with closing(plan):
+            call = next(plan)
+            while True:
+                answer: Any = None
+                failure: RagstoreError | None = None
+                try:
+                    answer = await self._send(call)
+                except RagstoreError as exc:
+                    failure = exc
+                try:
+                    call = plan.send(answer) if failure is None else plan.throw(failure)
+                except StopIteration as done:
+                    return cast(T, done.value)
 
     async def health(self) -> dict[str, Any]:
         return await self._send(calls.health())

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -96,6 +97,16 @@ print(json.dumps({"code": got.error.code, "message": str(got.error)}))
 """
 
 
+def _outcome_of(script: str, *args: str) -> dict[str, Any]:
+    """What ``script`` (run in a Python of its own, its open-files limit lowered) prints:
+    the error the file failed with, as JSON."""
+    run = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    return cast(dict[str, Any], json.loads(run.stdout))
+
+
 def test_a_process_out_of_descriptors_does_not_call_the_file_unreadable(tmp_path: Path) -> None:
     """A file that could not be opened because the ingesting process had no descriptor
     left (EMFILE: too many files open at once, a low ``ulimit -n``) failed as
@@ -103,14 +114,7 @@ def test_a_process_out_of_descriptors_does_not_call_the_file_unreadable(tmp_path
     unsaid. It is an ``internal_error`` naming the process's error and its remedy."""
     f = tmp_path / "healthy.md"
     f.write_text("# Fine\n\nA healthy file.\n")
-    run = subprocess.run(
-        [sys.executable, "-c", _NO_DESCRIPTOR_LEFT, str(f)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 0, run.stderr
-    got = json.loads(run.stdout)
+    got = _outcome_of(_NO_DESCRIPTOR_LEFT, str(f))
     assert got["code"] == "internal_error", got
     assert got["message"] == (
         f"{f}: reading it failed in this process, not because of the file (OSError: "
@@ -212,14 +216,7 @@ def test_an_upload_or_import_out_of_descriptors_does_not_call_the_file_unreadabl
     sent, "changed while the upload was being sent"). Each says what an ingest says."""
     f = tmp_path / "healthy.jsonl"
     f.write_text('{"id": "a", "text": "A healthy record.", "vector": [0.5, 0.5]}\n')
-    run = subprocess.run(
-        [sys.executable, "-c", _NO_DESCRIPTOR_LEFT_FOR, what, str(f)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 0, run.stderr
-    got = json.loads(run.stdout)
+    got = _outcome_of(_NO_DESCRIPTOR_LEFT_FOR, what, str(f))
     assert got["code"] == "internal_error", got
     assert got["message"] == (
         f"{f}: reading it failed in this process, not because of the file (OSError: "
