@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import stat
@@ -1478,3 +1479,38 @@ async def test_get_section_refuses_a_nul_naming_the_argument_as_search_does(
                 f"Error executing tool get_section: error[invalid_input]: {told}, which "
                 "PostgreSQL text cannot store; remove it"
             ), text
+
+
+async def test_the_server_offers_only_tools_and_names_its_version(
+    handbook: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SDK's server advertised the ``prompts`` and ``resources`` capabilities with
+    none of either, answered ``prompts/get`` of any name with JSON-RPC error code 0 (no
+    such code) after logging a traceback for the client's mistake, and said its version
+    was "". It now advertises tools alone, answers a prompts or resources method as any
+    it does not serve (-32601, nothing logged), and names ragstore's version."""
+    import ragstore
+
+    sent = [
+        json.dumps(HELLO),
+        '{"jsonrpc": "2.0", "method": "notifications/initialized"}',
+        '{"jsonrpc": "2.0", "id": 2, "method": "prompts/get", "params": {"name": "nope"}}',
+        '{"jsonrpc": "2.0", "id": 3, "method": "prompts/list"}',
+        '{"jsonrpc": "2.0", "id": 4, "method": "resources/list"}',
+        '{"jsonrpc": "2.0", "id": 5, "method": "resources/read", "params": {"uri": "x://y"}}',
+        '{"jsonrpc": "2.0", "id": 6, "method": "tools/list"}',
+    ]
+    with caplog.at_level(logging.DEBUG):
+        got = await _over_stdio(build_server(handbook), sent, answers=6)
+    hello = got[0]["result"]
+    assert hello["serverInfo"] == {"name": "ragstore", "version": ragstore.__version__}
+    assert ragstore.__version__ not in ("", "0.0.0")
+    assert set(hello["capabilities"]) == {"tools"}, hello["capabilities"]
+    assert [(m["id"], m["error"]["code"]) for m in got[1:5]] == [
+        (2, -32601),
+        (3, -32601),
+        (4, -32601),
+        (5, -32601),
+    ]
+    assert {t["name"] for t in got[5]["result"]["tools"]} == READ_TOOLS
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]

@@ -63,6 +63,7 @@ from pydantic import (
 )
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ragstore import __version__
 from ragstore.auth.keys import ApiKey, KeyStore, is_live
 from ragstore.db.cancel import Cancellation, cancelling
 from ragstore.db.errors import translated
@@ -284,6 +285,10 @@ class _Server(MCPServer):
     the SDK answered ``Unknown tool: add_documents`` and left the agent to guess, and
     ``add_document`` on a server started without a write key looked like a typo."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _serve_tools_only(self)
+
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Any = None
     ) -> CallToolResult | InputRequiredResult:
@@ -300,6 +305,32 @@ class _Server(MCPServer):
                 )
             raise ToolError(f"error[{told.code}]: {told.message}")
         return await super().call_tool(name, arguments, context)
+
+
+# the methods of the prompts and resources MCPServer always serves, which ragstore has none of
+_UNSERVED = (
+    "prompts/list",
+    "prompts/get",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+)
+
+
+def _serve_tools_only(server: MCPServer) -> None:
+    """Leave out the prompts and resources that ``server`` (the SDK's MCPServer) serves
+    whether it has any or not: it advertised both capabilities with none of either, and
+    answered ``prompts/get`` of any name with JSON-RPC error code 0 (no such code) after
+    logging a traceback for the client's mistake. The SDK derives a server's capabilities
+    from the methods its low-level server has handlers for, and MCPServer offers no way
+    to leave some out, so their handlers are taken from that server (private, as
+    :func:`lowlevel_server` reads it, for :data:`MCP_VERSIONS`); a call of one is then
+    answered as any method the server does not serve, -32601 "Method not found". An SDK
+    that keeps them elsewhere keeps advertising them, which is all it did before."""
+    handlers = getattr(getattr(server, "_lowlevel_server", None), "_request_handlers", None)
+    if isinstance(handlers, dict):
+        for method in _UNSERVED:
+            handlers.pop(method, None)
 
 
 def unreadable_reply(exc: Exception) -> JSONRPCError | None:
@@ -753,6 +784,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
 
     return _Server(
         name="ragstore",
+        version=__version__,  # serverInfo.version, which the SDK leaves "" unless given
         instructions=(
             "Search the user's documents stored in ragstore. Call list_collections "
             "first, then search; list_fields says what a where filter can name; open a "
