@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import stat
@@ -891,12 +892,9 @@ async def test_a_made_up_name_of_10_kb_is_not_echoed_whole(handbook: Store) -> N
             assert message in text and len(text) < 700, (tool, len(text), text[:300])
 
 
-async def test_over_stdio_a_line_the_server_cannot_read_is_answered(handbook: Store) -> None:
-    """The SDK dropped a line it could not read without a word: a request nested past
-    its JSON parser's depth (a made-up ``where`` ~200 levels deep) was never answered, and
-    the agent waited to its own timeout. Each such line is now answered as JSON-RPC 2.0
-    says (-32700 / -32600, under the request's id where it can be read; a notification
-    not at all), and the session goes on."""
+async def _over_stdio(server: Any, sent: list[str], *, answers: int) -> list[Any]:
+    """The first ``answers`` messages ``server`` writes, served over stdio
+    (:func:`serve_stdio`), to the lines ``sent``."""
     import anyio
 
     from ragstore.integrations.mcp import serve_stdio
@@ -915,6 +913,22 @@ async def test_over_stdio_a_line_the_server_cannot_read_is_answered(handbook: St
         async def flush(self) -> None:
             pass
 
+    async with lines_in, stdin, stdout_send, lines_out, anyio.create_task_group() as tg:
+        tg.start_soon(serve_stdio, server, Stdin(), Stdout())
+        for line in sent:
+            await lines_in.send(line + "\n")
+        with anyio.fail_after(20):
+            got = [json.loads(await lines_out.receive()) for _ in range(answers)]
+        tg.cancel_scope.cancel()
+    return got
+
+
+async def test_over_stdio_a_line_the_server_cannot_read_is_answered(handbook: Store) -> None:
+    """The SDK dropped a line it could not read without a word: a request nested past
+    its JSON parser's depth (a made-up ``where`` ~200 levels deep) was never answered, and
+    the agent waited to its own timeout. Each such line is now answered as JSON-RPC 2.0
+    says (-32700 / -32600, under the request's id where it can be read; a notification
+    not at all), and the session goes on."""
     deep = '{"a":' * 300 + "1" + "}" * 300
     sent = [
         json.dumps(HELLO),
@@ -928,13 +942,7 @@ async def test_over_stdio_a_line_the_server_cannot_read_is_answered(handbook: St
         "[" * 3000 + "]" * 3000,  # too deep to read even its id
         '{"jsonrpc": "2.0", "id": 9, "method": "ping"}',
     ]
-    async with lines_in, stdin, stdout_send, lines_out, anyio.create_task_group() as tg:
-        tg.start_soon(serve_stdio, build_server(handbook), Stdin(), Stdout())
-        for line in sent:
-            await lines_in.send(line + "\n")
-        with anyio.fail_after(20):
-            got = [json.loads(await lines_out.receive()) for _ in range(7)]
-        tg.cancel_scope.cancel()
+    got = await _over_stdio(build_server(handbook), sent, answers=7)
     assert [(m["id"], m.get("error", {}).get("code")) for m in got[1:]] == [
         (None, -32700),
         (None, -32600),
@@ -1359,3 +1367,150 @@ async def test_an_http_session_after_a_server_stopped_by_sigterm_is_answered(
             assert {t.name for t in (await session.list_tools()).tools} == READ_TOOLS
             listed = _data(await session.call_tool("list_collections", {}))
             assert {c["name"] for c in listed["collections"]} >= {"handbook", "other"}
+
+
+ARROWS = (  # headings holding ">", one of them a tiny section merged into the chunk before it
+    f"# Doc\n\n## Use a -> b\n\n{LONG}\n\n## Map<T>\n\nThe quokka map note.\n\n"
+    f"## Event: `<inspector-protocol-method>`\n\nThe wombat event fires. {LONG}\n\n"
+    f"## After\n\n{LONG}\n"
+)
+
+
+async def test_get_section_opens_a_section_whose_heading_holds_a_greater_than_sign(
+    handbook: Store,
+) -> None:
+    """``get_section`` split the section it was given at each ">", so a heading holding
+    one (``Use a -> b``, ``Map<T>``; the Node.js docs' ``Event: `<inspector-protocol-
+    method>` ``) was cut into headings no section has: the section of a search hit, passed
+    back, was "document N has no section". A hit now gives ``section_path`` (the
+    headings) too, and get_section takes it, or the section string, matched whole."""
+    from mcp import Client as McpClient
+
+    doc_id = handbook.add_document("mcp-arrows", "doc.md", ARROWS)["id"]
+    async with McpClient(build_server(handbook)) as session:
+
+        async def hit(query: str) -> Any:
+            found = _data(
+                await session.call_tool(
+                    "search",
+                    {"collection": "mcp-arrows", "query": query, "k": 1, "mode": "fulltext"},
+                )
+            )
+            return found["hits"][0]
+
+        async def section(given: Any) -> Any:
+            return await session.call_tool(
+                "get_section",
+                {"collection": "mcp-arrows", "document_id": doc_id, "section": given},
+            )
+
+        # a section whose heading holds ">", and the tiny one merged into its chunk
+        arrow = await hit("quokka map note")
+        assert arrow["section_path"] == ["Doc", "Use a -> b"]
+        assert arrow["section"] == "Doc > Use a -> b"
+        for given in (arrow["section"], arrow["section_path"]):
+            got = _data(await section(given))
+            assert (got["section"], got["section_path"]) == (
+                arrow["section"],
+                ["Doc", "Use a -> b"],
+            )
+            assert got["text"] == LONG
+        for given in ("Doc > Map<T>", ["Doc", "Map<T>"], "  Doc > Map<T> "):
+            got = _data(await section(given))
+            assert (got["section_path"], got["text"]) == (["Doc", "Map<T>"], "The quokka map note.")
+        # the Node.js docs' heading, a hit's section passed back as it came
+        event = await hit("wombat event")
+        assert event["section_path"] == ["Doc", "Event: `<inspector-protocol-method>`"]
+        for given in (event["section"], event["section_path"]):
+            got = _data(await section(given))
+            assert got["section_path"] == event["section_path"]
+            assert got["text"] == f"The wombat event fires. {LONG}"
+        # matched whole: a part of a heading, or a heading split at its ">", is no section
+        for given in ("Doc > Use a -", "Doc > Use a - > b", ["Doc", "Use a -", "b"]):
+            assert "has no section" in _error(await section(given)), given
+        assert "section is an empty list" in _error(await section([]))
+
+    # two paths that read alike: a heading "A > B", and a heading B under A
+    twin = handbook.add_document(
+        "mcp-arrows", "twin.md", "# A\n\n## B\n\nThe nested one.\n\n# A > B\n\nThe flat one.\n"
+    )["id"]
+    async with McpClient(build_server(handbook)) as session:
+
+        async def twin_section(given: Any) -> Any:
+            return await session.call_tool(
+                "get_section", {"collection": "mcp-arrows", "document_id": twin, "section": given}
+            )
+
+        told = _error(await twin_section("A > B"))
+        assert "names 2 sections" in told and "['A', 'B']" in told and "['A > B']" in told
+        assert "section_path" in told
+        assert _data(await twin_section(["A", "B"]))["text"] == "The nested one."
+        assert _data(await twin_section(["A > B"]))["text"] == "The flat one."
+
+
+async def test_get_section_refuses_a_nul_naming_the_argument_as_search_does(
+    handbook: Store,
+) -> None:
+    """A NUL in ``get_section``'s section reached PostgreSQL and came back as "reading
+    document 1: a value cannot be stored: PostgreSQL text fields cannot contain NUL", a
+    write's words naming no argument; it is now refused as ``search`` refuses a NUL in
+    its query, naming the argument and the character."""
+    from mcp import Client as McpClient
+
+    async with McpClient(build_server(handbook)) as session:
+        searched = _error(
+            await session.call_tool("search", {"collection": "handbook", "query": "Gu\x00ide"})
+        )
+        assert "the query holds a NUL character (\\u0000) at character 2" in searched
+        for given, told in (
+            ("Gu\x00ide", "section holds a NUL character (\\u0000) at character 2"),
+            (
+                ["Guide", "Roll\x00back"],
+                "section[1] holds a NUL character (\\u0000) at character 4",
+            ),
+        ):
+            text = _error(
+                await session.call_tool(
+                    "get_section",
+                    {"collection": "handbook", "document_id": 1, "section": given},
+                )
+            )
+            assert text == (
+                f"Error executing tool get_section: error[invalid_input]: {told}, which "
+                "PostgreSQL text cannot store; remove it"
+            ), text
+
+
+async def test_the_server_offers_only_tools_and_names_its_version(
+    handbook: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SDK's server advertised the ``prompts`` and ``resources`` capabilities with
+    none of either, answered ``prompts/get`` of any name with JSON-RPC error code 0 (no
+    such code) after logging a traceback for the client's mistake, and said its version
+    was "". It now advertises tools alone, answers a prompts or resources method as any
+    it does not serve (-32601, nothing logged), and names ragstore's version."""
+    import ragstore
+
+    sent = [
+        json.dumps(HELLO),
+        '{"jsonrpc": "2.0", "method": "notifications/initialized"}',
+        '{"jsonrpc": "2.0", "id": 2, "method": "prompts/get", "params": {"name": "nope"}}',
+        '{"jsonrpc": "2.0", "id": 3, "method": "prompts/list"}',
+        '{"jsonrpc": "2.0", "id": 4, "method": "resources/list"}',
+        '{"jsonrpc": "2.0", "id": 5, "method": "resources/read", "params": {"uri": "x://y"}}',
+        '{"jsonrpc": "2.0", "id": 6, "method": "tools/list"}',
+    ]
+    with caplog.at_level(logging.DEBUG):
+        got = await _over_stdio(build_server(handbook), sent, answers=6)
+    hello = got[0]["result"]
+    assert hello["serverInfo"] == {"name": "ragstore", "version": ragstore.__version__}
+    assert ragstore.__version__ not in ("", "0.0.0")
+    assert set(hello["capabilities"]) == {"tools"}, hello["capabilities"]
+    assert [(m["id"], m["error"]["code"]) for m in got[1:5]] == [
+        (2, -32601),
+        (3, -32601),
+        (4, -32601),
+        (5, -32601),
+    ]
+    assert {t["name"] for t in got[5]["result"]["tools"]} == READ_TOOLS
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]

@@ -1,5 +1,5 @@
 """Read-only SQL for looking inside a collection: sizes, spaces with progress, last ingest,
-and a document's chunks in order.
+and a document's chunks in order (or a section's).
 
 The web console (``/ui``) shows these through the JSON API; they never write. Functions
 take an open connection and run inside the caller's transaction. The ``documents`` and
@@ -203,6 +203,33 @@ def section_chunks(
     ).fetchall()
     total = int(rows[0][4]) if rows else 0
     return [_section_part(str(r[0]), bool(r[1]), r[2] or [], r[3] or []) for r in rows], total
+
+
+# The heading paths of a document's sections (each chunk's section path and each heading
+# chunk's path with its heading, and every prefix of them) that read as ``joined`` when
+# their headings are joined with " > ", as search hits name a section.
+_SECTION_NAMED_SQL = """
+SELECT DISTINCT s.p[1:i]
+FROM (
+    SELECT section_path AS p FROM chunks WHERE document_id = %(d)s
+    UNION
+    SELECT section_path || text FROM chunks
+    WHERE document_id = %(d)s AND chunk_type = 'heading'
+) s, generate_series(1, cardinality(s.p)) AS i
+WHERE array_to_string(s.p[1:i], ' > ') = %(joined)s
+"""
+
+
+def sections_named(conn: Conn, coll: Collection, document_id: int, joined: str) -> list[list[str]]:
+    """The heading paths of the document's sections that are named ``joined``: their
+    headings joined with " > " (a search hit's ``section``). Matched whole, not split at
+    ">": a heading may hold one (``Use a -> b``, ``<T>``, ``=>``), and a split cut it
+    into headings no section has. Two paths may read alike (a heading ``a > b`` and a
+    heading ``b`` under ``a``): all are returned, for the caller to ask which. Raises
+    DocumentNotFoundError when the document is not in the collection."""
+    _require_document(conn, coll, document_id)
+    rows = conn.execute(_SECTION_NAMED_SQL, {"d": document_id, "joined": joined}).fetchall()
+    return sorted([str(h) for h in r[0]] for r in rows)
 
 
 def _section_part(text: str, inside: bool, names: list[str], flags: list[int]) -> str:

@@ -63,10 +63,11 @@ from pydantic import (
 )
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ragstore import __version__
 from ragstore.auth.keys import ApiKey, KeyStore, is_live
 from ragstore.db.cancel import Cancellation, cancelling
 from ragstore.db.errors import translated
-from ragstore.db.inspection import document_chunks, section_chunks
+from ragstore.db.inspection import document_chunks, section_chunks, sections_named
 from ragstore.errors import (
     AnswerTooLargeError,
     AuthenticationError,
@@ -86,7 +87,7 @@ from ragstore.http.limits import BodyLimitMiddleware
 from ragstore.http.problems import send_problem
 from ragstore.integrations.stdin_lines import claimed_stdin
 from ragstore.store import Store
-from ragstore.validation import row_id
+from ragstore.validation import row_id, storable_text
 
 __all__ = ["MAX_TEXT_CHARS", "KeyRequired", "build_server", "http_app", "key_for", "serve_stdio"]
 
@@ -284,6 +285,10 @@ class _Server(MCPServer):
     the SDK answered ``Unknown tool: add_documents`` and left the agent to guess, and
     ``add_document`` on a server started without a write key looked like a typo."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _serve_tools_only(self)
+
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Any = None
     ) -> CallToolResult | InputRequiredResult:
@@ -300,6 +305,32 @@ class _Server(MCPServer):
                 )
             raise ToolError(f"error[{told.code}]: {told.message}")
         return await super().call_tool(name, arguments, context)
+
+
+# the methods of the prompts and resources MCPServer always serves, which ragstore has none of
+_UNSERVED = (
+    "prompts/list",
+    "prompts/get",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+)
+
+
+def _serve_tools_only(server: MCPServer) -> None:
+    """Leave out the prompts and resources that ``server`` (the SDK's MCPServer) serves
+    whether it has any or not: it advertised both capabilities with none of either, and
+    answered ``prompts/get`` of any name with JSON-RPC error code 0 (no such code) after
+    logging a traceback for the client's mistake. The SDK derives a server's capabilities
+    from the methods its low-level server has handlers for, and MCPServer offers no way
+    to leave some out, so their handlers are taken from that server (private, as
+    :func:`lowlevel_server` reads it, for :data:`MCP_VERSIONS`); a call of one is then
+    answered as any method the server does not serve, -32601 "Method not found". An SDK
+    that keeps them elsewhere keeps advertising them, which is all it did before."""
+    handlers = getattr(getattr(server, "_lowlevel_server", None), "_request_handlers", None)
+    if isinstance(handlers, dict):
+        for method in _UNSERVED:
+            handlers.pop(method, None)
 
 
 def unreadable_reply(exc: Exception) -> JSONRPCError | None:
@@ -639,6 +670,8 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
                 "title": h["title"],
                 "score": h["score"],
                 "section": " > ".join(h["section_path"]),
+                # its headings, as get_section takes them: a heading may hold a ">"
+                "section_path": list(h["section_path"]),
                 "page": h["page"],
                 "text": h["text"],
                 "metadata": h["metadata"],
@@ -703,28 +736,30 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
 
     @tool(
         description=(
-            "One section of a document: section is its heading path as search hits show it "
-            '("Guide > Rollback"); the section\'s text with its subsections.'
+            "One section of a document: section is its heading path as a search hit "
+            'gives it, the hit\'s section_path (a list of headings, ["Guide", "Rollback"]) '
+            'or its section (the headings joined with " > ", "Guide > Rollback"); the '
+            "section's text with its subsections."
         )
     )
     @answered
     def get_section(
-        collection: Name, document_id: StrictInt, section: Annotated[str, Strict()]
+        collection: Name,
+        document_id: StrictInt,
+        section: list[Annotated[str, Strict()]] | Annotated[str, Strict()],
     ) -> dict[str, Any]:
         allow("read", collection)
         # refused as get_document (the Store) refuses it: read, -1 was "not in the
         # collection" (an id no document can have) and 2**63 a database error
         row_id(document_id, "document")
-        want = [p.strip() for p in section.split(">") if p.strip()]
-        if not want:
-            raise InputError("section is empty; give a heading path such as 'Guide > Setup'")
-        texts = _section_text(store, collection, document_id, want, section)
-        text = "\n\n".join(texts)
+        _check_section(section)
+        path, text, more = _section_text(store, collection, document_id, section)
         return {
             "document_id": document_id,
-            "section": " > ".join(want),
-            "truncated": len(text) > MAX_TEXT_CHARS,
-            "text": text[:MAX_TEXT_CHARS],
+            "section": " > ".join(path),
+            "section_path": path,
+            "truncated": more,
+            "text": text,
         }
 
     if key is not None and key.allows("write"):
@@ -749,6 +784,7 @@ def build_server(store: Store, key: ApiKey | None = None) -> MCPServer:
 
     return _Server(
         name="ragstore",
+        version=__version__,  # serverInfo.version, which the SDK leaves "" unless given
         instructions=(
             "Search the user's documents stored in ragstore. Call list_collections "
             "first, then search; list_fields says what a where filter can name; open a "
@@ -789,31 +825,67 @@ def _document_text(store: Store, collection: str, document_id: int) -> tuple[lis
     return [c["text"] for c in rows[:limit]], len(rows) > limit
 
 
+def _check_section(section: list[str] | str) -> None:
+    """Refuse a ``get_section`` section that names none: empty, or holding what
+    PostgreSQL text cannot (a NUL was refused as "reading document 1: a value cannot be
+    stored", a write's words naming no argument), told as ``search`` tells its query's."""
+    if isinstance(section, str):
+        if not section.strip():
+            raise InputError("section is empty; give a heading path such as 'Guide > Setup'")
+        storable_text(section, "section")
+        return
+    if not section:
+        raise InputError("section is an empty list; give a heading path such as ['Guide', 'Setup']")
+    for i, heading in enumerate(section):
+        storable_text(heading, f"section[{i}]")
+
+
 def _section_text(
-    store: Store, collection: str, document_id: int, path: list[str], given: str
-) -> list[str]:
-    """The texts of a document's section ``path`` (``given``: as the agent wrote it), read
-    by its heading path as a call of the Store (:meth:`Store.in_call`). A section of more
-    chunks than ``RAGSTORE_MAX_ANSWER_CHUNKS`` is refused with its size; one not found
-    is refused naming it."""
-    shown = given if len(given) <= 200 else given[:200] + "..."  # it may be megabytes
+    store: Store, collection: str, document_id: int, section: list[str] | str
+) -> tuple[list[str], str, bool]:
+    """A document's section: its heading path, text and whether that was cut at
+    :data:`MAX_TEXT_CHARS`, read as a call of the Store (:meth:`Store.in_call`).
+    ``section`` is a path (a list of headings) or a string naming one, its headings
+    joined with " > " (:func:`ragstore.db.inspection.sections_named`); a string that two
+    paths read as is refused asking for the list. A section of more chunks than
+    ``RAGSTORE_MAX_ANSWER_CHUNKS`` is refused with its size; one not found is refused
+    naming it."""
+    given = section.strip() if isinstance(section, str) else section
+    shown = repr(given)  # it may be megabytes
+    shown = shown if len(shown) <= 200 else shown[:200] + "..."
     with store.in_call() as rt:
         coll = rt.collection(collection)
         limit = rt.settings.max_answer_chunks
         with rt.db.connection() as conn, translated(f"reading document {document_id}"):
-            texts, total = section_chunks(conn, coll, document_id, path, limit=limit)
+            if isinstance(given, str):
+                named = sections_named(conn, coll, document_id, given)
+            else:
+                named = [list(given)]
+            texts: list[str] = []
+            total = 0
+            if len(named) == 1:
+                texts, total = section_chunks(conn, coll, document_id, named[0], limit=limit)
+    if len(named) > 1:
+        paths = ", ".join(repr(p) for p in named[:5])
+        raise InputError(
+            f"section {shown} names {len(named)} sections of document {document_id} "
+            f"({paths}): a heading holds ' > '; give the section as a list of its "
+            "headings, a search hit's section_path"
+        )
     if not total:
         raise InputError(
-            f"document {document_id} has no section {shown!r}; use the section of a search hit"
+            f"document {document_id} has no section {shown}; use the section or "
+            "section_path of a search hit"
         )
     if total > limit:
         raise AnswerTooLargeError(
-            f"section {shown!r} of document {document_id} is too large to answer at once: "
+            f"section {shown} of document {document_id} is too large to answer at once: "
             f"{total:,} chunks, at most {limit:,} (RAGSTORE_MAX_ANSWER_CHUNKS); ask for one "
             "of its subsections (a search hit's section), or raise "
             "RAGSTORE_MAX_ANSWER_CHUNKS where the MCP server runs"
         )
-    return texts
+    text = "\n\n".join(texts)
+    return named[0], text[:MAX_TEXT_CHARS], len(text) > MAX_TEXT_CHARS
 
 
 def _require_live(store: Store, key: ApiKey) -> None:
