@@ -51,6 +51,7 @@ are caught, never passed through to a user.
     ├── BackupError                     backup_failed
     │   └── BackupInvalidError          backup_invalid
     ├── DiskFullError                   disk_full
+    ├── ParseHelperUnavailableError     parse_helper_unavailable
     ├── OutcomeUnknownError             outcome_unknown
     └── ModelError                      model_error
         ├── ModelNotFoundError          model_not_found
@@ -462,6 +463,24 @@ class DiskFullError(RagstoreError):
     code = "disk_full"
     http_status = 507  # Insufficient Storage
     exit_code = 74  # EX_IOERR
+
+
+class ParseHelperUnavailableError(RagstoreError):
+    """A parse helper process (``parsing.sandbox``) could not be started: its interpreter
+    cannot be run, the process found no descriptor, memory or process slot left to start
+    it, or it ended (or hung) before it was ready. The machine's or the installation's
+    state, not the file's and not a bug of ragstore (it was ``internal_error``, which
+    TROUBLESHOOTING.md calls one). ``retry_after`` is set where the cause passes with time
+    (descriptors, memory, a loaded machine): the API then answers ``Retry-After``; None
+    where it does not (no interpreter there, one that cannot import ragstore)."""
+
+    code = "parse_helper_unavailable"
+    http_status = 503
+    exit_code = 69  # EX_UNAVAILABLE
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class OutcomeUnknownError(RagstoreError):

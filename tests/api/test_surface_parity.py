@@ -9,6 +9,7 @@ import inspect
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from ragstore import Client, Store
@@ -194,3 +195,29 @@ async def test_the_mcp_search_takes_as_many_hits_by_default_as_the_store(store: 
         tools = {t.name: t for t in (await session.list_tools()).tools}
     default = inspect.signature(Store.search).parameters["k"].default
     assert tools["search"].input_schema["properties"]["k"]["default"] == default == 10
+
+
+def test_the_openapi_schema_gives_list_documents_filters_their_caps(
+    open_url: str, store: Store
+) -> None:
+    """The caps moved into the Store's check (``validation.document_filters``) and out of
+    the schema: /openapi.json said nothing of them (a generated client sent 1,001
+    characters and met a 422 its schema allowed). They are there again as ``maxLength``,
+    and a longer value still gets the check's own problem, not pydantic's."""
+    spec = httpx.get(f"{open_url}/openapi.json").json()
+    params = spec["paths"]["/v1/collections/{name}/documents"]["get"]["parameters"]
+    caps = {
+        p["name"]: [b.get("maxLength") for b in p["schema"]["anyOf"] if b["type"] == "string"]
+        for p in params
+        if p["name"] in ("format", "source_prefix", "source")
+    }
+    assert caps == {"format": [50], "source_prefix": [1000], "source": [1000]}
+    r = httpx.get(f"{open_url}/v1/collections/parity/documents", params={"format": "x" * 51})
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert (body["code"], body["detail"]) == (
+        "invalid_input",
+        "format is 51 characters, more than the 50 it may have; give a shorter one",
+    ), body
+    ok = httpx.get(f"{open_url}/v1/collections/parity/documents", params={"format": "x" * 50})
+    assert ok.status_code == 200 and ok.json()["data"] == [], ok.text

@@ -1013,6 +1013,86 @@ def test_a_numpy_file_damaged_or_of_no_real_numbers_is_named(
     assert str(info.value).startswith(f"{path}: ") and said in str(info.value)
 
 
+# a NumPy file's import with no descriptor left: opening the matrix (``load``: .npy
+# mapped, .npz read) or, once it is mapped, reading its rows (``rows``) fails with EMFILE
+_NUMPY_WITHOUT_DESCRIPTORS = """
+import json, os, resource, sys
+from pathlib import Path
+from ragstore.imports import files
+
+path, when = Path(sys.argv[1]), sys.argv[2]
+matrix = files._load_matrix(path, None) if when == "rows" else None
+fd = os.open(os.devnull, os.O_RDONLY)
+os.close(fd)  # the lowest free descriptor: with the limit there, the next open fails
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (fd, hard))
+try:
+    if when == "rows":
+        list(files._matrix_rows(path, matrix))
+    else:
+        files._load_matrix(path, None)
+    got = None
+except Exception as exc:
+    got = exc
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+print(json.dumps({"code": getattr(got, "code", None), "message": str(got)}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "when"), [("m.npy", "load"), ("m.npz", "load"), ("m.npy", "rows")]
+)
+def test_a_numpy_file_the_process_cannot_open_is_not_blamed(
+    tmp_path: Path, name: str, when: str
+) -> None:
+    """Every OSError of a NumPy file's load was "not a readable NumPy file"
+    (``import_source_invalid``): a healthy matrix blamed for the process's EMFILE, and an
+    EMFILE reading its rows escaped raw. Both now say what the JSONL import and an ingest
+    say (``ragstore.files.unreadable``): not the file, import it again, raise ulimit -n."""
+    path = tmp_path / name
+    if name.endswith(".npz"):
+        np.savez(path, vectors=vectors(2, DIM))
+    else:
+        np.save(path, vectors(2, DIM))
+    done = subprocess.run(
+        [sys.executable, "-c", _NUMPY_WITHOUT_DESCRIPTORS, str(path), when],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["code"] == "internal_error", got
+    assert got["message"].startswith(
+        f"{path}: reading it failed in this process, not because of the file (OSError: "
+        "[Errno 24] Too many open files"
+    ), got
+    assert got["message"].endswith(
+        "it was not stored: import it again; raise the open-files limit (ulimit -n) or "
+        "import fewer files at once"
+    ), got
+
+
+@pytest.mark.parametrize("name", ["m.npy", "m.npz"])
+def test_a_numpy_file_the_system_cannot_read_is_file_unreadable(tmp_path: Path, name: str) -> None:
+    """A read the system refuses (here an I/O error: a link to ``/proc/self/mem``, whose
+    first page is mapped by no process; EACCES alike) is ``file_unreadable`` with the
+    system's reason, not "not a readable NumPy file" (``import_source_invalid``, the
+    content blamed)."""
+    from ragstore.errors import FileUnreadableError
+    from ragstore.imports import SourceOptions, open_source
+
+    path = tmp_path / name
+    path.symlink_to("/proc/self/mem")
+    path.with_suffix(".jsonl").write_text('{"id": "a", "text": "t"}\n')
+    with pytest.raises(FileUnreadableError) as info:
+        list(open_source(str(path), SourceOptions()).records())
+    assert str(info.value) == (
+        f"{path}: cannot read: Input/output error; check the file's permissions for the "
+        "user running ragstore"
+    )
+
+
 _READ_WHILE_CUT = """
 import sys
 from pathlib import Path

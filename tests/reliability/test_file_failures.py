@@ -16,6 +16,7 @@ from ragstore.ingest import ingest_paths, prepare
 from ragstore.ingest.service import Item
 from ragstore.parsing import registry, sandbox
 from ragstore.runtime import Runtime
+from tests.conftest import run_cli
 
 
 def test_a_parser_crash_fails_one_file_and_the_rest_ingests(
@@ -160,17 +161,35 @@ def test_a_parse_helper_that_cannot_start_is_that_error_not_the_files(
     rt: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No interpreter at ``sys.executable`` for the parse helper: its start failed with a
-    raw FileNotFoundError that the ingest called the file unreadable (sandbox.py now
-    raises its own error); the ingest reports that error for the file."""
+    raw FileNotFoundError that the ingest called the file unreadable, then with an
+    ``internal_error`` (a bug, TROUBLESHOOTING.md says); the ingest reports the helper's
+    own error for the file, and the CLI exits non-zero with it."""
+    monkeypatch.setattr(sandbox, "_helpers", sandbox._Helpers())
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
+    big = tmp_path / "big.md"
+    big.write_bytes(b"# A title\n\n" + b"A paragraph of some words.\n\n" * 800)
+    report = ingest_paths(rt, [tmp_path], collection="helperless")
+    (outcome,) = report.outcomes
+    assert outcome.status == "failed" and outcome.code == "parse_helper_unavailable", outcome
+    assert (outcome.error or "").startswith(
+        f"{big}: not parsed, so not stored: the parse helper (/nonexistent/python3 -m "
+        "ragstore.parsing.sandbox) could not start: its Python cannot be run"
+    ), outcome
+
+
+def test_the_cli_names_a_parse_helper_that_cannot_start(
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     monkeypatch.setattr(sandbox, "_helpers", sandbox._Helpers())
     monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
     (tmp_path / "big.md").write_bytes(b"# A title\n\n" + b"A paragraph of some words.\n\n" * 800)
-    report = ingest_paths(rt, [tmp_path], collection="helperless")
-    (outcome,) = report.outcomes
-    assert outcome.status == "failed" and outcome.code == "internal_error", outcome
-    assert (outcome.error or "").startswith(
-        "the parse helper (/nonexistent/python3 -m ragstore.parsing.sandbox) could not start"
-    ), outcome
+    assert run_cli("ingest", str(tmp_path), "-c", "helperless-cli") == 1  # files failed
+    err = " ".join(capsys.readouterr().err.split())
+    assert "failed [parse_helper_unavailable] " in err, err
+    assert "could not start: its Python cannot be run" in err, err
 
 
 # a file read by the client's upload (planned, or sent) or by an import with no

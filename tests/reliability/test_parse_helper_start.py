@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
 import signal
 import subprocess
@@ -31,7 +32,7 @@ from typing import Any
 import psutil
 import pytest
 
-from ragstore.errors import RagstoreError
+from ragstore.errors import ParseHelperUnavailableError, RagstoreError
 from ragstore.parsing import sandbox
 
 MARKDOWN = b"# A title\n\n" + b"A paragraph of some words.\n\n" * 800  # 20 KB: in a helper
@@ -64,17 +65,103 @@ def test_a_helper_that_cannot_start_leaves_no_descriptor_and_says_why(
         with pytest.raises(RagstoreError) as caught:
             sandbox.parse_file(b"%PDF-1.4 junk", "x.pdf", "pdf", timeout_s=5)
         error = caught.value
-        # one ragstore error, not the OSError (which the ingest took for an unreadable file)
-        assert type(error) is RagstoreError
+        # one ragstore error, not the OSError (which the ingest took for an unreadable
+        # file), and its own: an internal_error read as a bug of ragstore
+        assert type(error) is ParseHelperUnavailableError
         assert str(error) == (
-            "the parse helper (/nonexistent/python3 -m ragstore.parsing.sandbox) could not "
-            "start ([Errno 2] No such file or directory: '/nonexistent/python3'); check that "
-            "this Python runs and can import ragstore, or set RAGSTORE_PARSE_TIMEOUT_S=0 to "
-            "parse in the ingesting process"
+            "x.pdf: not parsed, so not stored: the parse helper (/nonexistent/python3 -m "
+            "ragstore.parsing.sandbox) could not start: its Python cannot be run ([Errno 2] "
+            "No such file or directory: '/nonexistent/python3'); check that this Python (the "
+            "ingesting process's own) exists and runs, or set RAGSTORE_PARSE_TIMEOUT_S=0 to "
+            "parse in the ingesting process (without a time limit)"
         )
+        assert error.retry_after is None  # waiting does not bring an interpreter
         assert isinstance(error.__cause__, FileNotFoundError)
     assert _open_fds() == before
     assert not fresh_helpers.busy and not fresh_helpers.idle
+
+
+# parse_file of a file for a helper, with no descriptor left for the helper's pipes
+_NO_DESCRIPTOR_FOR_PIPES = """
+import json, os, resource
+from ragstore.parsing import sandbox
+
+fd = os.open(os.devnull, os.O_RDONLY)
+os.close(fd)  # the lowest free descriptor: with the limit there, the next open fails
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (fd, hard))
+try:
+    sandbox.parse_file(b"# A title\\n\\n" * 2000, "big.md", "markdown", 60.0)
+    got = None
+except Exception as exc:
+    got = exc
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+print(json.dumps({"code": getattr(got, "code", None), "message": str(got),
+                  "retry_after": getattr(got, "retry_after", None)}))
+"""
+
+
+def test_a_helper_with_no_descriptor_left_says_so_and_when_to_retry() -> None:
+    """No descriptor left for a helper's pipes (EMFILE: a low ``ulimit -n``, many files
+    at once): an ``internal_error``, the words of a bug. Its own error now, naming the
+    OS's reason and the remedy, and retryable (it passes as other work ends)."""
+    run = subprocess.run(
+        [sys.executable, "-c", _NO_DESCRIPTOR_FOR_PIPES],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout)
+    assert got["code"] == "parse_helper_unavailable", got
+    assert got["message"] == (
+        f"big.md: not parsed, so not stored: the parse helper ({sys.executable} -m "
+        "ragstore.parsing.sandbox) could not start: no file descriptor left for its pipes "
+        "([Errno 24] Too many open files); raise the open-files limit (ulimit -n; "
+        "LimitNOFILE for a service) or ingest fewer files at once, or set "
+        "RAGSTORE_PARSE_TIMEOUT_S=0 to parse in the ingesting process (without a time limit)"
+    ), got
+    assert got["retry_after"] == 5.0  # sandbox.START_RETRY_AFTER_S
+
+
+@pytest.mark.parametrize(
+    ("ending", "how", "retry_after"),
+    [
+        ("os._exit(3)", "exit status 3", None),  # it will exit again: no retry
+        ("os.kill(os.getpid(), 9)", "killed by signal 9", 5.0),
+    ],
+)
+def test_a_helper_that_ends_before_it_is_ready_says_how(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fresh_helpers: sandbox._Helpers,
+    ending: str,
+    how: str,
+    retry_after: float | None,
+) -> None:
+    """A helper that ended before it said it was ready (it cannot import ragstore; the
+    out-of-memory killer) was "did not start within 120 s (exit status 3)", an
+    ``internal_error``: neither the time nor the code was true."""
+    ends_at_start(tmp_path, monkeypatch, ending)
+    with pytest.raises(ParseHelperUnavailableError) as caught:
+        sandbox.parse_file(MARKDOWN, "big.md", "markdown", 60.0)
+    assert str(caught.value).startswith(
+        f"big.md: not parsed, so not stored: the parse helper ({sys.executable} -m "
+        f"ragstore.parsing.sandbox) ended before it was ready ({how}; its traceback, if any, "
+        "is on standard error); check that this Python runs and can import ragstore"
+    ), caught.value
+    assert caught.value.retry_after == retry_after
+    assert not fresh_helpers.busy and not fresh_helpers.idle
+
+
+def ends_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ending: str) -> None:
+    """Parse helpers started from here on end (``ending``: a statement) before they are
+    ready: a ``sitecustomize`` on their path runs it as their interpreter starts."""
+    site = tmp_path / "ending-site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(f"import os\n{ending}\n")
+    path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(site), path) if p))
 
 
 @dataclass

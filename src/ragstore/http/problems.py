@@ -80,6 +80,7 @@ PROBLEMS: dict[type[e.RagstoreError], Problem] = {
     e.BackupInvalidError: Problem(422, "Invalid backup"),
     e.OutcomeUnknownError: Problem(500, "Outcome unknown"),
     e.DiskFullError: Problem(507, "Disk full"),
+    e.ParseHelperUnavailableError: Problem(503, "Parse helper unavailable"),
 }
 
 
@@ -105,6 +106,8 @@ def retry_after(exc: e.RagstoreError) -> float | None:
         return exc.retry_after
     if isinstance(exc, e.NotReadyError):
         return 5.0
+    if isinstance(exc, e.ParseHelperUnavailableError):
+        return exc.retry_after  # None where waiting does not help
     return None
 
 

@@ -339,6 +339,12 @@ class JsonlSource:
 
 
 def _load_matrix(path: Path, array: str | None) -> np.ndarray:
+    """The matrix of a ``.npy`` (mapped) or ``.npz`` file. A file that cannot be read
+    (permissions, an I/O error; the process out of descriptors or memory) is the error an
+    ingest gives it (:func:`ragstore.files.unreadable`): every OSError was "not a readable
+    NumPy file", an ``import_source_invalid`` blaming a healthy file for an EMFILE."""
+    from ragstore.files import unreadable
+
     try:
         if path.suffix == ".npz":
             # opened here: NumPy left its own handle open where the file is no zip
@@ -363,7 +369,11 @@ def _load_matrix(path: Path, array: str | None) -> np.ndarray:
         else:
             # mapped only to learn the shape and type: its rows are read by _npy_rows
             matrix = np.load(path, allow_pickle=False, mmap_mode="r")
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except OSError as exc:
+        if exc.errno is None:  # raised by NumPy about the content, not by the system
+            raise ImportSourceError(f"{path}: not a readable NumPy file ({exc})") from None
+        raise unreadable(path, exc, "import") from None
+    except (ValueError, EOFError, zipfile.BadZipFile) as exc:
         # EOFError: an empty .npy; BadZipFile: a truncated or damaged .npz (a bad CRC):
         # both escaped as tracebacks
         raise ImportSourceError(f"{path}: not a readable NumPy file ({exc or 'empty'})") from None
@@ -386,10 +396,21 @@ def _matrix_rows(path: Path, matrix: np.ndarray) -> Iterator[np.ndarray]:
     error", exit 135), saying nothing. A read that comes short, or a file whose size or
     modification time changed by the end, is now ImportSourceError. A matrix saved in
     Fortran order (``np.save`` of a transposed array) is read so too, a column's part
-    at a time (:func:`_fortran_block`): it was still read through the map."""
+    at a time (:func:`_fortran_block`): it was still read through the map. A read the
+    system refuses is :func:`ragstore.files.unreadable`'s error, as the file's load's is."""
     if not isinstance(matrix, np.memmap):
         yield from matrix
         return
+    from ragstore.files import unreadable
+
+    try:
+        yield from _mapped_rows(path, matrix)
+    except OSError as exc:
+        raise unreadable(path, exc, "import") from None
+
+
+def _mapped_rows(path: Path, matrix: np.memmap) -> Iterator[np.ndarray]:
+    """The rows of a mapped ``.npy`` matrix, read with plain reads (:func:`_matrix_rows`)."""
     rows, cols = matrix.shape
     itemsize = matrix.dtype.itemsize
     fortran = not matrix.flags.c_contiguous

@@ -14,7 +14,9 @@ So these formats are parsed by a helper process: after ``RAGSTORE_PARSE_TIMEOUT_
 killed and the file fails alone with ``parse_timeout``; if it dies, the file fails with
 ``corrupt_document`` saying how it ended (its exit status, or the signal that killed it),
 or with ``payload_too_large`` when it ran out of its memory; the rest of the batch goes on
-either way, and the next file gets a new helper. The helper is a fresh interpreter
+either way, and the next file gets a new helper (one that cannot start, for want of
+descriptors, memory or a runnable Python, fails its file with ``parse_helper_unavailable``,
+the machine's state, not the file's). The helper is a fresh interpreter
 (``python -m ragstore.parsing.sandbox``) rather than a fork: the ingesting process runs
 reader, writer and database threads whose locks a fork could copy mid-use. Helpers are kept
 and lent one per thread parsing at once (one starts in about half a second; a file then
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import os
 import signal
 import subprocess
@@ -48,6 +51,7 @@ from typing import Any
 from ragstore.errors import (
     CorruptDocumentError,
     FileTooLargeError,
+    ParseHelperUnavailableError,
     ParseTimeoutError,
     RagstoreError,
 )
@@ -80,6 +84,11 @@ IN_PROCESS_LIMITS = {"text": LARGE_TEXT_BYTES, "plain": LARGE_TEXT_BYTES}  # oth
 Request = tuple[bytes, str, str, int | None]
 BYTES_PER_BLOCK = 32  # a text file may hold one block (paragraph, heading ...) per 32 bytes
 STARTUP_TIMEOUT_S = 120.0  # a helper not ready by then is given up
+# a start that failed for want of descriptors (EMFILE, ENFILE), memory or a process slot
+# (ENOMEM, EAGAIN from fork) may work once other work ends: the API says when to retry
+NO_DESCRIPTOR = frozenset({errno.EMFILE, errno.ENFILE})
+NO_MEMORY = frozenset({errno.ENOMEM, errno.EAGAIN})
+START_RETRY_AFTER_S = 5.0
 READY = b"ready"
 # A helper whose pipe closed is given this long to end by itself before it is killed: its
 # exit status says what happened, which killing it first replaced with "signal 9" (Python
@@ -105,7 +114,7 @@ def parse_file(
     isolated = fmt in ISOLATED_FORMATS or len(data) >= in_process_limit(fmt)
     if timeout_s <= 0 or not isolated or not sys.executable:
         return _counted(parse_bytes(data, name, fmt, max_chars=max_chars), data, name, fmt)
-    with _helpers.lent() as helper:
+    with _helpers.lent(name) as helper:
         ok, value = _ask(helper, (data, name, fmt, max_chars), timeout_s)
     if ok:
         assert isinstance(value, ParsedDocument)
@@ -140,18 +149,20 @@ class _Helper:
     that half second (seconds on a loaded machine) left a process running, or a parse
     that the interrupted ingest waited for, when the wait was part of making it."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        """Start a helper for file ``name`` (named by the error when it cannot start)."""
         self.owner = os.getpid()
         self.abandoned = False  # killed by stop_helpers(), not by its file
         try:
             self.proc, self.outbox, self.inbox = _spawn()
         except OSError as exc:  # no interpreter there; no process, pipe or memory left
-            raise _not_started(f"could not start ({exc})") from exc
+            raise _spawn_failed(name, exc) from exc
 
-    def wait_ready(self) -> None:
+    def wait_ready(self, name: str) -> None:
         """Wait until the helper says it is ready: a file's time limit counts its parse,
         not the helper's start (0.45 s idle, and seconds on a loaded machine).
-        KeyboardInterrupt when :func:`stop_helpers` stopped it meanwhile."""
+        KeyboardInterrupt when :func:`stop_helpers` stopped it meanwhile;
+        ``parse_helper_unavailable`` naming file ``name`` when it ended or hung first."""
         closed = False
         try:
             ready = self.inbox.poll(STARTUP_TIMEOUT_S) and self.inbox.recv_bytes() == READY
@@ -163,7 +174,7 @@ class _Helper:
             if closed:  # it ended (an import failed?): its own status, not our kill's
                 self.end()
             how = self.stop()
-            raise _not_started(f"did not start within {STARTUP_TIMEOUT_S:g} s ({how})")
+            raise _not_ready(name, closed, how, self.proc.returncode)
 
     def usable(self) -> bool:
         return self.owner == os.getpid() and self.proc.poll() is None
@@ -223,7 +234,8 @@ class _Helpers:
         self.stops = 0
 
     @contextmanager
-    def lent(self) -> Iterator[_Helper]:
+    def lent(self, name: str) -> Iterator[_Helper]:
+        """A helper for file ``name``: an idle one, or one started for it."""
         with self.slots:
             with self.lock:
                 helper = self.idle.pop() if self.idle else None
@@ -232,7 +244,7 @@ class _Helpers:
             if helper is None or not helper.usable():
                 if helper is not None:
                     helper.stop()  # it died while idle
-                helper = _Helper()  # its process runs: from here it is stopped on the way out
+                helper = _Helper(name)  # its process runs: from here it is stopped on the way out
                 starting = True
             with self.lock:
                 self.busy.add(helper)
@@ -243,7 +255,7 @@ class _Helpers:
                 if helper.abandoned:
                     raise KeyboardInterrupt
                 if starting:
-                    helper.wait_ready()
+                    helper.wait_ready(name)
                 yield helper
                 answered = True
             finally:
@@ -316,12 +328,62 @@ def _close(*fds: int) -> None:
             os.close(fd)
 
 
-def _not_started(what: str) -> RagstoreError:
-    """The error of a parse helper that ``what`` (could not start, and why)."""
-    return RagstoreError(
-        f"the parse helper ({sys.executable} -m {__name__}) {what}; check that this Python "
-        "runs and can import ragstore, or set RAGSTORE_PARSE_TIMEOUT_S=0 to parse in the "
-        "ingesting process"
+def _spawn_failed(name: str, exc: OSError) -> ParseHelperUnavailableError:
+    """The error of file ``name`` whose helper's process could not be made (``exc``): no
+    descriptor for its pipes, no memory or process slot for it (these pass: retryable), or
+    no interpreter to run (which does not)."""
+    if exc.errno in NO_DESCRIPTOR:
+        return _not_started(
+            name,
+            f"could not start: no file descriptor left for its pipes ({exc})",
+            "raise the open-files limit (ulimit -n; LimitNOFILE for a service) or ingest "
+            "fewer files at once",
+            passes=True,
+        )
+    if exc.errno in NO_MEMORY:
+        return _not_started(
+            name,
+            f"could not start: no memory or process left to start it with ({exc})",
+            "free memory, or raise the limit of processes (ulimit -u) if it is reached",
+            passes=True,
+        )
+    return _not_started(
+        name,
+        f"could not start: its Python cannot be run ({exc})",
+        "check that this Python (the ingesting process's own) exists and runs",
+        passes=False,
+    )
+
+
+def _not_ready(name: str, ended: bool, how: str, code: int | None) -> ParseHelperUnavailableError:
+    """The error of file ``name`` whose helper ``ended`` (``how``, status ``code``) before
+    it said it was ready, or was killed for not being ready in time. A helper killed by a
+    signal (the out-of-memory killer) or a slow start may do better later; one that exited
+    (it cannot import ragstore, say) will exit again."""
+    if not ended:
+        return _not_started(
+            name,
+            f"was not ready within {STARTUP_TIMEOUT_S:g} s, so it was stopped",
+            "the machine may be overloaded: ingest it again when it is less busy",
+            passes=True,
+        )
+    return _not_started(
+        name,
+        f"ended before it was ready ({how}; its traceback, if any, is on standard error)",
+        "check that this Python runs and can import ragstore"
+        + (", and that memory is left" if code is not None and code < 0 else ""),
+        passes=code is not None and code < 0,
+    )
+
+
+def _not_started(name: str, what: str, fix: str, *, passes: bool) -> ParseHelperUnavailableError:
+    """The error of file ``name`` whose parse helper ``what`` (could not start, and the
+    OS's reason), with ``fix``; ``passes``: the cause may pass with time (``Retry-After``)."""
+    return ParseHelperUnavailableError(
+        f"{name}: not parsed, so not stored: the parse helper ({sys.executable} -m "
+        f"{__name__}) {what}; {fix}, or set RAGSTORE_PARSE_TIMEOUT_S=0 to parse in the "
+        "ingesting process (without a time limit)",
+        retry_after=START_RETRY_AFTER_S if passes else None,
     )
 
 

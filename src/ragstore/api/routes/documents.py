@@ -26,6 +26,7 @@ from fastapi import (
 )
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
+from pydantic import WithJsonSchema
 from starlette.datastructures import FormData
 
 from ragstore.api import forms
@@ -141,6 +142,13 @@ def _failure_detail(name: str, err: RagstoreError) -> str:
         return f"{name}: not stored: {public_detail(err)}"
     return err.message
 
+
+# list_documents' text filters, their caps in the OpenAPI schema (``maxLength``, as a
+# client generated from it checks) but checked by ``validation.document_filters``, the
+# Store's check, whose problem names the filter, its length and the cap (pydantic's
+# ``max_length`` answered first, in other words). The schema lost them when the check moved.
+FormatFilter = Annotated[str, WithJsonSchema({"type": "string", "maxLength": MAX_FORMAT_CHARS})]
+SourceFilter = Annotated[str, WithJsonSchema({"type": "string", "maxLength": MAX_SOURCE_CHARS})]
 
 IdempotencyKey = Annotated[
     str | None,
@@ -376,14 +384,14 @@ def list_documents(
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     format: Annotated[
-        str | None,
+        FormatFilter | None,
         Query(
             examples=["markdown"],
             description=f"At most {MAX_FORMAT_CHARS} characters.",
         ),
     ] = None,
     source_prefix: Annotated[
-        str | None,
+        SourceFilter | None,
         Query(description=f"At most {MAX_SOURCE_CHARS:,} characters."),
     ] = None,
     metadata: Annotated[
@@ -391,7 +399,7 @@ def list_documents(
         Query(description="JSON object the metadata contains", examples=['{"team": "ops"}']),
     ] = None,
     source: Annotated[
-        str | None,
+        SourceFilter | None,
         Query(
             description="The one document of this exact source: an absolute path is a "
             "source as stored (a file ingested from the server's disk), a relative one the "
