@@ -60,14 +60,41 @@ def proxy_network_forms(
 # local user can open) gave every user admin rights with keys off
 SERVE_ONLY = frozenset({"api_bound"})
 
+# fields read from the environment only, refused from a .env file, each with what it names.
+# .env is read from the working directory, and the CLI's first use is `cd cloned-repo &&
+# ragstore ingest .`: a repository's own .env naming the compiler ran any program of its
+# choice as the user, and one naming a server or a database decided where the user's
+# documents, queries and keys went. A value the environment (or the caller) also sets is
+# not refused: the .env's is not used.
+ENV_ONLY: dict[str, str] = {
+    "native_bm25_cc": "a program ragstore runs (the C compiler of the native BM25 kernel)",
+    "native_bm25_prebuilt": "a folder of native code loaded into the embedded PostgreSQL",
+    "data_dir": "the embedded PostgreSQL's folder, whose configuration names programs "
+    "and libraries the server runs",
+    "database_url": "the database ragstore trusts: its model pins say where documents, "
+    "queries and API keys from your environment are sent",
+    "read_database_urls": "databases ragstore trusts as replicas of its own",
+    "url": "the server the CLI sends your documents, queries and RAGSTORE_API_KEY to",
+}
+
 
 class _UserSource(PydanticBaseSettingsSource):
     """The environment or ``.env`` (``source``), refusing the fields only ``ragstore
-    serve`` passes (:data:`SERVE_ONLY`)."""
+    serve`` passes (:data:`SERVE_ONLY`); a ``.env`` (``dotenv``) refuses the fields read
+    from the environment only (:data:`ENV_ONLY`) unless a source that wins over it
+    (``above``) sets them too."""
 
-    def __init__(self, source: PydanticBaseSettingsSource) -> None:
+    def __init__(
+        self,
+        source: PydanticBaseSettingsSource,
+        *,
+        dotenv: bool = False,
+        above: tuple[PydanticBaseSettingsSource, ...] = (),
+    ) -> None:
         super().__init__(source.settings_cls)
         self.source = source
+        self.dotenv = dotenv
+        self.above = above
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return self.source.get_field_value(field, field_name)
@@ -84,7 +111,35 @@ class _UserSource(PydanticBaseSettingsSource):
                 f"serve made; unset {ENV_PREFIX}{name.upper()} ({ENV_PREFIX}API_HOST names "
                 "the address to serve on)"
             )
+        if self.dotenv:
+            shadowed = {name for source in self.above for name in source()}
+            _refuse_env_only([n for n in ENV_ONLY if n in values and n not in shadowed])
         return values
+
+
+def _refuse_env_only(names: list[str]) -> None:
+    """One ConfigError naming each of ``names`` (fields of :data:`ENV_ONLY`) that the
+    ``.env`` file sets, what it names, and where to set it instead."""
+    if not names:
+        return
+    variables = [ENV_PREFIX + name.upper() for name in names]
+    where = dotenv_path()
+    named = "; ".join(f"{v} names {ENV_ONLY[n]}" for v, n in zip(variables, names, strict=True))
+    listed = variables[0] if len(variables) == 1 else ", ".join(variables)
+    raise ConfigError(
+        f"{listed} {'is' if len(variables) == 1 else 'are'} set in {where}, which is read from "
+        f"the working directory and may have come with it (a cloned repository's .env): "
+        f"{named}. Set {'it' if len(variables) == 1 else 'them'} in the environment instead "
+        f"(export {variables[0]}=...) and remove {'it' if len(variables) == 1 else 'them'} "
+        f"from {where}"
+    )
+
+
+def dotenv_path() -> str:
+    """The ``.env`` file settings are read from, as an absolute path (it may not exist)."""
+    import os
+
+    return os.path.abspath(str(Settings.model_config.get("env_file") or ".env"))
 
 
 class Settings(BaseSettings):
@@ -104,11 +159,12 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """pydantic-settings' sources in its order, the environment and .env refusing
-        the fields only ``ragstore serve`` passes (:data:`SERVE_ONLY`)."""
+        the fields only ``ragstore serve`` passes (:data:`SERVE_ONLY`), .env those read
+        from the environment only (:data:`ENV_ONLY`)."""
         return (
             init_settings,
             _UserSource(env_settings),
-            _UserSource(dotenv_settings),
+            _UserSource(dotenv_settings, dotenv=True, above=(init_settings, env_settings)),
             file_secret_settings,
         )
 

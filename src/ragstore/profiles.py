@@ -55,11 +55,27 @@ def database_password(settings: Settings) -> str | None:
     """The password inside ``RAGSTORE_DATABASE_URL`` (None: no URL or no password in it)."""
     if settings.database_url is None:
         return None
+    return _password(settings.database_url.get_secret_value())
+
+
+def _password(conninfo: str) -> str | None:
+    """The password inside one conninfo (None: none in it)."""
     try:
-        password = conninfo_to_dict(settings.database_url.get_secret_value()).get("password")
+        password = conninfo_to_dict(conninfo).get("password")
     except psycopg.ProgrammingError:
         return None
     return None if password is None else str(password)
+
+
+def _well_known(password: str | None) -> bool:
+    return password is not None and password.lower() in DEFAULT_PASSWORDS
+
+
+def default_password_replicas(settings: Settings) -> list[int]:
+    """The items (from 1) of ``RAGSTORE_READ_DATABASE_URLS`` whose password is a
+    well-known default: profile prod looked at the primary's URL alone, and a replica's
+    ``postgres`` passed."""
+    return [n for n, url in enumerate(settings.replica_urls, 1) if _well_known(_password(url))]
 
 
 def is_loopback(host: str) -> bool:
@@ -102,11 +118,18 @@ def prod_problems(settings: Settings) -> list[str]:
             f"RAGSTORE_AUTH={settings.auth} leaves the API without keys: set RAGSTORE_AUTH=on "
             "and create keys with `ragstore keys create`"
         )
-    password = database_password(settings)
-    if password is not None and password.lower() in DEFAULT_PASSWORDS:
+    if _well_known(database_password(settings)):
         problems.append(
             "RAGSTORE_DATABASE_URL uses a well-known default password: set a strong, unique "
             "password on the database role and in the URL"
+        )
+    replicas = default_password_replicas(settings)
+    if replicas:
+        items = ", ".join(str(n) for n in replicas)
+        problems.append(
+            "RAGSTORE_READ_DATABASE_URLS uses a well-known default password (item"
+            f"{'s' if len(replicas) > 1 else ''} {items} of the list): set a strong, unique "
+            "password on the replica's role and in its URL"
         )
     if settings.uses_embedded_database and not settings.allow_embedded_in_prod:
         problems.append(

@@ -48,6 +48,31 @@ def test_prod_refuses_a_default_database_password(password: str) -> None:
     assert f":{password}@" not in message  # the refusal never prints the secret
 
 
+def test_prod_refuses_a_default_password_in_a_replicas_url() -> None:
+    """Only RAGSTORE_DATABASE_URL was looked at: a replica reached as
+    ``postgresql://u:postgres@r/db`` passed profile prod. Each item of the list is read
+    (a URL or a key=value string), the refusal naming the items and no password."""
+    strong = "postgresql://reader:Xq7-very-long-unique@r1.internal:5432/ragstore"
+    replicas = (
+        f"{strong},postgresql://u:postgres@r2.internal/ragstore,"
+        "host=r3.internal dbname=ragstore user=u password=ChangeMe"
+    )
+    with pytest.raises(ConfigError) as exc:
+        get_settings(
+            profile="prod", auth="on", database_url=STRONG_URL, read_database_urls=replicas
+        )
+    message = str(exc.value)
+    assert message == (
+        "profile prod refuses to start: RAGSTORE_READ_DATABASE_URLS uses a well-known "
+        "default password (items 2, 3 of the list): set a strong, unique password on the "
+        "replica's role and in its URL"
+    )
+    settings = get_settings(
+        profile="prod", auth="on", database_url=STRONG_URL, read_database_urls=strong
+    )
+    assert settings.replica_urls == [strong]
+
+
 def test_prod_refuses_the_embedded_database_unless_allowed() -> None:
     with pytest.raises(ConfigError) as exc:
         get_settings(profile="prod", auth="on")

@@ -24,6 +24,7 @@ from ragstore.config import Settings
 from ragstore.errors import ConfigError, InputError
 from ragstore.profiles import is_loopback
 from tests.api.conftest import running_server, with_
+from tests.conftest import run_cli
 
 
 def test_empty_host_is_not_loopback(settings: Settings) -> None:
@@ -48,6 +49,26 @@ def test_auth_off_on_any_address_but_loopback_is_refused_in_every_profile(
     for bound in ("0.0.0.0", "127.0.0.1,192.168.1.20", "::"):
         with pytest.raises(ConfigError, match="would serve every collection to anyone"):
             auth_enabled(base.model_copy(update={"api_bound": bound}))
+
+
+def test_auth_off_refused_names_where_the_host_came_from(
+    cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``ragstore serve --host 0.0.0.0`` with keys off was refused naming
+    ``RAGSTORE_API_HOST='0.0.0.0'``, a variable the user never set: the refusal names
+    ``--host`` now, and the variable when the host came from it."""
+    monkeypatch.setenv("RAGSTORE_AUTH", "off")
+    monkeypatch.delenv("RAGSTORE_API_HOST", raising=False)
+    assert run_cli("serve", "--host", "0.0.0.0", "--port", "0") == ConfigError.exit_code
+    err = capsys.readouterr().err
+    assert "error[config_invalid]: RAGSTORE_AUTH=off with --host '0.0.0.0' would serve" in err
+    assert "RAGSTORE_API_HOST" not in err
+    monkeypatch.setenv("RAGSTORE_API_HOST", "0.0.0.0")
+    assert run_cli("serve", "--port", "0") == ConfigError.exit_code
+    err = capsys.readouterr().err
+    assert "RAGSTORE_AUTH=off with RAGSTORE_API_HOST='0.0.0.0' would serve" in err
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,12 @@ from ragstore.db.database import Database
 from ragstore.errors import ConfigError, RagstoreError
 from ragstore.http.guard import LoopbackGuardMiddleware
 from ragstore.http.limits import BodyLimitMiddleware
-from ragstore.http.listen import UNIX_PREFIX, stop_with_parent
+from ragstore.http.listen import (
+    UNIX_PREFIX,
+    open_to_local_users,
+    stop_with_parent,
+    tcp_endpoint,
+)
 from ragstore.jobs import build_queue
 from ragstore.observability.http import install_observability
 from ragstore.observability.metrics import JobQueuePoolMetrics
@@ -61,9 +66,11 @@ from ragstore.uploads import staging
 log = logging.getLogger("ragstore.api")
 
 
-def auth_enabled(settings: Settings) -> bool:
+def auth_enabled(settings: Settings, *, host_from: str = "RAGSTORE_API_HOST") -> bool:
     """``auto`` turns keys off only for the embedded database served on loopback; ``off``
-    is refused on any other address.
+    is refused on any other address, the refusal naming where the host came from
+    (``host_from``: ``ragstore serve --host`` gives ``"--host"``; it named
+    ``RAGSTORE_API_HOST``, unset, for a host typed on the command line).
 
     "Served on loopback" is judged from the addresses ``ragstore serve`` actually bound
     (``api_bound``, which it passes to the app) when it did, else from ``RAGSTORE_API_HOST``.
@@ -75,8 +82,16 @@ def auth_enabled(settings: Settings) -> bool:
         # in every profile: two settings made for different occasions (keys off for local
         # work, every interface to try a phone or a container) must not add up to a store
         # that anyone on the network can read and delete with admin rights
+        host = (
+            f"{host_from} {settings.api_host!r}"
+            if host_from.startswith("-")
+            else f"{host_from}={settings.api_host!r}"
+        )
+        bound = [h for h in settings.api_bound.split(",") if h]
+        if bound and bound != [settings.api_host]:
+            host += f" (listening on {', '.join(bound)})"
         raise ConfigError(
-            f"RAGSTORE_AUTH=off with RAGSTORE_API_HOST={settings.api_host!r} would serve every "
+            f"RAGSTORE_AUTH=off with {host} would serve every "
             "collection to anyone who can reach this machine, with admin rights; turn keys on "
             "(RAGSTORE_AUTH=on and `ragstore keys create`) or bind to 127.0.0.1 (a reverse "
             "proxy in front of it must then authenticate its users itself: every request "
@@ -111,14 +126,11 @@ def keys_off_warning(settings: Settings) -> str:
             f"{', '.join(bound)} (owner-only) has admin rights; set RAGSTORE_AUTH=on and "
             "create keys with `ragstore keys create` to serve other users"
         )
-    where = ", ".join(
-        f"[{h}]:{settings.api_port}" if ":" in h else f"{h}:{settings.api_port}"
-        for h in bound or [settings.api_host]
-    )
-    return (
-        f"authentication is OFF (RAGSTORE_AUTH={settings.auth}): every request to {where} "
-        "has admin rights, from any user of this machine; on a machine shared with other "
-        "users set RAGSTORE_AUTH=on and create keys with `ragstore keys create`"
+    endpoints = [tcp_endpoint(h, settings.api_port) for h in bound or [settings.api_host]]
+    return f"authentication is OFF (RAGSTORE_AUTH={settings.auth}): " + open_to_local_users(
+        endpoints,
+        "has admin rights",
+        "set RAGSTORE_AUTH=on and create keys with `ragstore keys create`",
     )
 
 

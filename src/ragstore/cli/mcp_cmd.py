@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import functools
+import logging
 import socket
 
 import typer
+from typer._click.core import ParameterSource
 
 from ragstore.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+KEY_ON_COMMAND_LINE = (
+    "--api-key on the command line can be read by every user of this machine while the "
+    "server runs (ps, /proc/PID/cmdline); set RAGSTORE_API_KEY in its environment instead"
+)
 
 
 def listening(host: str, port: int, *, keyed: bool) -> list[socket.socket]:
@@ -39,14 +48,36 @@ def listening(host: str, port: int, *, keyed: bool) -> list[socket.socket]:
         sock.close()
     raise InputError(
         f"serving MCP on {host} without an API key would let anyone on the network read "
-        f"every collection (it listens on {', '.join(bound)}, not on loopback alone); pass "
-        "--api-key (RAGSTORE_API_KEY) or bind 127.0.0.1"
+        f"every collection (it listens on {', '.join(bound)}, not on loopback alone); set "
+        "RAGSTORE_API_KEY to a key from `ragstore keys create`, or bind 127.0.0.1"
+    )
+
+
+def keyless_warning(sockets: list[socket.socket]) -> str | None:
+    """The start-up line of keyless MCP on loopback TCP (None on its owner-only Unix
+    socket): every user of this machine reaches a loopback port, as ``ragstore serve``
+    warns with keys off. It started without a word."""
+    from ragstore.http.listen import open_to_local_users, tcp_endpoint
+
+    endpoints = [
+        tcp_endpoint(str(s.getsockname()[0]), int(s.getsockname()[1]))
+        for s in sockets
+        if s.family != socket.AF_UNIX
+    ]
+    if not endpoints:
+        return None
+    return "MCP is served without an API key: " + open_to_local_users(
+        endpoints,
+        "can search and read every collection",
+        "serve it on an owner-only Unix socket (--host unix:PATH), or set RAGSTORE_API_KEY "
+        "to a key from `ragstore keys create`",
     )
 
 
 def register(app: typer.Typer) -> None:
     @app.command("mcp")
     def mcp(
+        ctx: typer.Context,
         transport: str = typer.Option(
             "stdio",
             "--transport",
@@ -70,12 +101,17 @@ def register(app: typer.Typer) -> None:
             help="A key from `ragstore keys create`: its scope "
             "and collection bound every tool; add_document "
             "is offered only with a write key. Over http every "
-            "request must present it (Authorization: Bearer).",
+            "request must present it (Authorization: Bearer). "
+            "Set RAGSTORE_API_KEY rather than the option: every "
+            "local user can read a command line.",
         ),
     ) -> None:
         """Serve search, list_collections, list_fields, get_document, get_section (and
         add_document with a write key) as Model Context Protocol tools."""
         from ragstore.cli.remote import refuse_remote
+
+        if api_key and ctx.get_parameter_source("api_key") == ParameterSource.COMMANDLINE:
+            log.warning("%s", KEY_ON_COMMAND_LINE)
 
         # its tools use a Store on the database, not the Client: an agent whose environment
         # names a server would search (and add documents to) another database
@@ -85,6 +121,9 @@ def register(app: typer.Typer) -> None:
         from ragstore.http.listen import bound_addresses, release_sockets
 
         sockets = listening(host, port, keyed=bool(api_key)) if transport == "http" else []
+        warning = None if api_key else keyless_warning(sockets)
+        if warning is not None:
+            log.warning("%s", warning)
         # taken while they are open: uvicorn closes the sockets it served on
         bound = bound_addresses(sockets)
         try:

@@ -71,7 +71,8 @@ def _serve(overrides: dict[str, Any], sockets: list[socket.socket], bound: list[
         settings = get_settings(**overrides, api_bound=",".join(bound))
         from ragstore.api.app import auth_enabled, create_app
 
-        if auth_enabled(settings):  # refuse an unsafe auth setting before serving
+        host_from = "--host" if "api_host" in overrides else "RAGSTORE_API_HOST"
+        if auth_enabled(settings, host_from=host_from):  # refuse an unsafe auth setting
             open_unix_sockets(sockets)  # keys on: the key is the credential
         logging.getLogger("ragstore").setLevel(settings.log_level.upper())
         config = server_config(

@@ -212,6 +212,22 @@ def bound_addresses(sockets: list[socket.socket]) -> list[str]:
     ]
 
 
+def tcp_endpoint(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets (``[::1]:8080``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def open_to_local_users(endpoints: list[str], rights: str, remedy: str) -> str:
+    """The start-up warning's sentence for a server without keys on loopback TCP, shared
+    by ``ragstore serve`` and ``ragstore mcp``: a loopback port has no owner and the
+    server cannot tell one local user from another (peer credentials exist for Unix
+    sockets only), so every user of the machine has ``rights`` there."""
+    return (
+        f"every request to {', '.join(endpoints)} {rights}, from any user of this machine; "
+        f"on a machine shared with other users {remedy}"
+    )
+
+
 def stop_with_parent() -> None:
     """In a worker: have the kernel send SIGTERM when ``ragstore serve`` dies (Linux)."""
     parent = os.environ.get(PARENT_ENV)
