@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -182,7 +183,8 @@ def test_sign_in_keeps_the_key_in_the_tab_only(page: Page, server: Server) -> No
     urls: list[str] = []
     page.on("request", lambda r: urls.append(r.url))
     page.goto(f"{server.url}/ui/collections")
-    expect(page).to_have_url(f"{server.url}/ui/login")  # no key yet: sent to sign in
+    # no key yet: sent to sign in, then back to the page asked for
+    expect(page).to_have_url(f"{server.url}/ui/login?next=%2Fui%2Fcollections")
     page.fill("#api-key", "rsk_0123456789ab_" + "x" * 43)
     page.click("#sign-in")
     expect(page.locator("#login-error")).to_contain_text("is not valid")
@@ -806,6 +808,13 @@ def test_a_write_key_may_create_a_collection_as_the_api_allows(
     expect(page.locator("tr[data-collection=own-one]")).to_have_count(1)
     expect(page.locator("#create-error")).to_be_hidden()
     expect(page.locator("#create-name")).to_have_value("own-one")
+    # its write controls are shown on its own collection's page alone (the upload zone was
+    # offered on another's, where every file was refused)
+    page.goto(f"{server.url}/ui/collections/by-writer")
+    expect(page.locator("#whoami")).to_contain_text("only own-one")  # the scope is applied
+    expect(page.locator("#upload-section")).to_be_hidden()
+    open_page(page, server, "/ui/collections/own-one")
+    expect(page.locator("#upload-section")).to_be_visible()
 
 
 def test_the_api_reference_loads_only_from_this_server(page: Page, server: Server) -> None:
@@ -1395,3 +1404,152 @@ def test_hostile_titles_metadata_headings_and_ids_show_as_text_on_every_page(
         json.dumps({HOSTILE_KEY: HOSTILE_VALUE}, separators=(",", ":"))
     )
     nothing_ran()
+
+
+LISTING = re.compile(r".*/v1/collections\?limit=")
+NOT_READY = '{"title": "Unavailable", "code": "not_ready"}'
+
+
+def test_behind_a_root_path_every_request_stays_under_it(
+    page: Page, settings: Settings, keys: KeyStore
+) -> None:
+    """Served under /rag by a proxy that strips the prefix (uvicorn's --root-path), the
+    console wrote its links and API calls from the host's root: the pages failed, a
+    sign-in left the prefix, and the key went to whatever answered /v1/me there. Every
+    request now stays under /rag, and a sign-in goes back to the page that asked for it."""
+    key = keys.create("admin", name="rooted-admin").secret
+    outside: list[str] = []
+
+    def proxy(route: Route) -> None:  # serves /rag/... from the server's /...
+        parts = urlsplit(route.request.url)
+        if parts.path == "/rag" or parts.path.startswith("/rag/"):
+            route.continue_(url=urlunsplit(parts._replace(path=parts.path[4:] or "/")))
+        else:  # another site at the host's root
+            outside.append(f"{route.request.method} {route.request.url}")
+            route.fulfill(status=404, content_type="text/html", body="<h1>not here</h1>")
+
+    with running_server(with_(settings, auth="on"), root_path="/rag") as url:
+        auth = {"Authorization": f"Bearer {key}"}
+        r = httpx.post(f"{url}/v1/collections", json={"name": "rooted"}, headers=auth)
+        assert r.status_code in (201, 409), r.text
+        page.route("**/*", proxy)
+        rag = f"{url}/rag"
+        page.goto(f"{rag}/ui/collections/rooted")
+        expect(page).to_have_url(f"{rag}/ui/login?next={quote('/rag/ui/collections/rooted', '')}")
+        page.fill("#api-key", key)
+        page.click("#sign-in")
+        expect(page).to_have_url(f"{rag}/ui/collections/rooted")
+        expect(page.locator("body")).to_have_attribute("data-ready", "true")
+        page.set_input_files(
+            "#file-input",
+            files=[{"name": "r.md", "mimeType": "text/markdown", "buffer": b"# R\n\nRooted.\n"}],
+        )
+        expect(page.locator("#upload-list li[data-file='r.md'] .outcome")).to_have_text(
+            re.compile("^added: ")
+        )
+        page.click("#documents-body a", timeout=20_000)
+        expect(page).to_have_url(
+            re.compile(rf"^{re.escape(rag)}/ui/collections/rooted/documents/\d+$")
+        )
+        expect(page.locator("body")).to_have_attribute("data-ready", "true")
+        expect(page.locator("#page-title")).to_have_text("r.md")
+        page.click("#nav-models")  # (the redirect of /rag/ui: test_console_pages.py)
+        expect(page).to_have_url(f"{rag}/ui/models")
+        expect(page.locator("body")).to_have_attribute("data-ready", "true")
+        # a sign-in goes only to a console page of this origin, never to another site
+        page.goto(f"{rag}/ui/login?next={quote('//evil.example/rag/ui/models', '')}")
+        page.fill("#api-key", key)
+        page.click("#sign-in")
+        expect(page).to_have_url(f"{rag}/ui/collections")
+        expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    assert outside == []
+
+
+def test_a_refresh_that_fails_after_a_create_or_delete_says_so(page: Page, server: Server) -> None:
+    """The listing after a create or delete had no error handling: the new collection
+    missing (creating it again said "already exists") or the deleted one still listed,
+    and nothing said why."""
+    sign_in(page, server)
+
+    def refuse(route: Route) -> None:
+        route.fulfill(status=503, content_type=PROBLEM, body=NOT_READY)
+
+    page.route(LISTING, refuse)
+    page.fill("#create-name", "refresh-me")
+    page.click("#create-form button[type=submit]")
+    error = page.locator("#page-error")
+    expect(error).to_have_text(
+        "collection refresh-me was created, but the list could not be refreshed: "
+        "Unavailable (not_ready); reload the page"
+    )
+    page.unroute(LISTING)
+    page.reload()
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    page.click("tr[data-collection=refresh-me] button.delete")
+    page.fill("#delete-confirm", "refresh-me")
+    page.route(LISTING, refuse)
+    page.click("#delete-submit")
+    expect(error).to_have_text(
+        "collection refresh-me was deleted, but the list could not be refreshed: "
+        "Unavailable (not_ready); reload the page"
+    )
+
+
+def test_a_read_with_no_answer_or_an_answer_not_json_says_so(page: Page, server: Server) -> None:
+    """A read that got no answer showed the browser's "Failed to fetch", and a 200 that
+    was not JSON (a captive portal's or a proxy's page) "Unexpected token '<'"."""
+    sign_in(page, server)
+    page.route(
+        "**/v1/me",
+        lambda route: route.fulfill(status=200, content_type="text/html", body="<h1>Portal</h1>"),
+    )
+    page.reload()
+    error = page.locator("#page-error")
+    expect(error).to_have_text(
+        re.compile(
+            r"^HTTP 200\b.*\(an answer that is not the API's JSON: from a proxy in front of it\?\)$"
+        )
+    )
+    page.unroute("**/v1/me")
+    page.route("**/v1/me", lambda route: route.abort())
+    page.reload()
+    expect(error).to_have_text(
+        "no answer from the server (it is down or unreachable); reload to retry"
+    )
+
+
+def test_the_models_form_needs_a_collection_and_a_model(page: Page, server: Server) -> None:
+    """With no collection the migrate and rollback buttons were offered and posted to
+    /v1/collections//model/...; an empty model box migrated to the box's greyed example."""
+    auth = {"Authorization": f"Bearer {server.admin_key}"}
+    assert httpx.post(
+        f"{server.url}/v1/collections", json={"name": "to-migrate"}, headers=auth
+    ).status_code in (201, 409)
+    sign_in(page, server)
+    open_page(page, server, "/ui/models")
+    asked: list[object] = []
+
+    def stub(route: Route) -> None:  # answered here: nothing is migrated
+        asked.append(route.request.post_data_json)
+        route.fulfill(
+            status=409, content_type=PROBLEM, body='{"title": "Conflict", "detail": "stub"}'
+        )
+
+    page.route("**/model/migrate", stub)
+    page.select_option("#migrate-collection", "to-migrate")
+    page.click("#migrate-start")  # the box empty: not sent
+    page.fill("#migrate-to", TARGET)
+    page.click("#migrate-start")
+    expect(page.locator("#migrate-error")).to_have_text("stub")
+    assert asked == [{"to": TARGET}]
+    page.route(
+        LISTING,
+        lambda route: route.fulfill(
+            status=200, content_type="application/json", body='{"data": [], "next_cursor": null}'
+        ),
+    )
+    page.reload()
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    expect(page.locator("#migrate-none")).to_be_visible()
+    for control in ("#migrate-collection", "#migrate-start", "#rollback"):
+        expect(page.locator(control)).to_be_hidden()

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ragstore.api import create_app
 from ragstore.auth import KeyStore
 from ragstore.config import Settings
+from ragstore.console.routes import root_path
 from ragstore.console.security import CONTENT_SECURITY_POLICY
 from tests.api.conftest import running_server, with_
 
@@ -273,6 +275,30 @@ def test_a_crash_behind_a_root_path_gets_the_headers_of_its_route(
     assert "/srv/secret" not in r.text
     assert r.headers["x-frame-options"] == "DENY"
     assert r.headers.get("cache-control") == ("no-store" if path.startswith("/ui") else None)
+
+
+def test_behind_a_root_path_the_pages_link_and_redirect_under_it(rooted_crashing_url: str) -> None:
+    # sent as the proxy forwards them, the prefix stripped: every link, the form's action,
+    # the redirect and the script's prefix (data-root) are under /rag (they were at the
+    # host's root, outside the console)
+    r = httpx.get(rooted_crashing_url + "/ui")
+    assert r.status_code == 303 and r.headers["location"] == "/rag/ui/collections"
+    r = httpx.get(rooted_crashing_url + "/ui/collections/team")
+    assert r.status_code == 200
+    assert 'data-root="/rag"' in r.text
+    hrefs = re.findall(r'(?:href|src|action)="([^"#]+)"', r.text)
+    assert hrefs and all(h.startswith("/rag/ui/") for h in hrefs), hrefs
+    r = httpx.get(rooted_crashing_url + "/docs")
+    assert 'href="/rag/openapi.json"' in r.text and 'href="/openapi.json"' not in r.text
+
+
+@pytest.mark.parametrize(
+    ("given", "root"), (("", ""), ("/rag", "/rag"), ("/rag/", "/rag"), ("//evil.example", ""))
+)
+def test_the_root_path_is_a_path_of_this_host(given: str, root: str) -> None:
+    # a root path such as //host would send every call of the console to another host
+    scope = {"type": "http", "method": "GET", "path": "/ui", "headers": [], "root_path": given}
+    assert root_path(Request(scope)) == root
 
 
 def test_console_script_never_parses_text_as_html() -> None:

@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 
 from ragstore import __version__
-from ragstore.console.routes import _templates
+from ragstore.console.routes import _templates, root_path
 from ragstore.console.security import DOCS_PATH
 
 METHODS = ("get", "post", "put", "patch", "delete", "head", "options")
@@ -152,6 +152,7 @@ def install_api_docs(app: FastAPI) -> None:
             "apidocs.html",
             {
                 "info": info,
+                "root": root_path(request),
                 "version": __version__,
                 "groups": operations(spec),
                 "schemas": schemas(spec),

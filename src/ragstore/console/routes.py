@@ -39,6 +39,21 @@ def _templates() -> Jinja2Templates:
     return Jinja2Templates(env=env)
 
 
+def root_path(request: Request) -> str:
+    """The prefix the server is served under (uvicorn's ``--root-path``, behind a proxy
+    that serves it at ``/rag``), without a trailing slash; ``""`` when none.
+
+    Every link, redirect and API call of the console starts with it: they were written
+    from the host's root (``/ui/...``, ``/v1/...``), so behind such a proxy the pages
+    failed, a sign-in left the prefix, and the tab's key was sent as a bearer header to
+    whatever answered ``/v1/me`` at the host's root. Only a path is taken (one slash, then
+    no second): a value such as ``//host`` would make every call go to another host."""
+    root = str(request.scope.get("root_path", "")).rstrip("/")
+    if root and (not root.startswith("/") or root.startswith("//") or "\\" in root):
+        return ""
+    return root
+
+
 def build_router(auth: bool) -> APIRouter:
     """The page routes; ``auth`` is whether the API needs a key (said on every page)."""
     templates = _templates()
@@ -49,6 +64,7 @@ def build_router(auth: bool) -> APIRouter:
     ) -> HTMLResponse:
         values: dict[str, Any] = {
             "page": name,
+            "root": root_path(request),
             "title": title,
             "auth": auth,
             "version": __version__,
@@ -61,8 +77,10 @@ def build_router(auth: bool) -> APIRouter:
 
     @router.get("", response_class=RedirectResponse)
     @router.get("/", response_class=RedirectResponse)
-    def home() -> Response:
-        return RedirectResponse(f"{CONSOLE_PREFIX}/collections", status_code=303)
+    def home(request: Request) -> Response:
+        return RedirectResponse(
+            f"{root_path(request)}{CONSOLE_PREFIX}/collections", status_code=303
+        )
 
     @router.get("/login", response_class=HTMLResponse)
     def login(request: Request) -> HTMLResponse:

@@ -13,6 +13,12 @@
   const AUTH = body.dataset.auth === "on";
   const COLLECTION = body.dataset.collection || "";
   const DOCUMENT = body.dataset.document || "";
+  /* The prefix the server is served under (uvicorn's --root-path behind a proxy: "/rag"),
+   * "" at the host's root. Every link and API call goes through rooted(): written from the
+   * host's root, behind such a proxy the pages failed, a sign-in left the prefix, and the
+   * key was sent to whatever answered /v1/me at the host's root. */
+  const ROOT = body.dataset.root || "";
+  function rooted(path) { return ROOT + path; }
   const enc = encodeURIComponent;
   const $ = (id) => document.getElementById(id);
 
@@ -41,7 +47,7 @@
   function signOut() {
     signingOut = true;
     sessionStorage.removeItem(KEY);
-    location.assign("/ui/login");
+    location.assign(rooted("/ui/login"));
   }
 
   function headers(key) {
@@ -64,8 +70,15 @@
     const node = $("page-error");
     node.replaceChildren("The server refused this tab's API key (" + detail + "), so " +
       "nothing further was sent; the uploads' outcomes are listed below. ",
-      el("a", { href: "/ui/login", id: "sign-in-again", text: "Sign in again" }));
+      el("a", { href: rooted("/ui/login"), id: "sign-in-again", text: "Sign in again" }));
     node.hidden = false;
+  }
+
+  /* A body's JSON object, or null for anything else (HTML, an array, nothing). */
+  function jsonObject(text) {
+    let data = null;
+    try { data = JSON.parse(text); } catch (e) { data = null; }
+    return data !== null && typeof data === "object" && !Array.isArray(data) ? data : null;
   }
 
   /* An answer's body as an object: the API's JSON, or, for a body that is not a JSON
@@ -73,9 +86,8 @@
    * whole HTML page was shown as the error's text, and an upload said only "failed: "
    * (HTTP/2 has no status text), so the user was not told what had gone wrong. */
   function answerOf(status, statusText, text) {
-    let data = null;
-    try { data = JSON.parse(text); } catch (e) { data = null; }
-    if (data !== null && typeof data === "object" && !Array.isArray(data)) return data;
+    const data = jsonObject(text);
+    if (data !== null) return data;
     const plain = text && !/^\s*</.test(text) ? text.trim().split("\n")[0].slice(0, 200) : "";
     return { detail: "HTTP " + status + (statusText ? " " + statusText : "") +
                      (plain ? ": " + plain : "") +
@@ -98,7 +110,14 @@
     }
   }
 
-  /* One API call; a problem response becomes an ApiError. A 401 with the stored key
+  /* No answer at all: the connection failed or broke (fetch's TypeError). Said as such:
+   * the browser's own "Failed to fetch" told the user nothing. A write says more
+   * (writeError: whether it was done is unknown). */
+  class NoAnswer extends Error {}
+
+  /* One API call to ``path`` under the root (rooted()); a problem response becomes an
+   * ApiError, and so does a 2xx answer that is not the API's JSON (a proxy's page: it
+   * was parsed all the same and said "Unexpected token '<'"). A 401 with the stored key
    * signs out (keyRefused). */
   async function api(method, path, payload, key, signal) {
     const explicit = key !== undefined;
@@ -108,15 +127,27 @@
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(payload);
     }
-    const resp = await fetch(path, init);
-    const text = await resp.text();
+    let resp, text;
+    try {
+      resp = await fetch(rooted(path), init);
+      text = await resp.text();
+    } catch (err) {
+      if (!(err instanceof TypeError)) throw err;  // an abort (a newer search) stays one
+      throw new NoAnswer("no answer from the server (it is down or unreachable); " +
+                         "reload to retry");
+    }
     if (!resp.ok) {
       const err = new ApiError(resp.status, answerOf(resp.status, resp.statusText, text),
                                retryAfterOf(resp.headers.get("Retry-After")));
       if (resp.status === 401 && AUTH && !explicit) keyRefused(err.message);
       throw err;
     }
-    return text ? JSON.parse(text) : null;
+    if (!text) return null;  // 204
+    const data = jsonObject(text);
+    if (data === null) {
+      throw new ApiError(resp.status, answerOf(resp.status, resp.statusText, text), null);
+    }
+    return data;
   }
 
   /* Build an element; strings become text nodes, so nothing is ever parsed as HTML. */
@@ -257,10 +288,13 @@
 
   /* Write and admin controls are served hidden and shown here once the key's scope allows
    * them: served visible, the upload zone and the migrate and rollback buttons stayed in
-   * front of a read key whenever GET /v1/me failed or had not answered yet. */
+   * front of a read key whenever GET /v1/me failed or had not answered yet. A key limited
+   * to one collection writes only there: on another collection's page it was shown the
+   * upload zone, and every file it dropped was refused. */
   function applyScope(me) {
     const admin = me.scope === "admin";
-    const write = admin || me.scope === "write";
+    const ours = !me.collection || !COLLECTION || me.collection === COLLECTION;
+    const write = (admin || me.scope === "write") && ours;
     for (const n of document.querySelectorAll(".admin-only")) n.hidden = !admin;
     for (const n of document.querySelectorAll(".write-only")) n.hidden = !write;
     const who = $("whoami");
@@ -293,8 +327,23 @@
       }
       sessionStorage.setItem(KEY, key);
       input.value = "";
-      location.assign("/ui/collections");
+      location.assign(pageAsked());
     });
+  }
+
+  /* Where a sign-in goes: the console page that sent the user to sign in (its ?next=),
+   * else the collections. It went to the collections always, and the page asked for (a
+   * link to a document, a search) was lost. Only a console page of this origin is taken:
+   * anything else (another site, a path outside the console) goes to the collections. */
+  function pageAsked() {
+    const asked = new URLSearchParams(location.search).get("next") || "";
+    let target = null;
+    try { target = new URL(asked, location.origin); } catch (e) { target = null; }
+    if (asked.startsWith("/") && target && target.origin === location.origin &&
+        target.pathname.startsWith(rooted("/ui/")) && target.pathname !== rooted("/ui/login")) {
+      return target.pathname + target.search + target.hash;
+    }
+    return rooted("/ui/collections");
   }
 
   async function pageCollections(me) {
@@ -381,7 +430,7 @@
         actions.append(el("button", { type: "button", class: "delete", dataset: { name: c.name },
                                       text: "Delete…", onclick: () => askDelete(c.name) }));
         const row = el("tr", { dataset: { collection: c.name } },
-          el("td", null, el("a", { href: "/ui/collections/" + enc(c.name), text: c.name })),
+          el("td", null, el("a", { href: rooted("/ui/collections/" + enc(c.name)), text: c.name })),
           el("td", { text: c.documents }), el("td", { text: c.chunks }),
           el("td", { text: c.model }), spaces, sizes, last, actions);
         readers.set(row, statsReader(c.name, generation, spaces, sizes, last));
@@ -389,6 +438,21 @@
       });
       setRows(tbody, rows, "No collections yet.", 8);
       for (const row of rows) seen.observe(row);
+    }
+
+    /* The listing after a write that was done: a failure of its own is said, as after an
+     * upload (uploadAll). It was a rejection nobody caught: the list stayed as before the
+     * write (a deleted collection still listed, a created one missing, so that creating
+     * it again said "already exists") and nothing said why. */
+    async function reload(done) {
+      try {
+        await load();
+      } catch (err) {
+        if (!$("sign-in-again")) {
+          showError("page-error", done + ", but the list could not be refreshed: " +
+                    problemText(err) + "; reload the page");
+        }
+      }
     }
 
     function askDelete(name) {
@@ -439,7 +503,7 @@
         $("delete-cancel").disabled = false;
       }
       if (stillAsking()) dialog.close();
-      await load();
+      await reload("collection " + name + " was deleted");
     });
     /* Offered to every key that may create a collection, as the API decides (a write or
      * admin key; one limited to a collection, that collection alone): it was shown to
@@ -470,7 +534,7 @@
         createButton.disabled = false;
       }
       $("create-name").value = ownName;
-      await load();
+      await reload("collection " + payload.name + " was created");
     });
     await load();
   }
@@ -528,7 +592,7 @@
       }
       if (generation !== listing) return;
       const rows = page.data.map((d) => el("tr", { dataset: { document: d.id } },
-        el("td", null, el("a", { href: "/ui/collections/" + enc(COLLECTION) + "/documents/" + d.id,
+        el("td", null, el("a", { href: rooted("/ui/collections/" + enc(COLLECTION) + "/documents/" + d.id),
                                  text: d.name })),
         el("td", { text: d.title || "" }), el("td", { text: d.format }),
         el("td", { text: d.chunks }), el("td", { text: d.size_bytes }),
@@ -681,7 +745,7 @@
         el("span", { class: "file-name", text: name }), bar, result));
       return new Promise((resolve) => {
         const xhr = new XMLHttpRequest();
-        xhr.open("POST", base + "/documents/upload");
+        xhr.open("POST", rooted(base + "/documents/upload"));
         xhr.setRequestHeader("Accept", "application/json");
         const key = storedKey();
         if (key) xhr.setRequestHeader("Authorization", "Bearer " + key);
@@ -898,7 +962,7 @@
     if (h.section_path.length) meta.unshift(el("span", null, ...sectionPath(h.section_path)));
     if (h.page !== null) meta.push("page " + h.page);
     const cell = el("td", { class: "hit" },
-      el("a", { href: "/ui/collections/" + enc(COLLECTION) + "/documents/" + h.document_id,
+      el("a", { href: rooted("/ui/collections/" + enc(COLLECTION) + "/documents/" + h.document_id),
                 text: h.title || h.name || h.source }),
       el("div", { class: "meta" }, ...joined(meta, " · ")),
       el("div", { class: "text hit-text", text: h.text }));
@@ -1093,7 +1157,8 @@
 
   async function pageModels(me) {
     const select = $("migrate-collection");
-    let polling = null;
+    let polling = false;
+    let pollings = 0;  // bumped by each migration: a look of an older one stops there
 
     async function loadModels() {
       const models = await api("GET", "/v1/models");
@@ -1131,13 +1196,32 @@
       }
     }
 
+    /* While a migration runs its spaces are looked at every 500 ms, each look sent once
+     * the one before has been answered: on a set interval, a slow server had looks pile
+     * up behind one another. */
+    function startPolling() {
+      const generation = ++pollings;
+      polling = true;
+      const look = () => {
+        loadSpaces().catch(() => undefined).finally(() => {
+          if (polling && generation === pollings) setTimeout(look, 500);
+        });
+      };
+      look();  // the first look at once
+    }
+
     function stopPolling() {
-      if (polling !== null) clearInterval(polling);
-      polling = null;
+      polling = false;
     }
 
     const collections = await allCollections();
     select.replaceChildren(...collections.data.map((c) => el("option", { value: c.name, text: c.name })));
+    /* No collection: no form. It was shown all the same, and its buttons sent
+     * POST /v1/collections//model/... (an empty name), answered with a 404 on a path the
+     * user never asked for. */
+    const none = !collections.data.length;
+    $("migrate-form").hidden = none;
+    $("migrate-none").hidden = !none;
     select.addEventListener("change", () => {
       clearStaleErrors("migrate-error");  // said of the collection selected before
       loadSpaces().catch((err) => showError("migrate-error", err));
@@ -1146,13 +1230,19 @@
       ev.preventDefault();
       clearStaleErrors("migrate-error");
       const name = select.value;
-      const to = $("migrate-to").value.trim() || $("migrate-to").placeholder;
+      /* The model as typed (the box is required): an empty box migrated to the model shown
+       * greyed as the box's example, which nobody had chosen. */
+      const to = $("migrate-to").value.trim();
+      if (!name || !to) {
+        showError("migrate-error", !name ? "no collection to migrate"
+                                         : "Type the model to migrate to.");
+        return;
+      }
       $("migrate-status").replaceChildren("Migrating " + name + " to ", iso(to), "…");
       $("migrate-start").disabled = true;
-      polling = setInterval(() => { loadSpaces().catch(() => undefined); }, 500);
       try {
         const pending = api("POST", "/v1/collections/" + enc(name) + "/model/migrate", { to: to });
-        loadSpaces().catch(() => undefined);  // first look at once, then every 500 ms
+        startPolling();
         const r = await pending;
         $("migrate-status").replaceChildren(...(r.switched
           ? ["Switched " + name + " to ", iso(r.target), ": " + r.embedded +
@@ -1174,6 +1264,10 @@
     $("rollback").addEventListener("click", async () => {
       clearStaleErrors("migrate-error");
       const name = select.value;
+      if (!name) {
+        showError("migrate-error", "no collection to roll back");
+        return;
+      }
       $("rollback").disabled = true;
       try {
         const r = await api("POST", "/v1/collections/" + enc(name) + "/model/rollback");
@@ -1198,7 +1292,8 @@
       return;
     }
     if (AUTH && !storedKey()) {
-      location.replace("/ui/login");
+      location.replace(rooted("/ui/login") + "?next=" +
+                       enc(location.pathname + location.search + location.hash));
       return;
     }
     const out = $("sign-out");
