@@ -19,9 +19,10 @@ answers the agent with the error's one-line message, arguments the tool's schema
 (:func:`argument_error`) and a tool the server does not offer (:class:`_Server`) too; an
 argument a tool does not take is refused (:func:`closed`), not dropped; over stdio a line
 that is no message is answered (:func:`serve_stdio`). A search the agent abandons
-(``notifications/cancelled``, its own timeout, a closed session) is cancelled in
-PostgreSQL, as an HTTP search whose client goes away is (``api/disconnect.py``), instead
-of running on to ``RAGSTORE_SEARCH_TIMEOUT_S``.
+(``notifications/cancelled``, its own timeout, a closed session, over HTTP its
+connection closed: :class:`~ragstore.integrations.mcp_http.CancelOnDisconnect`) is
+cancelled in PostgreSQL, as an HTTP search whose client goes away is
+(``api/disconnect.py``), instead of running on to ``RAGSTORE_SEARCH_TIMEOUT_S``.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ from ragstore.http.bearer import bearer_token
 from ragstore.http.guard import foreign_party, foreign_sender, unowned_socket
 from ragstore.http.limits import BodyLimitMiddleware
 from ragstore.http.problems import send_problem
+from ragstore.integrations.mcp_http import CancelOnDisconnect, SessionCap
 from ragstore.integrations.stdin_lines import claimed_stdin
 from ragstore.store import Store
 from ragstore.validation import row_id
@@ -535,12 +537,27 @@ def http_app(
     for it (:class:`KeyRequired`), before any body is read. ``host`` is the bind address:
     on loopback the SDK also refuses other sites' pages (DNS rebinding). A body is held to
     ``RAGSTORE_MAX_REQUEST_BYTES`` as at the HTTP API (the SDK reads any body whole into
-    memory, however large). Without ``key`` only this machine's clients are served
+    memory, however large). A request whose client disconnects is cancelled
+    (:class:`CancelOnDisconnect`); sessions are held to ``RAGSTORE_MCP_MAX_SESSIONS``,
+    each closed after ``RAGSTORE_MCP_SESSION_IDLE_S`` idle (:class:`SessionCap`).
+    Without ``key`` only this machine's clients are served
     (:class:`LocalOnly`), over a Unix socket only where ``own_socket`` (``ragstore mcp``
     bound it owner-only: :func:`ragstore.http.listen.bind_unix`)."""
     settings = store.runtime.settings
+    # the SDK's own limits (10,000 sessions, each kept 30 minutes idle) let one client
+    # hold ~400 MB and then lock every other out for half an hour
+    sessions = SessionCap(
+        server.streamable_http_app(
+            streamable_http_path=path,
+            host=host,
+            max_sessions=settings.mcp_max_sessions,
+            session_idle_timeout=settings.mcp_session_idle_s,
+        ),
+        max_sessions=settings.mcp_max_sessions,
+        idle_s=settings.mcp_session_idle_s,
+    )
     app: ASGIApp = BodyLimitMiddleware(
-        server.streamable_http_app(streamable_http_path=path, host=host),
+        CancelOnDisconnect(sessions),
         json_bytes=settings.max_request_bytes,
         upload_bytes=settings.max_request_bytes,
     )
