@@ -147,3 +147,40 @@ def test_sessions_past_the_cap_are_refused_in_problem_json(handbook: Store) -> N
         assert "2 sessions" in problem["detail"]
         assert client.delete(url, headers=first).status_code == 200
         _open_session(client, url)
+
+
+def test_a_body_the_sdk_cannot_read_is_answered_in_one_line_as_over_stdio(
+    handbook: Store,
+) -> None:
+    """Over HTTP the SDK answered a body that is no JSON-RPC message (``{"foo": 1}``, a
+    batch) -32602 with pydantic's report, several lines and pydantic.dev URLs, and one
+    nested past its parser's depth (a made-up ``where``) -32700 "recursion limit
+    exceeded" under no id. Each is now answered as stdio answers such a line: one line,
+    -32700 / -32600 as JSON-RPC 2.0 says, under the request's id where it can be read;
+    and the session goes on."""
+    deep = '{"a":' * 300 + "1" + "}" * 300
+    bodies = {
+        '{"foo": 1}': (None, -32600, "not a valid JSON-RPC message"),
+        '[{"jsonrpc": "2.0", "id": 3, "method": "ping"}]': (None, -32600, "message object"),
+        "{not json": (None, -32700, "is not JSON"),
+        '{"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "search", '
+        f'"arguments": {{"collection": "handbook", "query": "x", "where": {deep}}}}}}}': (
+            5,
+            -32600,
+            "nests deeper",
+        ),
+        "[" * 3000 + "]" * 3000: (None, -32700, "nests deeper"),
+    }
+    app = http_app(build_server(handbook), handbook, None)
+    with _serving(app) as url, httpx.Client(timeout=30) as client:
+        headers = _open_session(client, url)
+        for body, (rid, code, said) in bodies.items():
+            answer = client.post(url, content=body.encode(), headers=headers)
+            assert answer.status_code == 400, (body[:40], answer.text)
+            reply = answer.json()
+            assert (reply["id"], reply["error"]["code"]) == (rid, code), (body[:40], reply)
+            message = reply["error"]["message"]
+            assert said in message and "\n" not in message and "pydantic" not in message
+            assert "line" not in message, message  # stdio's words, said of a body
+        ping = client.post(url, json={"jsonrpc": "2.0", "id": 9, "method": "ping"}, headers=headers)
+        assert _events(ping)[-1] == {"jsonrpc": "2.0", "id": 9, "result": {}}

@@ -85,7 +85,7 @@ from ragstore.http.bearer import bearer_token
 from ragstore.http.guard import foreign_party, foreign_sender, unowned_socket
 from ragstore.http.limits import BodyLimitMiddleware
 from ragstore.http.problems import send_problem
-from ragstore.integrations.mcp_http import CancelOnDisconnect, SessionCap
+from ragstore.integrations.mcp_http import CancelOnDisconnect, ReadableReplies, SessionCap
 from ragstore.integrations.stdin_lines import claimed_stdin
 from ragstore.store import Store
 from ragstore.validation import row_id
@@ -304,12 +304,14 @@ class _Server(MCPServer):
         return await super().call_tool(name, arguments, context)
 
 
-def unreadable_reply(exc: Exception) -> JSONRPCError | None:
+def unreadable_reply(exc: Exception, what: str = "line") -> JSONRPCError | None:
     """The JSON-RPC error answering a line the SDK could not read as a message (``exc``,
     its parse error), or None where none is due (a notification). JSON-RPC 2.0 answers
     invalid JSON -32700 and a non-message -32600, with the request's id where it can be
     read, else null. A request the SDK's parser refuses although it is JSON (nested past
-    its depth, ~200 levels: a made-up ``where`` filter) is answered under its own id."""
+    its depth, ~200 levels: a made-up ``where`` filter) is answered under its own id.
+    ``what``: what the message came in, said in the answer (over HTTP a ``body``)."""
+    per = "line" if what == "line" else "request"
     sent: list[Any] = []
     if isinstance(exc, ValidationError):
         for error in exc.errors():
@@ -326,11 +328,11 @@ def unreadable_reply(exc: Exception) -> JSONRPCError | None:
     )
     message = next((m for m in sent if isinstance(m, dict)), None)
     if message is None:
-        code, text = PARSE_ERROR, "the line is not JSON; send one JSON-RPC message per line"
+        code, text = PARSE_ERROR, f"the {what} is not JSON; send one JSON-RPC message per {per}"
         if nested:  # too deep even to read its id
             text = too_deep
         elif sent:  # JSON, but an array or a scalar
-            code, text = INVALID_REQUEST, "the line is not a JSON-RPC message object"
+            code, text = INVALID_REQUEST, f"the {what} is not a JSON-RPC message object"
         return JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=code, message=text))
     rid = message.get("id")
     if "method" in message and "id" not in message:
@@ -338,7 +340,7 @@ def unreadable_reply(exc: Exception) -> JSONRPCError | None:
     if isinstance(rid, bool) or not isinstance(rid, int | str):
         rid = None
     if not nested:
-        too_deep = "the line is not a valid JSON-RPC message (jsonrpc, id, method, params)"
+        too_deep = f"the {what} is not a valid JSON-RPC message (jsonrpc, id, method, params)"
     return JSONRPCError(
         jsonrpc="2.0", id=rid, error=ErrorData(code=INVALID_REQUEST, message=too_deep)
     )
@@ -539,7 +541,8 @@ def http_app(
     ``RAGSTORE_MAX_REQUEST_BYTES`` as at the HTTP API (the SDK reads any body whole into
     memory, however large). A request whose client disconnects is cancelled
     (:class:`CancelOnDisconnect`); sessions are held to ``RAGSTORE_MCP_MAX_SESSIONS``,
-    each closed after ``RAGSTORE_MCP_SESSION_IDLE_S`` idle (:class:`SessionCap`).
+    each closed after ``RAGSTORE_MCP_SESSION_IDLE_S`` idle (:class:`SessionCap`); a
+    body that is no message is answered in one line as over stdio (:class:`ReadableReplies`).
     Without ``key`` only this machine's clients are served
     (:class:`LocalOnly`), over a Unix socket only where ``own_socket`` (``ragstore mcp``
     bound it owner-only: :func:`ragstore.http.listen.bind_unix`)."""
@@ -557,7 +560,7 @@ def http_app(
         idle_s=settings.mcp_session_idle_s,
     )
     app: ASGIApp = BodyLimitMiddleware(
-        CancelOnDisconnect(sessions),
+        CancelOnDisconnect(ReadableReplies(sessions)),
         json_bytes=settings.max_request_bytes,
         upload_bytes=settings.max_request_bytes,
     )

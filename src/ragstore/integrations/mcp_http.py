@@ -1,7 +1,8 @@
 """ASGI wrappers of the MCP SDK's streamable HTTP app (``ragstore mcp --transport http``)
 for what the SDK leaves undone: a request whose client disconnects is cancelled
-(:class:`CancelOnDisconnect`), and a new session past the cap is refused in the
-problem+json every other refusal of the server is made in (:class:`SessionCap`).
+(:class:`CancelOnDisconnect`), a new session past the cap is refused in the
+problem+json every other refusal of the server is made in (:class:`SessionCap`), and a
+body that is no message is answered in one line, as over stdio (:class:`ReadableReplies`).
 
 Both sit directly around the SDK's app, inside the key check and the body limit
 (``integrations/mcp.http_app``), so everything they read has been authenticated and
@@ -14,12 +15,21 @@ import json
 import logging
 
 import anyio
+from mcp.types import (
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    PARSE_ERROR,
+    ErrorData,
+    JSONRPCError,
+    jsonrpc_message_adapter,
+)
+from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragstore.errors import NotReadyError
 from ragstore.http.problems import send_problem
 
-__all__ = ["CancelOnDisconnect", "SessionCap"]
+__all__ = ["CancelOnDisconnect", "ReadableReplies", "SessionCap"]
 
 log = logging.getLogger("ragstore.mcp")
 
@@ -186,3 +196,97 @@ class SessionCap:
             f"frees its place at once, one left idle after {self.idle_s:g} s "
             "(RAGSTORE_MCP_SESSION_IDLE_S)"
         )
+
+
+class ReadableReplies:
+    """ASGI middleware: a POST body the SDK cannot read as a JSON-RPC message is answered
+    as ``ragstore mcp`` answers such a line over stdio (``mcp.unreadable_reply``): one
+    line, -32700 for no JSON, -32600 for JSON that is no message, under the request's id
+    where it can be read. The SDK answered 400 with -32602 and pydantic's report (``11
+    validation errors for ...``, a dozen lines with pydantic.dev URLs) for ``{"foo": 1}``
+    or a batch, and -32700 "recursion limit exceeded" under no id for a request nested
+    past its parser's depth (a made-up ``where``), which left the agent unable to tell
+    which of its calls failed or why.
+
+    Only the SDK's 400 answers of those two codes are replaced, after the body is read
+    again as the SDK reads a stdio line; any other answer passes as it was sent."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        body: list[bytes] = []
+        held: list[Message] = []  # a 400 of the SDK's, until it is judged
+
+        async def watched_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                body.append(message.get("body", b""))
+            return message
+
+        async def watched_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 400:
+                held.append(message)
+                return
+            if not held:
+                await send(message)
+                return
+            held.append(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                await self._answer(scope, b"".join(body), held, send)
+
+        await self.app(scope, watched_receive, watched_send)
+
+    async def _answer(self, scope: Scope, body: bytes, held: list[Message], send: Send) -> None:
+        """Send ours for the SDK's 400 ``held`` (its start and body), or ``held`` itself."""
+        reply = _unreadable(body) if _refused_unread(held) else None
+        if reply is None:
+            for message in held:
+                await send(message)
+            return
+        content = reply.model_dump_json(by_alias=True, exclude_unset=True).encode()
+        start = held[0]
+        headers = [
+            (k, v)
+            for k, v in start.get("headers", ())
+            if k.lower() not in (b"content-length", b"content-type")
+        ]
+        headers += [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(content)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 400, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+
+
+def _refused_unread(held: list[Message]) -> bool:
+    """Whether the SDK's 400 ``held`` says it could not read the body as a message."""
+    text = b"".join(m.get("body", b"") for m in held if m["type"] == "http.response.body")
+    try:
+        error = json.loads(text)["error"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return isinstance(error, dict) and error.get("code") in (PARSE_ERROR, INVALID_PARAMS)
+
+
+def _unreadable(body: bytes) -> JSONRPCError | None:
+    """Our answer to ``body``, read as the SDK reads a stdio line; None if it reads."""
+    from ragstore.integrations.mcp import unreadable_reply  # which imports this module
+
+    try:
+        jsonrpc_message_adapter.validate_json(body, by_name=False)
+    except ValidationError as exc:
+        reply = unreadable_reply(exc, what="body")
+    except ValueError:  # not even UTF-8, say
+        reply = unreadable_reply(ValueError(), what="body")
+    else:
+        return None
+    if reply is None:  # a notification, answered over stdio with silence; HTTP must answer
+        text = "the body is not a valid JSON-RPC message (jsonrpc, id, method, params)"
+        reply = JSONRPCError(
+            jsonrpc="2.0", id=None, error=ErrorData(code=INVALID_REQUEST, message=text)
+        )
+    return reply
