@@ -404,6 +404,21 @@ class Settings(BaseSettings):
         "RAGSTORE_MAX_CONNECTIONS. RAGSTORE_TRUSTED_PROXIES and Unix-socket peers are not "
         "capped per address (a proxy carries many clients).",
     )
+    mcp_max_sessions: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description="Sessions `ragstore mcp --transport http` holds open at once (each "
+        "about 40 KB of memory); a client that would open one more is answered 503 "
+        "not_ready (Retry-After) until a session ends or idles out.",
+    )
+    mcp_session_idle_s: float = Field(
+        600.0,
+        ge=10,
+        le=86_400,
+        description="Seconds an MCP session over HTTP may go without a request (none in "
+        "flight, no open GET stream) before it is closed; its client then opens a new one.",
+    )
     trusted_proxies: str = Field(
         "",
         description="Comma-separated addresses or networks of reverse proxies whose "

@@ -19,9 +19,10 @@ answers the agent with the error's one-line message, arguments the tool's schema
 (:func:`argument_error`) and a tool the server does not offer (:class:`_Server`) too; an
 argument a tool does not take is refused (:func:`closed`), not dropped; over stdio a line
 that is no message is answered (:func:`serve_stdio`). A search the agent abandons
-(``notifications/cancelled``, its own timeout, a closed session) is cancelled in
-PostgreSQL, as an HTTP search whose client goes away is (``api/disconnect.py``), instead
-of running on to ``RAGSTORE_SEARCH_TIMEOUT_S``.
+(``notifications/cancelled``, its own timeout, a closed session, over HTTP its
+connection closed: :class:`~ragstore.integrations.mcp_http.CancelOnDisconnect`) is
+cancelled in PostgreSQL, as an HTTP search whose client goes away is
+(``api/disconnect.py``), instead of running on to ``RAGSTORE_SEARCH_TIMEOUT_S``.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ from ragstore.http.bearer import bearer_token
 from ragstore.http.guard import foreign_party, foreign_sender, unowned_socket
 from ragstore.http.limits import BodyLimitMiddleware
 from ragstore.http.problems import send_problem
+from ragstore.integrations.mcp_http import CancelOnDisconnect, ReadableReplies, SessionCap
 from ragstore.integrations.stdin_lines import claimed_stdin
 from ragstore.store import Store
 from ragstore.validation import row_id, storable_text
@@ -333,12 +335,14 @@ def _serve_tools_only(server: MCPServer) -> None:
             handlers.pop(method, None)
 
 
-def unreadable_reply(exc: Exception) -> JSONRPCError | None:
+def unreadable_reply(exc: Exception, what: str = "line") -> JSONRPCError | None:
     """The JSON-RPC error answering a line the SDK could not read as a message (``exc``,
     its parse error), or None where none is due (a notification). JSON-RPC 2.0 answers
     invalid JSON -32700 and a non-message -32600, with the request's id where it can be
     read, else null. A request the SDK's parser refuses although it is JSON (nested past
-    its depth, ~200 levels: a made-up ``where`` filter) is answered under its own id."""
+    its depth, ~200 levels: a made-up ``where`` filter) is answered under its own id.
+    ``what``: what the message came in, said in the answer (over HTTP a ``body``)."""
+    per = "line" if what == "line" else "request"
     sent: list[Any] = []
     if isinstance(exc, ValidationError):
         for error in exc.errors():
@@ -355,11 +359,11 @@ def unreadable_reply(exc: Exception) -> JSONRPCError | None:
     )
     message = next((m for m in sent if isinstance(m, dict)), None)
     if message is None:
-        code, text = PARSE_ERROR, "the line is not JSON; send one JSON-RPC message per line"
+        code, text = PARSE_ERROR, f"the {what} is not JSON; send one JSON-RPC message per {per}"
         if nested:  # too deep even to read its id
             text = too_deep
         elif sent:  # JSON, but an array or a scalar
-            code, text = INVALID_REQUEST, "the line is not a JSON-RPC message object"
+            code, text = INVALID_REQUEST, f"the {what} is not a JSON-RPC message object"
         return JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=code, message=text))
     rid = message.get("id")
     if "method" in message and "id" not in message:
@@ -367,7 +371,7 @@ def unreadable_reply(exc: Exception) -> JSONRPCError | None:
     if isinstance(rid, bool) or not isinstance(rid, int | str):
         rid = None
     if not nested:
-        too_deep = "the line is not a valid JSON-RPC message (jsonrpc, id, method, params)"
+        too_deep = f"the {what} is not a valid JSON-RPC message (jsonrpc, id, method, params)"
     return JSONRPCError(
         jsonrpc="2.0", id=rid, error=ErrorData(code=INVALID_REQUEST, message=too_deep)
     )
@@ -566,12 +570,28 @@ def http_app(
     for it (:class:`KeyRequired`), before any body is read. ``host`` is the bind address:
     on loopback the SDK also refuses other sites' pages (DNS rebinding). A body is held to
     ``RAGSTORE_MAX_REQUEST_BYTES`` as at the HTTP API (the SDK reads any body whole into
-    memory, however large). Without ``key`` only this machine's clients are served
+    memory, however large). A request whose client disconnects is cancelled
+    (:class:`CancelOnDisconnect`); sessions are held to ``RAGSTORE_MCP_MAX_SESSIONS``,
+    each closed after ``RAGSTORE_MCP_SESSION_IDLE_S`` idle (:class:`SessionCap`); a
+    body that is no message is answered in one line as over stdio (:class:`ReadableReplies`).
+    Without ``key`` only this machine's clients are served
     (:class:`LocalOnly`), over a Unix socket only where ``own_socket`` (``ragstore mcp``
     bound it owner-only: :func:`ragstore.http.listen.bind_unix`)."""
     settings = store.runtime.settings
+    # the SDK's own limits (10,000 sessions, each kept 30 minutes idle) let one client
+    # hold ~400 MB and then lock every other out for half an hour
+    sessions = SessionCap(
+        server.streamable_http_app(
+            streamable_http_path=path,
+            host=host,
+            max_sessions=settings.mcp_max_sessions,
+            session_idle_timeout=settings.mcp_session_idle_s,
+        ),
+        max_sessions=settings.mcp_max_sessions,
+        idle_s=settings.mcp_session_idle_s,
+    )
     app: ASGIApp = BodyLimitMiddleware(
-        server.streamable_http_app(streamable_http_path=path, host=host),
+        CancelOnDisconnect(ReadableReplies(sessions)),
         json_bytes=settings.max_request_bytes,
         upload_bytes=settings.max_request_bytes,
     )
