@@ -745,3 +745,26 @@ def test_closing_the_router_mid_query_of_a_probe_cuts_the_query(database_url: st
             os.kill(pid, signal.SIGCONT)
         router.close()
         primary.close()
+
+
+@pytest.mark.parametrize(
+    ("exc", "fault"),
+    [
+        (_ours(_state("58P01")), True),  # could not access file (a library not copied)
+        (_state("58030"), True),  # an I/O error
+        (_ours(_state("XX001")), True),  # corrupted data
+        (_ours(_state("XX000")), True),
+        (_ours(_state("57014")), False),  # a cancel: the read's
+        (_ours(_state("40001")), False),  # a recovery conflict: told apart
+        (_ours(_state("08006")), False),  # no answer: replica_unusable's
+        (psycopg.OperationalError("server closed the connection unexpectedly"), False),
+        (InputError("bad filter"), False),
+    ],
+    ids=lambda v: type(v).__name__ + (f"-{v.sqlstate}" if getattr(v, "sqlstate", None) else ""),
+)
+def test_a_failure_the_server_reports_of_itself_is_the_replicas(
+    exc: BaseException, fault: bool
+) -> None:
+    """Classes 58 (system error) and XX (internal error) are the replica's fault: the read
+    is run on the primary and the replica backed off (they were the read's own: a 500)."""
+    assert (routing.server_fault(exc) is not None) is fault

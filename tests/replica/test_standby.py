@@ -14,7 +14,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ragstore import Client
 from ragstore.api.app import create_app
-from ragstore.db import embedded, errors, lsn, migrations, routing, standby
+from ragstore.db import embedded, errors, lsn, migrations, native, routing, standby
 from ragstore.db.database import Database, describe
 from ragstore.db.routing import ReadRouter, Route, routed
 from ragstore.errors import (
@@ -36,6 +36,7 @@ from ragstore.errors import (
     ReplicaBehindError,
 )
 from ragstore.jobs.worker import run_worker
+from ragstore.observability import metrics
 from ragstore.search import service
 from tests.api.conftest import running_server
 from tests.conftest import TEMPLATE, create_database, run_cli
@@ -423,6 +424,93 @@ def test_a_standby_cut_off_from_the_primary_counts_as_lagging(pair: Pair, spare:
             primary.close()
 
 
+@contextmanager
+def _silenceable(url: str) -> Iterator[tuple[str, Callable[[], None]]]:
+    """A URL of the server behind ``url`` through a Unix-socket relay, and what silences
+    it: every relayed connection cut, new ones refused (the server itself runs on)."""
+    parts = conninfo_to_dict(url)
+    port = parts.get("port", "5432")
+    target = f"{parts['host']}/.s.PGSQL.{port}"
+    folder = Path(tempfile.mkdtemp(prefix="rss-", dir="/tmp"))
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(folder / f".s.PGSQL.{port}"))
+    listener.listen()
+    relayed: list[socket.socket] = []
+
+    def pump(a: socket.socket, b: socket.socket) -> None:
+        with suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+
+    def serve() -> None:
+        with suppress(OSError):
+            while True:
+                c, _ = listener.accept()
+                u = socket.socket(socket.AF_UNIX)
+                u.connect(target)
+                relayed.extend((c, u))
+                threading.Thread(target=pump, args=(c, u), daemon=True).start()
+                threading.Thread(target=pump, args=(u, c), daemon=True).start()
+
+    def silence() -> None:
+        for sock in (listener, *relayed):
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield make_conninfo(url, host=str(folder)), silence
+    finally:
+        silence()
+        for sock in relayed:
+            sock.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_caught_up_standby_of_a_primary_gone_silent_has_an_unknown_lag(
+    pair: Pair, spare: Spare
+) -> None:
+    """When the primary stopped answering (and the standby's stream with it), a standby
+    that had replayed every position sampled was dated by the router's oldest sample or
+    its last replayed commit: "48.3s behind, over RAGSTORE_MAX_REPLICA_LAG_S" a second
+    after, in /readyz and the lag gauge. Its lag is unknown (-1 in the gauge), and says
+    why; it is still not read from (no primary position to check it against)."""
+    with spare.take() as node, _silenceable(pair.primary_url) as (via, silence):
+        primary = Database(via)
+        router = ReadRouter(primary, [node.conninfo], max_lag_s=0.5, wait_s=0.1)
+        try:
+            deadline = time.monotonic() + 10
+            while True:  # caught up with the last sample of the primary
+                [status] = router.statuses()
+                replayed, sampled = status.replay_lsn, router._history[-1][1]
+                if status.up and replayed is not None and replayed >= sampled:
+                    break
+                assert time.monotonic() < deadline, (status, sampled)
+                time.sleep(0.2)
+            # no probe from here until both are gone: no sample dates a gap
+            with psycopg.connect(node.conninfo, autocommit=True) as conn:
+                conn.execute("ALTER SYSTEM SET primary_conninfo = 'host=/nonexistent port=1'")
+                conn.execute("SELECT pg_reload_conf()")
+                deadline = time.monotonic() + 30
+                while conn.execute("SELECT pid FROM pg_stat_wal_receiver").fetchone():
+                    assert time.monotonic() < deadline, "the WAL receiver did not stop"
+                    time.sleep(0.1)
+            silence()
+            deadline = time.monotonic() + 10
+            while router.statuses()[0].up:  # until a probe (at most a second apart)
+                assert time.monotonic() < deadline, router.statuses()
+                time.sleep(0.2)
+            [status] = router.statuses()
+            assert status.lag_s is None, status
+            assert status.error is not None and "primary does not answer" in status.error
+            assert metrics.REPLICA_LAG.labels(status.name)._value.get() == -1
+            assert router.choose() is primary
+        finally:
+            router.close()
+            primary.close()
+
+
 def test_a_standby_whose_stream_stalls_counts_as_lagging(pair: Pair, spare: Spare) -> None:
     """A standby whose WAL stream stalls while its receiver stays connected (a slow or
     congested link) has replayed all it received, which the router took for "in
@@ -573,15 +661,108 @@ def test_a_read_after_a_write_of_unknown_position_is_the_primarys(pair: Pair, kb
         try:
             c.add_document("kb", "kiln.md", "# Kilns\n\nA kiln fires clay into hard pottery.")
             c.last_lsn = "primary"
+            before = _reads()
             r = c.request("GET", "/v1/collections/kb/documents")
             assert "kiln.md" in [d["name"] for d in r.json()["data"]]
             assert _served_by(r) == "primary"
+            # counted where it ran (it was not counted at all)
+            assert _reads() == (before[0], before[1] + 1)
             ro.last_lsn = "primary"
             with pytest.raises(ReplicaBehindError) as behind:
                 ro.search("kb", "kiln")
             assert behind.value.status == 503  # type: ignore[attr-defined]
         finally:
             pair.pause_replay(False)
+
+
+def _reads() -> tuple[float, float]:
+    """``ragstore_db_reads_total`` of this process: (replica, primary)."""
+    return (
+        metrics.DB_READS.labels("replica")._value.get(),
+        metrics.DB_READS.labels("primary")._value.get(),
+    )
+
+
+@contextmanager
+def _native_on_primary_only(pair: Pair, pg_data_dir: Path) -> Iterator[None]:
+    """The native BM25 kernel put in place on the pair's primary after the standby was
+    copied: its functions replay to the standby, its library file is not there."""
+    db = Database(pair.primary_url)
+    folder = pg_data_dir / "pg" / f"ragstore_native_after_copy_{os.getpid()}"
+    try:
+        assert native.sync(db, folder), "the native kernel did not install"
+        pair.wait_caught_up()
+        yield
+    finally:
+        native.uninstall(db)
+        db.close()
+        shutil.rmtree(folder, ignore_errors=True)
+        pair.wait_caught_up()
+
+
+def test_a_standby_without_the_native_library_is_skipped_with_how_to_fix_it(
+    pair: Pair, kb: str, pg_data_dir: Path
+) -> None:
+    """A standby copied before the primary's native BM25 kernel was put in place has its
+    functions (replayed) and not its library (a file in the primary's data directory):
+    every hybrid and full-text search routed there answered 500 ``database_error``
+    ("could not access file"), the replica shown up at lag 0 and kept in use. Its probe
+    runs the kernel now: the replica is skipped, and says how to mend it."""
+    with (
+        _native_on_primary_only(pair, pg_data_dir),
+        running_server(pair.settings()) as url,
+        Client(url, retries=0) as c,
+    ):
+        for mode in ("hybrid", "fulltext"):
+            r = c.request(
+                "POST", "/v1/collections/kb/search", json={"query": "bread", "k": 2, "mode": mode}
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["data"][0]["title"] == "Bread"
+            assert _served_by(r) == "primary"
+        [replica] = c.ready()["replicas"]
+        assert replica["up"] is False
+        assert "RAGSTORE_NATIVE_BM25=false" in replica["error"], replica
+        assert "ragstore_native" in replica["error"], replica
+
+
+def test_a_replica_whose_server_fails_a_read_of_itself_is_backed_off(
+    pair: Pair, pg_data_dir: Path
+) -> None:
+    """A routed read the replica's server failed of itself (SQLSTATE class 58: here the
+    native library it cannot open, put in place after the probe; class XX) was the read's
+    own: answered 500 with the primary free, and the replica kept for the next read. It
+    is the replica's now: the read is flagged to run again on the primary, and the replica
+    skipped for a while, down with the reason."""
+    primary = Database(pair.primary_url)
+    router = ReadRouter(
+        primary,
+        [pair.standby.conninfo],
+        max_lag_s=5,
+        wait_s=0.1,
+        probe_interval_s=600,  # probed once, before the kernel: the status is the read's
+    )
+    try:
+        assert router.choose() is not primary, router.statuses()
+        with _native_on_primary_only(pair, pg_data_dir):
+            route = Route(router)
+            with routed(route):
+                replica = route.database()
+                assert route.on_replica, router.statuses()
+                with (
+                    pytest.raises(RagstoreError),
+                    replica.connection() as conn,
+                    errors.translated("searching"),  # as the search code
+                ):
+                    conn.execute(native._CALL_ON_NOTHING).fetchone()
+            assert route.lost, "not run again on the primary"
+            assert router.choose() is primary
+            [status] = router.statuses()
+            assert status.up is False
+            assert status.error is not None and "58P01" in status.error, status
+    finally:
+        router.close()
+        primary.close()
 
 
 def test_an_upload_answered_an_error_with_files_stored_carries_their_position(
@@ -1012,7 +1193,11 @@ def test_a_replica_that_keeps_cancelling_reads_is_backed_off(
                         locker.join(30)
                 assert route.lost
         assert router.choose() is primary, "still read from after repeated conflicts"
-        assert router.statuses()[0].up is True  # backed off, not down
+        # skipped, and shown so (it was shown up, with no error, and its gauge read 1)
+        [status] = router.statuses()
+        assert status.up is False
+        assert status.error is not None and "recovery conflicts" in status.error, status
+        assert metrics.REPLICA_UP.labels(status.name)._value.get() == 0
         time.sleep(3.2)
         assert router.choose() is not primary, "not tried again after the back-off"
     finally:

@@ -293,6 +293,8 @@ class ReadRoutingMiddleware:
 
         with routing.routed(route):
             await self.app(scope, replay, send_routed)
+        if not dropped:
+            route.settled()  # counted where it ran, once
         return not dropped
 
 

@@ -7,7 +7,8 @@ database :meth:`ReadRouter.choose` picked for that request, so the search and ca
 is the same whichever server it runs on. Writes, jobs, migrations and keys never enter a
 route and always reach the primary.
 
-A replica is skipped while it does not answer, lags more than ``max_lag_s`` or is not in
+A replica is skipped while it does not answer, lags more than ``max_lag_s`` (or its lag
+cannot be told: the primary does not answer, and nothing dates a gap) or is not in
 recovery (promoted: it no longer follows the primary), is another database than the primary's
 (or cannot be shown to be the primary's: the primary has not answered since the start)
 or has not replayed the schema revision the code expects; the primary is the last resort. It
@@ -23,6 +24,12 @@ the standby cancelled to replay the primary's changes (a recovery conflict) is t
 the replica left in use: it is fine, and the caller raced nothing (not a 409 ``conflict``);
 only a replica that keeps cancelling reads is left out of them for a short back-off.
 So is a read that found every connection of the replica's pool in use (busy, not down).
+A read the replica's server failed of itself (SQLSTATE class 58 or XX: a file it cannot
+open, an I/O error, corrupted data) is run on the primary too, and the replica left out
+of reads for a longer back-off. A backed-off replica's status (``/readyz``, the up gauge)
+says it is skipped, and why. The probe also runs the native BM25 kernel where the
+catalog has one: a standby copied before the primary's library file was put in place
+has the functions (replayed) and not the file, and failed every hybrid search.
 A read that holds a replica's connection past ``read_timeout_s`` (the search timeout and a
 grace) is cut off there, as a replica that failed: one that is up but does not move.
 
@@ -53,7 +60,7 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ragstore import forks
-from ragstore.db import lsn, migrations
+from ragstore.db import lsn, migrations, native
 from ragstore.db.database import Database, with_tcp
 from ragstore.errors import (
     DatabaseUnavailableError,
@@ -109,6 +116,12 @@ def replica_read_timeout_s(search_timeout_s: float) -> float:
 CONFLICT_BACKOFF_COUNT = 3
 CONFLICT_WINDOW_S = 10.0
 CONFLICT_BACKOFF_S = 5.0
+# A replica whose server failed a routed read of itself (SQLSTATE class 58, a system error:
+# a file it cannot open, an I/O error; class XX, an internal error, corrupted data) is left
+# out of reads this long, the read run on the primary. Such a read was answered 500
+# ``database_error`` with the primary free, and the replica kept in use: each read routed
+# there failed the same way (a standby missing the native BM25 library: every search).
+SERVER_FAULT_BACKOFF_S = 30.0
 
 
 @dataclass
@@ -212,6 +225,14 @@ class ReplicaDatabase(Database):
                     route.lost = True
                 raise
             conflict = recovery_conflict(exc)
+            fault = server_fault(exc) if conflict is None else None
+            if fault is not None:
+                # the replica's server failed of itself: not this read's doing, and the
+                # primary may serve it; the replica is left out of reads for a while
+                if route is not None:
+                    route.lost = True
+                self.router.note_fault(self, fault)
+                raise
             if conflict is None:
                 down = replica_unusable(exc)
                 if down is None:  # 57P01: a fast shutdown, or one session terminated
@@ -325,6 +346,21 @@ def replica_unusable(exc: BaseException) -> bool | None:
     return False
 
 
+# SQLSTATE classes of a failure the server reports of itself: 58, a system error (a file it
+# cannot open, an I/O error), and XX, an internal error (corrupted data or index)
+SERVER_FAULT = frozenset({"58", "XX"})
+
+
+def server_fault(exc: BaseException) -> BaseException | None:
+    """The database error in ``exc`` (itself, or behind our error) when the server failed of
+    itself (:data:`SERVER_FAULT`): the replica's fault, not the read's."""
+    cause = exc if isinstance(exc, psycopg.Error) else exc.__cause__
+    state = getattr(cause, "sqlstate", None)
+    if cause is not None and state and state[:2] in SERVER_FAULT:
+        return cause
+    return None
+
+
 def recovery_conflict(exc: BaseException) -> BaseException | None:
     """The database error in ``exc`` (itself, or behind our error) when it is a read a
     standby cancelled because replaying the primary's WAL needed what the read held.
@@ -361,7 +397,11 @@ class _Replica:
         self.status = ReplicaStatus(db.where)
         self.probe_conn: psycopg.Connection[Any] | None = None
         self.conflicts: deque[float] = deque(maxlen=CONFLICT_BACKOFF_COUNT)  # their times
-        self.avoid_until = float("-inf")  # backed off after repeated recovery conflicts
+        # left out of reads until then (repeated recovery conflicts, a server fault), and
+        # why: its status says so (down, with this error) for as long
+        self.avoid_until = float("-inf")
+        self.avoid_reason = ""
+        self.healthy = False  # the last probe found it usable, a back-off aside
         # probes that failed slowly in a row (see PROBE_SLOW_S), and when the next is due
         self.slow_failures = 0
         self.probe_at = float("-inf")
@@ -457,27 +497,18 @@ class ReadRouter:
                 self._next += 1
                 usable = usable[start:] + usable[:start]
         if not usable:
-            return self._to_primary()
+            return self.primary
         if min_lsn is None:
-            return self._to_replica(usable[0])
+            return usable[0].db
         deadline = time.monotonic() + self.wait_s
         while True:
             for r in usable:
                 replayed = self._replayed(r, deadline - time.monotonic())
                 if replayed is not None and replayed >= min_lsn:
-                    return self._to_replica(r)
+                    return r.db
             if time.monotonic() >= deadline:
-                return self._to_primary()
+                return self.primary
             time.sleep(0.005)
-
-    def _to_primary(self) -> Database:
-        metrics.record_read("primary")
-        return self.primary
-
-    @staticmethod
-    def _to_replica(r: _Replica) -> Database:
-        metrics.record_read("replica")
-        return r.db
 
     def note_conflict(self, db: Database) -> None:
         """A routed read on ``db`` was cancelled by its standby's replay (a recovery
@@ -488,33 +519,60 @@ class ReadRouter:
         a standby that kept cancelling reads (the primary's writes taking locks its
         queries held, a short ``max_standby_streaming_delay``) doubled the read load for
         as long as that went on. It is not marked down: it answers, its status and pool
-        stay as they are, and it is tried again once the back-off is over."""
+        stay as they are, and it is tried again once the back-off is over. Its status
+        and ``ragstore_db_replica_up`` say it is skipped meanwhile, and why."""
         now = time.monotonic()
         for r in self._replicas:
             if r.db is db:
                 with self._lock:
                     r.conflicts.append(now)
-                    if (
+                    if not (
                         len(r.conflicts) >= CONFLICT_BACKOFF_COUNT
                         and now - r.conflicts[0] <= CONFLICT_WINDOW_S
                     ):
-                        r.avoid_until = now + CONFLICT_BACKOFF_S
-                        r.conflicts.clear()
-                        log.warning(
-                            "read replica %s cancelled %d reads in %gs (recovery conflicts): "
-                            "reads go to the primary for %gs",
-                            r.status.name,
-                            CONFLICT_BACKOFF_COUNT,
-                            CONFLICT_WINDOW_S,
-                            CONFLICT_BACKOFF_S,
-                        )
+                        continue
+                    r.conflicts.clear()
+                self._back_off(
+                    r,
+                    CONFLICT_BACKOFF_S,
+                    f"it cancelled {CONFLICT_BACKOFF_COUNT} reads within "
+                    f"{CONFLICT_WINDOW_S:g}s to replay the primary's changes (recovery "
+                    "conflicts)",
+                )
+
+    def note_fault(self, db: Database, fault: BaseException) -> None:
+        """A routed read on ``db`` failed with ``fault``, a failure its server reported of
+        itself (:func:`server_fault`): reads skip it for :data:`SERVER_FAULT_BACKOFF_S`.
+
+        Not marked down (it answers; its pool stays), but not read from either: every read
+        routed there failed the same way, each answered 500 with the primary free."""
+        reason = (str(fault).strip() or type(fault).__name__).splitlines()[0]
+        state = getattr(fault, "sqlstate", None) or "?"
+        for r in self._replicas:
+            if r.db is db:
+                self._back_off(
+                    r,
+                    SERVER_FAULT_BACKOFF_S,
+                    f"its server failed a read of itself (SQLSTATE {state}: {reason}); see its log",
+                )
+
+    def _back_off(self, r: _Replica, seconds: float, why: str) -> None:
+        """Leave ``r`` out of reads for ``seconds``, its status down with ``why`` meanwhile."""
+        with self._lock:
+            r.avoid_until = time.monotonic() + seconds
+            r.avoid_reason = f"{why}: reads go to the primary for {seconds:g}s"
+            r.status.up = False
+            r.status.error = r.avoid_reason
+            lag = r.status.lag_s
+        log.warning("read replica %s: %s", r.status.name, r.avoid_reason)
+        metrics.observe_replica(r.status.name, False, lag)
 
     def mark_down(self, db: Database, error: str) -> None:
         """Skip ``db`` until a probe finds it answering again; its pool starts afresh then."""
         for r in self._replicas:
             if r.db is db:
                 with self._lock:
-                    r.status.up = False
+                    r.status.up = r.healthy = False
                     r.status.error = error.splitlines()[0] if error else "failed"
                     r.status.checked_at = time.monotonic()
                 metrics.observe_replica(r.status.name, False, r.status.lag_s)
@@ -545,7 +603,10 @@ class ReadRouter:
                         )
                         self._threads.add(thread)  # close() joins it
                         thread.start()
-                elif now - r.status.checked_at >= self.probe_interval_s:
+                elif now - r.status.checked_at >= self.probe_interval_s or (
+                    r.healthy and not r.status.up and now >= r.avoid_until
+                ):
+                    # (a back-off over: its status says it is skipped until probed)
                     stale.append(r)
         if not stale or not self._probe_lock.acquire(blocking=False):
             return  # fresh, or another request is probing: use what we know
@@ -613,6 +674,7 @@ class ReadRouter:
                 state = lsn.replay_state(r.probe_conn)
                 identity = _identity(r.probe_conn)
                 revision = migrations.current_revision(r.probe_conn)
+                unloadable = native.unloadable(r.probe_conn)
         except psycopg.Error as exc:
             _drop(r.probe_conn)
             r.probe_conn = None
@@ -680,7 +742,27 @@ class ReadRouter:
                 "reads go to the primary until it has replayed `ragstore db upgrade`",
             )
             return
+        if unloadable is not None:
+            # the functions replayed, the library file not copied: every hybrid and
+            # full-text search there fails
+            self._set(r, up=False, lag=None, replayed=state.replay_lsn, error=unloadable)
+            return
         lag = self._lag(state, primary_lsn)
+        if lag is None:
+            # at most the time since the newest sample, which it has replayed
+            bound = (
+                f"at most {time.monotonic() - self._history[-1][0]:.1f}s: " if self._history else ""
+            )
+            self._set(
+                r,
+                up=False,
+                lag=None,
+                replayed=state.replay_lsn,
+                error="the primary does not answer, so this replica's lag is unknown ("
+                f"{bound}it has replayed all the primary was seen to write); reads go to "
+                "the primary until it answers",
+            )
+            return
         ok = lag <= self.max_lag_s
         self._set(
             r,
@@ -692,7 +774,7 @@ class ReadRouter:
             else f"{lag:.1f}s behind, over RAGSTORE_MAX_REPLICA_LAG_S={self.max_lag_s:g}",
         )
 
-    def _lag(self, state: lsn.ReplayState, primary_lsn: int | None) -> float:
+    def _lag(self, state: lsn.ReplayState, primary_lsn: int | None) -> float | None:
         """Seconds since the primary first showed WAL the replica has not replayed.
 
         A standby streaming from the primary that has replayed all it received is not
@@ -703,6 +785,11 @@ class ReadRouter:
         WAL (to within a probe interval). When every sample is past it (the WAL is older
         than what we watched), the age of the last replayed commit is the honest, if
         pessimistic, answer.
+
+        None (unknown) when the primary did not answer this probe and the replica has
+        replayed every position sampled: it lags at most the time since the newest sample,
+        maybe not at all. The oldest sample or the last replayed commit dated it: a caught-up
+        replica was said "48.3s behind" a second after the primary stopped.
         """
         replayed = state.replay_lsn
         if replayed is None or (primary_lsn is not None and replayed >= primary_lsn):
@@ -719,6 +806,8 @@ class ReadRouter:
             return max(0.0, now - first)
         if state.replayed_all_received:
             return 0.0  # streaming, replaying as it arrives, and no sample dates a gap
+        if first is None and primary_lsn is None:
+            return None  # every position seen replayed, none to compare with now
         oldest = samples[0][0] if samples else now
         return max(now - oldest, state.replay_age_s or 0.0)
 
@@ -767,12 +856,16 @@ class ReadRouter:
         """Record a probe's finding; ``slow``: it failed slowly (see :data:`PROBE_SLOW_S`),
         so the replica's next probe waits for its back-off and runs in the background."""
         with self._lock:
-            was_up = r.status.up
-            r.status.up = up
+            was_up = r.healthy
+            r.healthy = up
+            now = time.monotonic()
+            avoided = up and now < r.avoid_until  # backed off: skipped, and shown so
+            r.status.up = up and not avoided
             r.status.lag_s = lag
             r.status.replay_lsn = replayed
-            r.status.error = error.splitlines()[0] if error else None
-            r.status.checked_at = now = time.monotonic()
+            r.status.error = r.avoid_reason if avoided else error.splitlines()[0] if error else None
+            r.status.checked_at = now
+            shown_up = r.status.up
             if slow:
                 backoff = self.probe_interval_s * 2 ** min(r.slow_failures, 16)
                 r.slow_failures += 1
@@ -781,7 +874,7 @@ class ReadRouter:
                 r.slow_failures = 0
         if up and not was_up:
             r.db.close()  # drop connections a past outage may have broken
-        metrics.observe_replica(r.status.name, up, lag)
+        metrics.observe_replica(r.status.name, shown_up, lag)
 
     def _release_probe_lock(self) -> None:
         """Release the probe lock, first closing the probe connections where the router
@@ -1029,6 +1122,14 @@ class Route:
     @property
     def on_replica(self) -> bool:
         return self.target is not None and self.target is not self.router.primary
+
+    def settled(self) -> None:
+        """Count the read where it ran (``ragstore_db_reads_total``), by the attempt whose
+        answer was sent: counted where first routed, a read run again on the primary after
+        its replica failed counted as the replica's, and one sent to the primary alone
+        (``RAGStore-LSN: primary``) not at all."""
+        if self.target is not None:
+            metrics.record_read("replica" if self.on_replica else "primary")
 
 
 _route: ContextVar[Route | None] = ContextVar("ragstore_read_route", default=None)

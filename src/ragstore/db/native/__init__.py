@@ -40,6 +40,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -121,6 +122,38 @@ def installed(conn: psycopg.Connection[tuple[object, ...]]) -> str | None:
         (SCHEMA, FUNCTIONS[0][0]),
     ).fetchone()
     return str(row[0]) if row else None
+
+
+# one call on nothing, as _create_functions makes: it loads the library in the session
+_CALL_ON_NOTHING = (
+    f"SELECT * FROM {SCHEMA}.bm25_contenders('{{}}', '{{}}', '{{}}', '{{}}', 1, 0, 0, NULL)"
+)
+
+
+def unloadable(conn: psycopg.Connection[Any]) -> str | None:
+    """Why the server behind ``conn`` cannot run the native kernel its catalog names, or
+    None (it runs it, or none is installed). Raises where the connection failed.
+
+    The functions reach a standby through the primary's WAL; the library file does not (it
+    lies in the primary's data directory). A standby copied before the kernel was put in
+    place, or before an upgrade changed its file's name, has the functions and no file:
+    every hybrid and full-text search there failed (SQLSTATE 58P01, "could not access
+    file"), while the replica looked healthy."""
+    if installed(conn) is None:
+        return None
+    try:
+        conn.execute(_CALL_ON_NOTHING).fetchone()
+    except psycopg.Error as exc:
+        if conn.broken or conn.closed or not exc.sqlstate:
+            raise  # no answer from the server: not the kernel's
+        reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+        return (
+            f"it cannot run the native BM25 kernel the primary installed ({reason}): "
+            f"copy the primary's DATA_DIR/pg/{SCHEMA} folder into this standby's data "
+            "directory, or set RAGSTORE_NATIVE_BM25=false for the primary's server "
+            "(searches then take the SQL path everywhere)"
+        )
+    return None
 
 
 def sync(
@@ -206,10 +239,7 @@ def _create_functions(conn: psycopg.Connection[tuple[object, ...]], probin: str)
                     f"LANGUAGE C STABLE {options} PARALLEL SAFE AS {{lib}}, {{symbol}}"
                 ).format(lib=sql.Literal(probin), symbol=sql.Literal(symbol))
             )
-        # one call on nothing: the library runs in this server
-        conn.execute(
-            f"SELECT * FROM {SCHEMA}.bm25_contenders('{{}}', '{{}}', '{{}}', '{{}}', 1, 0, 0, NULL)"
-        ).fetchone()
+        conn.execute(_CALL_ON_NOTHING).fetchone()  # the library runs in this server
 
 
 def _refusal_marker(lib: Path) -> Path:
