@@ -43,10 +43,10 @@ def test_a_dotenv_that_is_not_utf8_is_named_with_its_bad_byte(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # a traceback (UnicodeDecodeError, exit 1) from every command
-    (tmp_path / ".env").write_bytes(b"RAGSTORE_COLLECTION=caf\xe9\n")
+    (tmp_path / ".env").write_bytes(b"# " + b"x" * 9000 + b"\nRAGSTORE_COLLECTION=caf\xe9\n")
     line = _cli_error(capsys, "config", "show")
     assert f"the settings file {tmp_path / '.env'} is not UTF-8 text" in line
-    assert "byte 0xe9 at offset 23" in line
+    assert "byte 0xe9 at offset 9026, line 2)" in line
     assert "save it as UTF-8" in line
 
 

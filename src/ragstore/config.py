@@ -1091,11 +1091,21 @@ def unreadable_env_file(exc: OSError | UnicodeDecodeError) -> ConfigError:
     every command with a traceback (exit 1)."""
     path = env_file_path()
     if isinstance(exc, UnicodeDecodeError):
-        byte = exc.object[exc.start : exc.start + 1].hex()
+        # the file's own offset (a decoder given the file in pieces counts from its piece)
+        data, start = exc.object, exc.start
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+            data.decode("utf-8")
+        except UnicodeDecodeError as whole:
+            start = whole.start
+        except OSError:
+            pass
+        line = data.count(b"\n", 0, start) + 1
         return ConfigError(
-            f"the settings file {path} is not UTF-8 text (byte 0x{byte} at offset "
-            f"{exc.start}); save it as UTF-8 (e.g. iconv -f latin1 -t utf-8), or move it "
-            "out of this directory"
+            f"the settings file {path} is not UTF-8 text (byte 0x{data[start : start + 1].hex()} "
+            f"at offset {start}, line {line}); save it as UTF-8 (e.g. iconv -f latin1 -t "
+            "utf-8), or move it out of this directory"
         )
     reason = exc.strerror or type(exc).__name__
     return ConfigError(
