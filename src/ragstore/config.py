@@ -14,7 +14,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -23,6 +23,17 @@ from ragstore.models import COLLECTION_NAME
 from ragstore.urls import shown_url
 
 ENV_PREFIX = "RAGSTORE_"
+
+# the upper bounds of the byte-size settings: a size past them is a typo (a 401-digit
+# number passed and overflowed where it was used), no limit anyone means
+GIB = 1 << 30
+TIB = 1 << 40
+
+# the memory settings PostgreSQL takes (maintenance_work_mem, work_mem): from 64 kB to
+# 2^31 - 1 kB (its MAX_KILOBYTES on 64-bit machines), in the units it reads
+MIN_SERVER_MEMORY_KB = 64
+MAX_SERVER_MEMORY_KB = (1 << 31) - 1
+_MEMORY_UNITS_KB = {"kB": 1, "MB": 1 << 10, "GB": 1 << 20, "TB": 1 << 30}
 
 
 def _default_data_dir() -> Path:
@@ -146,7 +157,13 @@ class Settings(BaseSettings):
     """The effective configuration of one ragstore process."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        # nan and inf passed as numbers and were refused by a bound they are not below
+        # ("should be less than or equal to 300"), or taken where there is none
+        allow_inf_nan=False,
     )
 
     @classmethod
@@ -197,7 +214,6 @@ class Settings(BaseSettings):
         30.0,
         ge=0,
         le=86400,
-        allow_inf_nan=False,
         description="Seconds one CLI request to RAGSTORE_URL may spend waiting between its "
         "retries, all waits together.",
     )
@@ -242,6 +258,7 @@ class Settings(BaseSettings):
     bulk_load_bytes: int = Field(
         4 * 1024 * 1024,
         ge=0,
+        le=TIB,
         description="A first load into an empty collection above this many bytes defers the "
         "vector index and builds it once at the end; 0 = always incremental.",
     )
@@ -257,7 +274,7 @@ class Settings(BaseSettings):
     )
     index_build_memory: str = Field(
         "1GB",
-        pattern=r"^[0-9]+(kB|MB|GB)$",
+        pattern=r"^[0-9]+(kB|MB|GB|TB)$",
         description="maintenance_work_mem for building a vector index after a bulk load "
         "(at most 4x the vectors' table is used), and work_mem of its BM25 build (at most "
         "256MB).",
@@ -279,6 +296,7 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(
         50 * 1024 * 1024,
         ge=1,
+        le=TIB,
         description="Files above this size are skipped at ingest, and so are files whose "
         "text unpacks to more characters than this.",
     )
@@ -318,6 +336,7 @@ class Settings(BaseSettings):
     max_answer_chunks: int = Field(
         20_000,
         ge=1,
+        le=1_000_000,
         description="The most chunks one search may ask to be answered with: k hits, each "
         "with its context (k x (1 + 2 x N) for N neighbouring chunks, k x 200 for a "
         "section); a search asking for more is refused with answer_too_large before it "
@@ -354,10 +373,13 @@ class Settings(BaseSettings):
     )
     api_workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
     max_request_bytes: int = Field(
-        1024 * 1024, ge=1024, description="Largest JSON request body (request_too_large)."
+        1024 * 1024, ge=1024, le=GIB, description="Largest JSON request body (request_too_large)."
     )
     max_upload_bytes: int = Field(
-        50 * 1024 * 1024, ge=1024, description="Largest multipart upload (request_too_large)."
+        50 * 1024 * 1024,
+        ge=1024,
+        le=TIB,
+        description="Largest multipart upload (request_too_large).",
     )
     max_header_bytes: int = Field(
         64 * 1024,
@@ -426,10 +448,10 @@ class Settings(BaseSettings):
         "address is the TCP peer's).",
     )
     background_ingest_bytes: int = Field(
-        256 * 1024, ge=0, description="Uploads above this size are ingested by a job (202)."
+        256 * 1024, ge=0, le=TIB, description="Uploads above this size are ingested by a job (202)."
     )
     rate_limit_per_minute: int = Field(
-        1200, ge=0, description="Requests per minute per API key; 0 = unlimited."
+        1200, ge=0, le=1_000_000, description="Requests per minute per API key; 0 = unlimited."
     )
     worker_heartbeat_s: float = Field(10.0, gt=0, le=3600)
     worker_metrics_port: int | None = Field(
@@ -491,6 +513,53 @@ class Settings(BaseSettings):
                 f"({_default_data_dir()})"
             )
         return value
+
+    @field_validator("model")
+    @classmethod
+    def _named_model(cls, value: str) -> str:
+        """An empty RAGSTORE_MODEL (``=$UNSET_VAR``) is an error: it was looked up as a
+        model named ``''`` and refused as ``no pinned model ''``, naming no variable."""
+        if not value.strip():
+            default = cls.model_fields["model"].default
+            raise ValueError(
+                "it is empty; name an embedding model (`ragstore models list` lists the "
+                f"pinned and built-in ones), or unset it to use the default ({default})"
+            )
+        return value
+
+    @field_validator("index_build_memory")
+    @classmethod
+    def _server_memory(cls, value: str) -> str:
+        """A size PostgreSQL takes for maintenance_work_mem: below 64 kB (or above its
+        2^31 - 1 kB) it was refused only when the index was built, at the very end of a
+        bulk load, and reported as bad input (``invalid_input``, exit 65)."""
+        match = re.fullmatch(r"([0-9]+)([a-zA-Z]+)", value)
+        if match is None or match[2] not in _MEMORY_UNITS_KB:
+            return value  # refused by the field's pattern
+        kilobytes = int(match[1]) * _MEMORY_UNITS_KB[match[2]]
+        if kilobytes < MIN_SERVER_MEMORY_KB:
+            raise ValueError(
+                f"it is below PostgreSQL's least, {MIN_SERVER_MEMORY_KB}kB; give at least "
+                "64kB (e.g. 1GB, the default)"
+            )
+        if kilobytes > MAX_SERVER_MEMORY_KB:
+            raise ValueError(
+                f"it is above PostgreSQL's most, {MAX_SERVER_MEMORY_KB}kB (just under 2TB); "
+                "give less (e.g. 1GB, the default)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _pool_sizes(self) -> Settings:
+        """The pool's least size no more than its most: psycopg_pool refused it only at the
+        first use of the database, with a traceback (``serve``: application startup
+        failed)."""
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError(
+                f"{ENV_PREFIX}POOL_MIN_SIZE={self.pool_min_size} is above "
+                f"{ENV_PREFIX}POOL_MAX_SIZE={self.pool_max_size}; lower it or raise the maximum"
+            )
+        return self
 
     @field_validator("database_url")
     @classmethod
@@ -914,6 +983,87 @@ def _check_conninfo(text: str, which: str) -> None:
                 else "port=5432"
             )
         )
+    # a password's unencoded ``@`` ends the password there: the rest became the host
+    # (``bob:S3CR@ETpw@127.0.0.1`` is host ``ETpw@127.0.0.1``), which errors and logs then
+    # printed as the server that could not be reached, the password's end with it
+    hosts = str(parts.get("host") or "").split(",")
+    if any("@" in host and not host.startswith("/") for host in hosts):
+        raise ValueError(
+            f"{which or 'it '}names a host with an @ in it; "
+            + (
+                "percent-encode @ in the password as %40: "
+                "postgresql://user:pass%40word@host:5432/dbname"
+                if "://" in text
+                else "a host name holds no @"
+            )
+        )
+    _check_options(parts, which)
+
+
+# libpq's options that take one of a few words (the superset of libpq 14 to 18), compared
+# as libpq compares them: case matters, except for the TLS versions
+_FIXED_CHOICES: dict[str, tuple[str, ...]] = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "target_session_attrs": (
+        "any",
+        "read-write",
+        "read-only",
+        "primary",
+        "standby",
+        "prefer-standby",
+    ),
+    "channel_binding": ("disable", "prefer", "require"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "load_balance_hosts": ("disable", "random"),
+    "sslnegotiation": ("postgres", "direct"),
+    "sslcertmode": ("disable", "allow", "require"),
+    "ssl_min_protocol_version": ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"),
+    "ssl_max_protocol_version": ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"),
+}
+_ANY_CASE = frozenset({"ssl_min_protocol_version", "ssl_max_protocol_version"})
+# libpq's options that take a whole number (parse_int_param: a C int, blanks around it)
+_INTEGER_OPTIONS = (
+    "connect_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+)
+_C_INT = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
+
+
+def _check_options(parts: dict[str, Any], which: str) -> None:
+    """Refuse a value libpq would refuse for one of its fixed-choice or whole-number
+    options (``sslmode=requre``, ``keepalives=maybe``). libpq refuses them only when it
+    connects, and the error was reported as the database being unavailable (exit 69,
+    retried). The value is not repeated: a password's unencoded ``&`` or ``?`` may be
+    what ends up in an option."""
+    for name, choices in _FIXED_CHOICES.items():
+        value = parts.get(name)
+        if value is None:
+            continue
+        given = str(value).lower() if name in _ANY_CASE else str(value)
+        if given not in (c.lower() if name in _ANY_CASE else c for c in choices):
+            raise ValueError(
+                f"{which or 'it '}sets {name} to a value libpq does not take; use one of "
+                + ", ".join(choices)
+                + ("" if name in _ANY_CASE else " (lower case)")
+            )
+    for name in _INTEGER_OPTIONS:
+        value = parts.get(name)
+        if value is None:
+            continue
+        text = str(value)
+        whole = _C_INT.fullmatch(text) is not None
+        # psycopg reads connect_timeout itself, as a Python int of any size
+        if whole and name != "connect_timeout":
+            whole = -(1 << 31) <= int(text) < (1 << 31)
+        if not whole:
+            raise ValueError(
+                f"{which or 'it '}sets {name} to something that is not a whole number; "
+                f"e.g. {name}=" + ("1" if name == "keepalives" else "10")
+            )
 
 
 def _is_port(text: str) -> bool:
@@ -943,14 +1093,96 @@ def describe_error(err: dict[str, Any]) -> str:
     """The line a user reads for one of pydantic's errors on a setting: the variable, its
     value (hidden where it may hold a secret) and what is wrong
     (:func:`~ragstore.errors.pydantic_message`)."""
-    field = ".".join(str(p) for p in err.get("loc", ())) or "settings"
+    field = ".".join(str(p) for p in err.get("loc", ()))
+    if not field:
+        # a check of several settings together (the pool's sizes): its message names them
+        return pydantic_message(err)
     variable = ENV_PREFIX + field.upper()
     value = err.get("input")
     if isinstance(value, SecretStr) or "url" in field or "password" in field or "key" in field:
         shown = "(secret)"
     else:
         shown = repr(value)
-    return f"{variable}={shown}{_env_file_of(variable)} is invalid: {pydantic_message(err)}"
+        if len(shown) > 100:  # a 401-digit number was echoed whole
+            shown = shown[:100] + "..."
+    problem = pydantic_message(err)
+    if err.get("type") == "finite_number":
+        # pydantic's "Input should be a finite number" said nothing of what nan is not
+        problem = "it is not a finite number (nan and inf are not accepted); give a number"
+        bounds = describe_bounds(field) if field in Settings.model_fields else ""
+        problem += f" {bounds}" if bounds else ""
+    return f"{variable}={shown}{_env_file_of(variable)} is invalid: {problem}"
+
+
+def field_bounds(name: str) -> tuple[float | None, bool, float | None, bool]:
+    """A numeric setting's bounds as its field declares them: the least value and whether
+    it is allowed itself (``ge``) or not (``gt``), the most likewise; None: unbounded.
+    The messages and docs/operations/configure.md's bounds are checked against them."""
+    low: float | None = None
+    high: float | None = None
+    low_in = high_in = True
+    for rule in Settings.model_fields[name].metadata:
+        if getattr(rule, "ge", None) is not None:
+            low, low_in = rule.ge, True
+        elif getattr(rule, "gt", None) is not None:
+            low, low_in = rule.gt, False
+        if getattr(rule, "le", None) is not None:
+            high, high_in = rule.le, True
+        elif getattr(rule, "lt", None) is not None:
+            high, high_in = rule.lt, False
+    return low, low_in, high, high_in
+
+
+def describe_bounds(name: str) -> str:
+    """A numeric setting's bounds in words: ``from 1 to 1000``, ``above 0 and at most
+    300``; empty when it has none."""
+    low, low_in, high, high_in = field_bounds(name)
+    if low is None and high is None:
+        return ""
+    if low is not None and high is not None and low_in and high_in:
+        return f"from {low:,} to {high:,}"
+    parts = []
+    if low is not None:
+        parts.append(f"{'at least' if low_in else 'above'} {low:,}")
+    if high is not None:
+        parts.append(f"{'at most' if high_in else 'below'} {high:,}")
+    return " and ".join(parts)
+
+
+def env_file_path() -> str:
+    """The ``.env`` file settings are read from, as an absolute path (it may not exist)."""
+    import os
+
+    return os.path.abspath(str(Settings.model_config.get("env_file") or ".env"))
+
+
+def unreadable_env_file(exc: OSError | UnicodeDecodeError) -> ConfigError:
+    """The error for a ``.env`` that could not be read (``exc``): which file, why, and
+    what to do. A ``.env`` that was not UTF-8, or that this user may not read, stopped
+    every command with a traceback (exit 1)."""
+    path = env_file_path()
+    if isinstance(exc, UnicodeDecodeError):
+        # the file's own offset (a decoder given the file in pieces counts from its piece)
+        data, start = exc.object, exc.start
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+            data.decode("utf-8")
+        except UnicodeDecodeError as whole:
+            start = whole.start
+        except OSError:
+            pass
+        line = data.count(b"\n", 0, start) + 1
+        return ConfigError(
+            f"the settings file {path} is not UTF-8 text (byte 0x{data[start : start + 1].hex()} "
+            f"at offset {start}, line {line}); save it as UTF-8 (e.g. iconv -f latin1 -t "
+            "utf-8), or move it out of this directory"
+        )
+    reason = exc.strerror or type(exc).__name__
+    return ConfigError(
+        f"the settings file {path} cannot be read ({reason}); make it readable by this "
+        "user (chmod u+r), or move it out of this directory"
+    )
 
 
 def _env_file_of(variable: str) -> str:

@@ -20,7 +20,14 @@ from dotenv import dotenv_values
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import ValidationError
 
-from ragstore.config import ENV_PREFIX, Settings, describe_error, failover_replica_warnings
+from ragstore.config import (
+    ENV_PREFIX,
+    Settings,
+    describe_error,
+    env_file_path,
+    failover_replica_warnings,
+    unreadable_env_file,
+)
 from ragstore.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -181,6 +188,11 @@ def _validated(values: dict[str, Any]) -> Settings:
     except ValidationError as exc:
         lines = [describe_error(dict(e)) for e in exc.errors()]
         raise ConfigError("; ".join(lines)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        # .env is the one file Settings reads: not UTF-8, or not this user's to read
+        if not os.path.exists(env_file_path()):
+            raise
+        raise unreadable_env_file(exc) from None
 
 
 _warned: set[str] = set()
@@ -188,7 +200,13 @@ _warned: set[str] = set()
 
 def _warn_misspelled() -> None:
     """Each near-miss variable of the environment or ``.env`` named once a process."""
-    seen = {**dotenv_values(".env"), **os.environ} if os.path.isfile(".env") else os.environ
+    seen: Mapping[str, str | None] = os.environ
+    if os.path.isfile(".env"):
+        try:
+            seen = {**dotenv_values(".env", encoding="utf-8"), **os.environ}
+        except (OSError, UnicodeDecodeError) as exc:
+            # read by the settings just before: changed since, or made unreadable
+            raise unreadable_env_file(exc) from None
     _warn_once(misspelled_variables(seen))
 
 
@@ -207,16 +225,59 @@ def misspelled_variables(environ: Mapping[str, str | None]) -> list[str]:
     or ``RAGSTORE_AUHT=on`` would leave the process running on the default without a word.
     Only near misses are named: ``ragstore`` reads a few variables that are not settings
     (an embedding API key's, named by the model pin), and those must not be warned about.
+    Names are compared in upper case, as settings are read (``ragstore_auth`` is
+    RAGSTORE_AUTH, so ``ragstore_auht`` is a near miss too).
     """
     known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
     lines = []
     for name in sorted(environ):
-        if not name.startswith(ENV_PREFIX) or name in known or name in OTHER_VARIABLES:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known or upper in OTHER_VARIABLES:
             continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+        close = _closest_setting(upper, known)
         if close:
             lines.append(
-                f"{name} is not a ragstore setting and is ignored; did you mean {close[0]}? "
+                f"{name} is not a ragstore setting and is ignored; did you mean {close}? "
                 "(`ragstore config show` lists them)"
             )
     return lines
+
+
+def _closest_setting(name: str, known: set[str]) -> str | None:
+    """The setting ``name`` (upper case) is most likely a misspelling of, or None.
+
+    A setting is a candidate when the whole names are close (difflib's ratio of 0.85 or
+    more) or when each word of ``name`` is its word's abbreviation or near miss
+    (``DB_URL``: DATABASE_URL). The candidate whose words match wins, then the closest by
+    the part after ``RAGSTORE_``: on the whole names the shared prefix made
+    ``RAGSTORE_DB_URL`` closest to ``RAGSTORE_URL``."""
+    rest = name[len(ENV_PREFIX) :]
+    ranked = []
+    for setting in known:
+        suffix = setting[len(ENV_PREFIX) :]
+        words = _words_match(rest, suffix)
+        if words or difflib.SequenceMatcher(None, name, setting).ratio() >= 0.85:
+            closeness = difflib.SequenceMatcher(None, rest, suffix).ratio()
+            ranked.append((words, closeness, setting))
+    return max(ranked)[2] if ranked else None
+
+
+def _words_match(typed: str, setting: str) -> bool:
+    """Whether each ``_``-separated word of ``typed`` stands for the word of ``setting``
+    in its place: the same, an abbreviation (its first letter, then letters of the word in
+    order: ``DB`` for DATABASE) or a near miss (``AUHT`` for AUTH)."""
+    ours, theirs = typed.split("_"), setting.split("_")
+    if len(ours) != len(theirs):
+        return False
+    return all(
+        a == b
+        or (len(a) >= 2 and a[0] == b[0] and _in_order(a, b))
+        or difflib.SequenceMatcher(None, a, b).ratio() >= 0.75
+        for a, b in zip(ours, theirs, strict=True)
+    )
+
+
+def _in_order(letters: str, word: str) -> bool:
+    """Whether ``letters`` appear in ``word`` in this order (not necessarily together)."""
+    remaining = iter(word)
+    return all(letter in remaining for letter in letters)
