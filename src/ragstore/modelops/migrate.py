@@ -68,6 +68,7 @@ class MigrationReport:
     sample_self_recall: float = 0.0
     switched: bool = False
     remaining: int = 0  # --no-switch: chunks (re-cut: documents) the new space still lacks
+    ingested: int = 0  # vectors ingest wrote to the new space while this run went on
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -296,10 +297,11 @@ def migrate(
     with _migration_lock(rt, coll, "migrate") as lock:
         with rt.db.connection() as conn, translated(f"preparing the space of {target.spec.key}"):
             space = _target_space(conn, coll, target.id, target.spec, lock)
+            tally = _Tally(spaces.max_chunk_id(conn, coll.table))
         report = MigrationReport(coll.name, coll.model.key, target.spec.key, space.id, space.table)
         for n in range(MAX_PASSES):
             coll = rt.collection(collection)
-            _backfill(rt, coll, space, embedder, batch_size, report, progress, lock)
+            _backfill(rt, coll, space, embedder, batch_size, report, progress, lock, tally)
             # indexed even when not switching: the space is complete and ready to search
             with rt.db.connection() as conn, translated(f"indexing {space.table}"):
                 spaces.ensure_index(conn, space.table, space.model.distance)
@@ -436,6 +438,16 @@ def _outpaced(coll: repository.Collection) -> MigrationStateError:
     )
 
 
+@dataclass
+class _Tally:
+    """What tells the vectors ingest wrote to the new space from the backfill's: chunks
+    stored after the run began have ids above ``since``; ``ours`` are those of them the
+    backfill embedded (chunks an ingest stored before the space existed)."""
+
+    since: int
+    ours: list[int] = field(default_factory=list)
+
+
 def _backfill(
     rt: Runtime,
     coll: repository.Collection,
@@ -445,11 +457,16 @@ def _backfill(
     report: MigrationReport,
     progress: Progress | None,
     lock: MigrationLock,
+    tally: _Tally,
 ) -> None:
     """Embed every chunk of the active space missing from ``space``, one commit per batch.
 
     Each chunk is embedded as ingest embedded it: its stored context, then its text. A
     text the target model would cut short stops the migration with the chunk named.
+
+    The totals are counted again after the pass: counted only before it, deletes and
+    ingests meanwhile left the bar at "840/888" and the report at "840 chunks embedded
+    ... 888 in all" for a space that held 870 (30 written by ingest, 48 deleted).
     """
     with rt.db.connection() as conn, translated(f"counting vectors of {coll.name!r}"):
         total = spaces.count_vectors(conn, coll.table)
@@ -465,7 +482,7 @@ def _backfill(
         with rt.db.connection() as conn, translated(f"reading chunks of {coll.name!r}"):
             batch = spaces.missing_batch(conn, coll.table, space.table, after, batch_size)
         if not batch:
-            return
+            break
         texts = [c.embed_text for c in batch]
         _check_fits(texts, batch, embedder, space, coll)
         t0 = time.perf_counter()
@@ -475,10 +492,18 @@ def _backfill(
             spaces.insert_vectors(conn, space.table, [c.id for c in batch], vecs)
         report.embedded += len(batch)
         report.batches += 1
+        tally.ours += [c.id for c in batch if c.id > tally.since]
         done += len(batch)
         after = batch[-1].id
         if progress:
             progress(min(done, total), total)
+    with rt.db.connection() as conn, translated(f"counting vectors of {coll.name!r}"):
+        total = spaces.count_vectors(conn, coll.table)
+        done = total - spaces.count_missing(conn, coll.table, space.table)
+        report.ingested = spaces.count_vectors_after(conn, space.table, tally.since, tally.ours)
+    report.total = total
+    if progress:
+        progress(done, total)
 
 
 def _check_fits(
