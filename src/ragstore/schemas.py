@@ -510,6 +510,13 @@ class MigrationPublic(BaseModel):
     sample_queries: int
     sample_self_recall: float
     switched: bool
+    remaining: int = Field(
+        description="With switch false: chunks (documents, for a model that cuts them "
+        "again) the new space still lacks, stored while it was filled; 0 when complete."
+    )
+    ingested: int = Field(
+        description="Vectors ingest wrote to the new space while the migration ran."
+    )
     notes: list[str]
 
 

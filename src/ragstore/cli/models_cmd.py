@@ -258,10 +258,11 @@ def _migrated_line(report: MigrationReport) -> str:
     unit = "documents" if report.recut else "chunks"
     rate = report.chunks_per_second
     shown = f"{rate:.1f}" if rate < 10 else f"{rate:.0f}"
+    ingested = f"{report.ingested} written by ingest meanwhile, " if report.ingested else ""
     return (
         f"collection {report.collection!r}: {report.embedded} chunks embedded with "
         f"{escape(report.target)} ({report.resumed_from} {unit} already done, "
-        f"{report.total} in all) in {report.seconds:.1f}s, {shown} chunks/s"
+        f"{ingested}{report.total} in all) in {report.seconds:.1f}s, {shown} chunks/s"
     )
 
 

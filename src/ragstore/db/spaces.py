@@ -629,6 +629,27 @@ def count_vectors(conn: Conn, table: str) -> int:
     return int(got[0]) if got else 0
 
 
+def max_chunk_id(conn: Conn, table: str) -> int:
+    """The highest chunk id with a vector in ``table`` (0 when empty): chunks stored
+    later have higher ones."""
+    row = conn.execute(
+        sql.SQL("SELECT coalesce(max(chunk_id), 0) FROM {}").format(sql.Identifier(table))
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def count_vectors_after(conn: Conn, table: str, after_id: int, excluding: Sequence[int]) -> int:
+    """Vectors in ``table`` of chunks with an id above ``after_id``, those of
+    ``excluding`` left out."""
+    row = conn.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE chunk_id > %s AND NOT chunk_id = ANY(%s)").format(
+            sql.Identifier(table)
+        ),
+        (after_id, list(excluding)),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def count_missing(conn: Conn, source_table: str, target_table: str) -> int:
     """Chunks with a vector in ``source`` and none yet in ``target``."""
     row = conn.execute(

@@ -91,6 +91,24 @@ MAX_CONCURRENCY = 64
 _WORDS = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 
 
+def url_problem(base_url: str) -> str | None:
+    """Why ``base_url`` is no endpoint httpx can send to, in words, or None.
+
+    httpx reads a URL only when sending it: a malformed one (``http://[::1/v1``, a port
+    ``80a``) raised its ``InvalidURL`` out of ``models add`` as a traceback, and one with
+    no host (``http:///v1``) failed each request as a transport error, retried six times
+    and then blamed on rate limits."""
+    if not base_url.startswith(("http://", "https://")):
+        return "not http:// or https://"
+    try:
+        url = httpx.URL(base_url)
+    except httpx.InvalidURL as exc:
+        return str(exc)
+    if not url.host:
+        return "no host in it"
+    return None
+
+
 def _sendable_key(key: SecretStr, where: str) -> SecretStr:
     """``key`` without the spaces around it (a key file's line break), or a ConfigError
     naming ``where`` (the variable) when an HTTP header cannot carry it. Sent as it was,
@@ -156,10 +174,11 @@ class HttpEmbedder(Embedder):
     ) -> None:
         opts = spec.options
         base_url = str(opts.get("base_url", "")).rstrip("/")
-        if not base_url.startswith(("http://", "https://")):
+        problem = url_problem(base_url)
+        if problem is not None:
             raise ModelError(
                 f"model {spec.key}: options.base_url must be an http(s) URL such as "
-                f"http://127.0.0.1:8080/v1, got {without_userinfo(base_url)!r}"
+                f"http://127.0.0.1:8080/v1, got {without_userinfo(base_url)!r} ({problem})"
             )
         self.spec = spec
         self.url = base_url + "/embeddings"
@@ -259,6 +278,14 @@ class HttpEmbedder(Embedder):
                 body["dimensions"] = self.dimensions
             try:
                 response, raw = self._send(body, len(inputs))
+            except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+                # no request can go there: retrying it is no use (a transport error it was
+                # retried six times, then blamed on rate limits)
+                raise EmbeddingProviderError(
+                    f"{self.shown_url} is not a URL a request can be sent to "
+                    f"({self._masked(str(exc))}); not retried: pin the model with an "
+                    "endpoint URL such as http://HOST:PORT/v1"
+                ) from None
             except httpx.TimeoutException:
                 failure = f"no answer within the timeout from {self.shown_url}"
             except httpx.TransportError as exc:

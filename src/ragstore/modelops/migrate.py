@@ -36,7 +36,7 @@ from ragstore.db import catalog, repository, spaces
 from ragstore.db import session as db_session
 from ragstore.db.errors import translated
 from ragstore.embedding.registry import tokenizer_identity
-from ragstore.errors import ConflictError, InputError, MigrationStateError
+from ragstore.errors import ConflictError, InputError, MigrationStateError, ModelError
 from ragstore.modelops import rechunk
 from ragstore.modelops.remove import hold_target
 from ragstore.modelops.specs import find_model
@@ -68,6 +68,7 @@ class MigrationReport:
     sample_self_recall: float = 0.0
     switched: bool = False
     remaining: int = 0  # --no-switch: chunks (re-cut: documents) the new space still lacks
+    ingested: int = 0  # vectors ingest wrote to the new space while this run went on
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -296,10 +297,11 @@ def migrate(
     with _migration_lock(rt, coll, "migrate") as lock:
         with rt.db.connection() as conn, translated(f"preparing the space of {target.spec.key}"):
             space = _target_space(conn, coll, target.id, target.spec, lock)
+            tally = _Tally(spaces.max_chunk_id(conn, coll.table))
         report = MigrationReport(coll.name, coll.model.key, target.spec.key, space.id, space.table)
         for n in range(MAX_PASSES):
             coll = rt.collection(collection)
-            _backfill(rt, coll, space, embedder, batch_size, report, progress, lock)
+            _backfill(rt, coll, space, embedder, batch_size, report, progress, lock, tally)
             # indexed even when not switching: the space is complete and ready to search
             with rt.db.connection() as conn, translated(f"indexing {space.table}"):
                 spaces.ensure_index(conn, space.table, space.model.distance)
@@ -436,6 +438,16 @@ def _outpaced(coll: repository.Collection) -> MigrationStateError:
     )
 
 
+@dataclass
+class _Tally:
+    """What tells the vectors ingest wrote to the new space from the backfill's: chunks
+    stored after the run began have ids above ``since``; ``ours`` are those of them the
+    backfill embedded (chunks an ingest stored before the space existed)."""
+
+    since: int
+    ours: list[int] = field(default_factory=list)
+
+
 def _backfill(
     rt: Runtime,
     coll: repository.Collection,
@@ -445,11 +457,16 @@ def _backfill(
     report: MigrationReport,
     progress: Progress | None,
     lock: MigrationLock,
+    tally: _Tally,
 ) -> None:
     """Embed every chunk of the active space missing from ``space``, one commit per batch.
 
     Each chunk is embedded as ingest embedded it: its stored context, then its text. A
     text the target model would cut short stops the migration with the chunk named.
+
+    The totals are counted again after the pass: counted only before it, deletes and
+    ingests meanwhile left the bar at "840/888" and the report at "840 chunks embedded
+    ... 888 in all" for a space that held 870 (30 written by ingest, 48 deleted).
     """
     with rt.db.connection() as conn, translated(f"counting vectors of {coll.name!r}"):
         total = spaces.count_vectors(conn, coll.table)
@@ -465,7 +482,7 @@ def _backfill(
         with rt.db.connection() as conn, translated(f"reading chunks of {coll.name!r}"):
             batch = spaces.missing_batch(conn, coll.table, space.table, after, batch_size)
         if not batch:
-            return
+            break
         texts = [c.embed_text for c in batch]
         _check_fits(texts, batch, embedder, space, coll)
         t0 = time.perf_counter()
@@ -475,10 +492,18 @@ def _backfill(
             spaces.insert_vectors(conn, space.table, [c.id for c in batch], vecs)
         report.embedded += len(batch)
         report.batches += 1
+        tally.ours += [c.id for c in batch if c.id > tally.since]
         done += len(batch)
         after = batch[-1].id
         if progress:
             progress(min(done, total), total)
+    with rt.db.connection() as conn, translated(f"counting vectors of {coll.name!r}"):
+        total = spaces.count_vectors(conn, coll.table)
+        done = total - spaces.count_missing(conn, coll.table, space.table)
+        report.ingested = spaces.count_vectors_after(conn, space.table, tally.since, tally.ours)
+    report.total = total
+    if progress:
+        progress(done, total)
 
 
 def _check_fits(
@@ -585,66 +610,113 @@ def rollback(rt: Runtime, collection: str) -> tuple[str, str]:
     When that model had chunks of its own (a re-chunking migration), they come back with
     it: the kept chunk set is swapped in again, exactly as it was."""
     coll = rt.collection(collection)
-    with (
-        _migration_lock(rt, coll, "rollback") as lock,
-        rt.db.connection() as conn,
-        translated(f"rolling back {coll.name!r}"),
-    ):
-        _lock_as_read(conn, coll, "rollback", lock)
-        retired: list[tuple[spaces.Space, repository.Collection | None]] = [
-            (s, None)
+    with _migration_lock(rt, coll, "rollback") as lock:
+        checked = _check_previous_loads(rt, coll)
+        with rt.db.connection() as conn, translated(f"rolling back {coll.name!r}"):
+            _lock_as_read(conn, coll, "rollback", lock)
+            prev, shadow = _previous(conn, coll)
+            if prev.id != checked:  # not read before (the lock is held: not expected)
+                _load_previous(rt, coll, prev)
+            if shadow is not None:
+                if not rechunk.swap(conn, coll, shadow):
+                    # both ways: a document deleted since the switch is still in the kept set
+                    # (it counted only the other way, and said "0 documents" for deletions)
+                    changed = len(rechunk.out_of_step(conn, coll, shadow))
+                    raise MigrationStateError(
+                        f"{changed} documents stored, changed or deleted since the switch are "
+                        f"not in the chunks kept for {prev.model.key}; run `ragstore models "
+                        f"migrate -c {coll.name} --to {prev.model.key}` (it cuts and embeds only "
+                        "the documents stored or changed, drops the deleted ones, then switches "
+                        "back)"
+                    )
+                return coll.model.key, prev.model.key
+            missing = spaces.count_missing(conn, coll.table, prev.table)
+            if missing:
+                raise MigrationStateError(
+                    f"{missing} chunks stored since the switch have no vector for "
+                    f"{prev.model.key}; run `ragstore models migrate -c {coll.name} --to "
+                    f"{prev.model.key}` (it embeds only those {missing}, then switches back)"
+                )
+            spaces.activate(conn, coll.id, prev.id, coll.space_id)
+        return coll.model.key, prev.model.key
+
+
+def _previous(
+    conn: Any, coll: repository.Collection
+) -> tuple[spaces.Space, repository.Collection | None]:
+    """The space a rollback of ``coll`` switches to, with the chunk set kept for it (None
+    when it shares the collection's chunks); MigrationStateError when there is none."""
+    retired: list[tuple[spaces.Space, repository.Collection | None]] = [
+        (s, None)
+        for s in spaces.list_spaces(conn, coll.id)
+        if s.status == "retired" and s.activated_at is not None
+    ]
+    retired += [
+        (sp, sh)
+        for sh, sp in _shadow_spaces(conn, coll)
+        if sp.status == "retired" and sp.activated_at is not None
+    ]
+    if not retired:
+        rebuilding = [
+            s
             for s in spaces.list_spaces(conn, coll.id)
-            if s.status == "retired" and s.activated_at is not None
+            + [sp for _, sp in _shadow_spaces(conn, coll)]
+            if s.status == "building" and s.activated_at is not None
         ]
-        retired += [
-            (sp, sh)
-            for sh, sp in _shadow_spaces(conn, coll)
-            if sp.status == "retired" and sp.activated_at is not None
-        ]
-        if not retired:
-            rebuilding = [
-                s
-                for s in spaces.list_spaces(conn, coll.id)
-                + [sp for _, sp in _shadow_spaces(conn, coll)]
-                if s.status == "building" and s.activated_at is not None
-            ]
-            for sp in rebuilding:
-                # it said the collection had "only ever used" its model, and sent nobody
-                # to the migration that holds the previous one
-                raise MigrationStateError(
-                    f"the previous model of {coll.name!r}, {sp.model.key}, is being migrated "
-                    f"to again (`--no-switch`, or a migration that stopped); finish that with "
-                    f"`ragstore models migrate -c {coll.name} --to {sp.model.key}`, or run "
-                    f"`ragstore models cancel -c {coll.name}` (it keeps its vectors) and then "
-                    "the rollback"
-                )
+        for sp in rebuilding:
+            # it said the collection had "only ever used" its model, and sent nobody
+            # to the migration that holds the previous one
             raise MigrationStateError(
-                f"collection {coll.name!r} has no previous model to roll back to (it has only "
-                f"ever used {coll.model.key}, or older spaces were pruned)"
+                f"the previous model of {coll.name!r}, {sp.model.key}, is being migrated "
+                f"to again (`--no-switch`, or a migration that stopped); finish that with "
+                f"`ragstore models migrate -c {coll.name} --to {sp.model.key}`, or run "
+                f"`ragstore models cancel -c {coll.name}` (it keeps its vectors) and then "
+                "the rollback"
             )
-        prev, shadow = max(retired, key=lambda r: (r[0].activated_at, r[0].id))
-        if shadow is not None:
-            if not rechunk.swap(conn, coll, shadow):
-                # both ways: a document deleted since the switch is still in the kept set
-                # (it counted only the other way, and said "0 documents" for deletions)
-                changed = len(rechunk.out_of_step(conn, coll, shadow))
-                raise MigrationStateError(
-                    f"{changed} documents stored, changed or deleted since the switch are "
-                    f"not in the chunks kept for {prev.model.key}; run `ragstore models "
-                    f"migrate -c {coll.name} --to {prev.model.key}` (it cuts and embeds only "
-                    "the documents stored or changed, drops the deleted ones, then switches "
-                    "back)"
-                )
-            return coll.model.key, prev.model.key
-        missing = spaces.count_missing(conn, coll.table, prev.table)
-        if missing:
-            raise MigrationStateError(
-                f"{missing} chunks stored since the switch have no vector for "
-                f"{prev.model.key}; run `ragstore models migrate -c {coll.name} --to "
-                f"{prev.model.key}` (it embeds only those {missing}, then switches back)"
-            )
-        spaces.activate(conn, coll.id, prev.id, coll.space_id)
-    return coll.model.key, prev.model.key
+        raise MigrationStateError(
+            f"collection {coll.name!r} has no previous model to roll back to (it has only "
+            f"ever used {coll.model.key}, or older spaces were pruned)"
+        )
+    return max(retired, key=lambda r: (r[0].activated_at, r[0].id))
+
+
+def _check_previous_loads(rt: Runtime, coll: repository.Collection) -> int | None:
+    """Load the model a rollback would switch to, before anything is locked or changed;
+    the id of the space checked (None when there is nothing to check: no previous space,
+    or the collection switched since it was read, which the rollback then refuses).
+
+    A rollback never loaded it: with its weights moved away (or its endpoint gone) it
+    switched, answered "rolled back", and every search and ingest of the collection then
+    failed with ``model_not_found``."""
+    with rt.db.connection() as conn, translated(f"reading the spaces of {coll.name!r}"):
+        fresh = repository.collection_by_id(conn, coll.id)
+        if fresh is None or fresh.shadow or fresh.space_id != coll.space_id:
+            return None
+        try:
+            prev, _ = _previous(conn, coll)
+        except MigrationStateError:
+            return None  # said again, under the lock
+    _load_previous(rt, coll, prev)
+    return prev.id
+
+
+def _load_previous(rt: Runtime, coll: repository.Collection, prev: spaces.Space) -> None:
+    """Load ``prev``'s model as migrate loads its target (weights checked against the pin,
+    the probe vector); a model error says that nothing was changed, and what to do.
+    Imported vectors (no model ragstore runs) are searched by vector only: nothing to load."""
+    if prev.model.provider == VECTOR_ONLY_PROVIDER:
+        return
+    try:
+        rt.embedder(prev.model)
+    except ModelError as exc:
+        exc.message = (
+            f"{exc.message} (the model {coll.name!r} would be rolled back to: its searches "
+            "and ingest would fail with it); nothing was changed and the collection still "
+            f"uses {coll.model.key}: restore {prev.model.key}'s weights (or its endpoint) "
+            "and roll back again, or migrate to another model with `ragstore models "
+            f"migrate -c {coll.name} --to MODEL`"
+        )
+        raise
 
 
 def prune(

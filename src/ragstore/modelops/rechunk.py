@@ -150,6 +150,13 @@ def backfill(
             # no tombstones of its own: the live row's, stamped when the user's delete was
             # acknowledged, move over at the switch (``documents.move_tombstones``)
             documents.delete_sources(conn, shadow.id, gone, stamp=False)
+    # counted again: documents stored or deleted during the pass changed the total
+    with rt.db.connection() as conn, translated(f"counting documents of {coll.name!r}"):
+        total = documents.count_documents(conn, coll.id)
+        todo = documents.count_without_twin(conn, coll.id, shadow.id)
+    report.total = total
+    if progress:
+        progress(total - todo, total)
 
 
 def out_of_step(conn: Any, a: repository.Collection, b: repository.Collection) -> list[str]:

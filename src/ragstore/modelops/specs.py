@@ -26,6 +26,7 @@ from ragstore.embedding.http import (
     DEFAULT_API_KEY_ENV,
     DEFAULT_CONCURRENCY,
     HttpEmbedder,
+    url_problem,
 )
 from ragstore.embedding.local import SentenceTransformerEmbedder, weights_checksum
 from ragstore.embedding.paths import resolve_path
@@ -204,12 +205,24 @@ def _refuse_credentials(base_url: str) -> None:
         )
 
 
+def _refuse_unusable_url(base_url: str) -> None:
+    """Refuse an endpoint URL no request can be sent to (malformed, no host, not
+    http(s)) with one input error, before the probe: it escaped as httpx's ``InvalidURL``
+    traceback (exit 1), or was retried as a transport error and blamed on rate limits."""
+    problem = url_problem(base_url.rstrip("/"))
+    if problem is not None:
+        raise InputError(
+            f"{without_userinfo(base_url)!r} is not a usable endpoint URL ({problem}); give "
+            "it as http://HOST:PORT/v1; nothing was pinned"
+        )
+
+
 def _holds_credentials(base_url: str) -> bool:
     """Whether httpx would send ``user:password@`` (or ``token@``) of ``base_url``."""
     try:
         return bool(httpx.URL(base_url).userinfo)
     except httpx.InvalidURL:
-        return False  # not a URL httpx reads: the embedder refuses it with its own error
+        return False  # not a URL httpx reads: _refuse_unusable_url refuses it
 
 
 def pins_holding_credentials(rt: Runtime) -> list[PinnedModel]:
@@ -384,6 +397,7 @@ def add_http_model(
     while documents are embedded (``embedding.http``).
     """
     _refuse_credentials(base_url)
+    _refuse_unusable_url(base_url)
     _check_common(name, distance, max_tokens)
     if auth not in AUTH_SCHEMES:
         raise InputError(

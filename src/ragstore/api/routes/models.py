@@ -78,6 +78,8 @@ def migrate_model(
         sample_queries=report.sample_queries,
         sample_self_recall=report.sample_self_recall,
         switched=report.switched,
+        remaining=report.remaining,
+        ingested=report.ingested,
         notes=list(report.notes),
     )
 
