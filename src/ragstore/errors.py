@@ -52,6 +52,7 @@ are caught, never passed through to a user.
     │   └── BackupInvalidError          backup_invalid
     ├── DiskFullError                   disk_full
     ├── ParseHelperUnavailableError     parse_helper_unavailable
+    ├── ResourcesExhaustedError         resources_exhausted
     ├── OutcomeUnknownError             outcome_unknown
     └── ModelError                      model_error
         ├── ModelNotFoundError          model_not_found
@@ -481,6 +482,22 @@ class ParseHelperUnavailableError(RagstoreError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ResourcesExhaustedError(RetryLater, RagstoreError):
+    """A file's read (or parse) failed because the process ran out of file descriptors
+    or memory (EMFILE, ENFILE, ENOMEM: ``files.NOT_THE_FILE``), in an ingest, a client's
+    upload or an import: the machine's state at that moment, which passes as other work
+    ends, not the file's fault and not a bug of ragstore (it was ``internal_error``, which
+    TROUBLESHOOTING.md says to report). 503 with ``Retry-After``; the CLI exits 75
+    (EX_TEMPFAIL: try again later)."""
+
+    code = "resources_exhausted"
+    http_status = 503
+    exit_code = 75  # EX_TEMPFAIL
+
+    def __init__(self, message: str, retry_after: float = 5.0) -> None:
+        super().__init__(message, retry_after)
 
 
 class OutcomeUnknownError(RagstoreError):

@@ -34,6 +34,7 @@ from ragstore.errors import (
     InputError,
     PathNotFoundError,
     RagstoreError,
+    ResourcesExhaustedError,
 )
 from ragstore.formats import supported_suffixes
 
@@ -355,14 +356,24 @@ def unreadable(path: Path | str, exc: OSError, verb: str = "ingest") -> Ragstore
 
 def not_the_file(label: str, doing: str, exc: OSError, verb: str = "ingest") -> RagstoreError:
     """The error of a file whose ``doing`` (reading, preparing) failed for a reason that
-    is not the file's (``exc``): ``internal_error``, saying so, not ``file_unreadable``;
-    ``verb`` as :func:`unreadable`'s."""
-    hint = (
-        f"; raise the open-files limit (ulimit -n) or {verb} fewer files at once"
-        if exc.errno in (errno.EMFILE, errno.ENFILE)
-        else ""
-    )
-    return RagstoreError(
+    is not the file's (``exc``), saying so, not ``file_unreadable``; ``verb`` as
+    :func:`unreadable`'s. The process out of descriptors or memory (:data:`NOT_THE_FILE`)
+    is ``resources_exhausted``, a state that passes (503 with ``Retry-After``, exit 75),
+    with its remedy; it was ``internal_error``, which TROUBLESHOOTING.md calls a bug to
+    report. Any other OSError (a parser's own, a broken pipe) is still ``internal_error``."""
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        hint = f"; raise the open-files limit (ulimit -n) or {verb} fewer files at once"
+    elif exc.errno == errno.ENOMEM:
+        hint = f"; free memory or {verb} fewer files at once"
+    else:
+        hint = ""
+    # the OS's words without the path it was given: ``label`` names the file, and an
+    # upload's path is the server's staging file, which its API detail told the client
+    said = f"[Errno {exc.errno}] {exc.strerror}" if exc.strerror else str(exc)
+    message = (
         f"{label}: {doing} it failed in this process, not because of the file "
-        f"({type(exc).__name__}: {exc}); it was not stored: {verb} it again{hint}"
+        f"({type(exc).__name__}: {said}); it was not stored: {verb} it again{hint}"
     )
+    if exc.errno in NOT_THE_FILE:
+        return ResourcesExhaustedError(message)
+    return RagstoreError(message)

@@ -96,6 +96,9 @@ class CheckReport:
     # what is wrong but not with the rows, and nothing here may rewrite: a pin holding a
     # password (:func:`_check_pins`); reported, never failing the check (``ok``)
     warnings: list[Finding] = field(default_factory=list)
+    # what is worth knowing and may be as the user wants it: a collection that holds
+    # nothing and never did (:func:`_note_never_used`); never failing the check
+    notes: list[Finding] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -118,6 +121,7 @@ class CheckReport:
             "busy": self.busy,
             "retry": self.retry,
             "warnings": [asdict(w) for w in self.warnings],
+            "notes": [asdict(n) for n in self.notes],
         }
 
 
@@ -172,6 +176,8 @@ def _check_collection(
                 )
             return
     report.collections.append(state)
+    if not state.chunks and not coll.shadow:
+        _note_never_used(rt, coll, report)
     by_table = {s.table: s for s in space_list}
     # Each repair step takes the locks of what it writes, in a transaction of its own.
     # Behind a stuck write of the collection (a bulk load into a space with rows holds its
@@ -249,6 +255,26 @@ def _check_collection(
                 "--repair recounts them and rewrites the postings",
             ),
             partial(_recount, rt, coll),
+        )
+
+
+def _note_never_used(rt: Runtime, coll: repository.Collection, report: CheckReport) -> None:
+    """A note for a collection that holds nothing and never did (no document, job or model
+    migration): most likely one an ingest created and was killed outright (SIGKILL, the
+    out-of-memory killer) before it stored anything, which nothing else said (the check
+    read "0 chunks ... ok"). It may be one made on purpose (``collections create``), so
+    it is a note, not a finding: the check still passes, and ``--repair`` leaves it."""
+    with rt.db.connection() as conn, translated(f"checking {_label(coll)}"):
+        unused = integrity.never_used(conn, coll.id, coll.name)
+    if unused:
+        report.notes.append(
+            Finding(
+                _label(coll),
+                "holds no document and never did (no job or model migration either): an "
+                "ingest that created it may have been killed before it stored anything",
+                f"run that ingest again, or delete the collection if it is unwanted: "
+                f"ragstore collections delete {coll.name}",
+            )
         )
 
 

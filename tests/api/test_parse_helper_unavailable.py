@@ -58,3 +58,28 @@ def test_an_upload_whose_parse_helper_cannot_start_is_a_503_of_its_own(
     assert "ended before it was ready" in body["detail"], body
     # retryable where it passes with time (a helper killed, memory short), not otherwise
     assert r.headers.get("Retry-After") == retry_after
+
+
+def test_an_upload_stops_at_a_parse_helper_that_will_not_start(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A helper that exits as it starts will do so for every file: the upload's ingest
+    stops at the first (each later file was given a start of its own, and failed alike),
+    the rest listed ``not_attempted``, and no ``Retry-After`` (waiting does not help)."""
+    helpers = sandbox._Helpers()
+    monkeypatch.setattr(sandbox, "_helpers", helpers)
+    ends_at_start(tmp_path, monkeypatch, "os._exit(3)")
+    try:
+        r = httpx.post(
+            f"{url}/v1/collections/helperless-stop/documents/upload",
+            files=[("files", ("big.md", MARKDOWN)), ("files", ("later.md", MARKDOWN + b"more"))],
+            timeout=120,
+        )
+    finally:
+        helpers.stop()
+    assert r.status_code == 503, r.text
+    body = r.json()
+    assert body["code"] == "parse_helper_unavailable", body
+    assert body["detail"].startswith("big.md: not parsed, so not stored: "), body
+    assert body["not_attempted"] == ["later.md"], body
+    assert "Retry-After" not in r.headers

@@ -1062,7 +1062,7 @@ def test_a_numpy_file_the_process_cannot_open_is_not_blamed(
     )
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout)
-    assert got["code"] == "internal_error", got
+    assert got["code"] == "resources_exhausted", got
     assert got["message"].startswith(
         f"{path}: reading it failed in this process, not because of the file (OSError: "
         "[Errno 24] Too many open files"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, cast
 
 import pytest
 
+from ragstore.config import Settings
 from ragstore.ingest import ingest_paths, prepare
 from ragstore.ingest.service import Item
 from ragstore.parsing import registry, sandbox
@@ -79,6 +81,34 @@ def test_oserror_labels() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("err", "hint"),
+    [
+        (errno.EMFILE, "raise the open-files limit (ulimit -n) or upload fewer files at once"),
+        (errno.ENFILE, "raise the open-files limit (ulimit -n) or upload fewer files at once"),
+        (errno.ENOMEM, "free memory or upload fewer files at once"),
+    ],
+)
+def test_the_process_out_of_descriptors_or_memory_is_resources_exhausted(
+    err: int, hint: str
+) -> None:
+    """Not the file's fault and not a bug: a state that passes, said as such (503 with
+    ``Retry-After``, exit 75: try again later), where it was ``internal_error``."""
+    from ragstore.errors import ResourcesExhaustedError
+    from ragstore.files import unreadable
+    from ragstore.http.problems import problem_response
+
+    got = unreadable(Path("/data/x.md"), OSError(err, os.strerror(err)), "upload")
+    assert type(got) is ResourcesExhaustedError and got.code == "resources_exhausted"
+    assert got.exit_code == 75
+    assert str(got).startswith(
+        "/data/x.md: reading it failed in this process, not because of the file (OSError: "
+    ), got
+    assert str(got).endswith(f"it was not stored: upload it again; {hint}"), got
+    answer = problem_response(got, request_id="r-1", instance="/v1/x")
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "5"
+
+
 # prepare() on one file with no descriptor left: the file's open fails with EMFILE
 _NO_DESCRIPTOR_LEFT = """
 import json, os, resource, sys
@@ -94,7 +124,8 @@ soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (fd, hard))
 got = prepare(job, Item(str(path), path, str(path)), None)
 resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-print(json.dumps({"code": got.error.code, "message": str(got.error)}))
+print(json.dumps({"code": got.error.code, "message": str(got.error),
+                  "retry_after": getattr(got.error, "retry_after", None)}))
 """
 
 
@@ -112,14 +143,17 @@ def test_a_process_out_of_descriptors_does_not_call_the_file_unreadable(tmp_path
     """A file that could not be opened because the ingesting process had no descriptor
     left (EMFILE: too many files open at once, a low ``ulimit -n``) failed as
     ``file_unreadable``, "check the file's permissions": a healthy file blamed, the cause
-    unsaid. It is an ``internal_error`` naming the process's error and its remedy."""
+    unsaid; then an ``internal_error``, which TROUBLESHOOTING.md calls a bug to report.
+    It is ``resources_exhausted`` (a state that passes: 503 with Retry-After, exit 75),
+    naming the process's error and its remedy."""
     f = tmp_path / "healthy.md"
     f.write_text("# Fine\n\nA healthy file.\n")
     got = _outcome_of(_NO_DESCRIPTOR_LEFT, str(f))
-    assert got["code"] == "internal_error", got
+    assert got["code"] == "resources_exhausted", got
+    assert got["retry_after"] == 5.0, got
     assert got["message"] == (
         f"{f}: reading it failed in this process, not because of the file (OSError: "
-        f"[Errno 24] Too many open files: '{f}'); it was not stored: ingest it again; raise "
+        "[Errno 24] Too many open files); it was not stored: ingest it again; raise "
         "the open-files limit (ulimit -n) or ingest fewer files at once"
     ), got
 
@@ -185,11 +219,93 @@ def test_the_cli_names_a_parse_helper_that_cannot_start(
 ) -> None:
     monkeypatch.setattr(sandbox, "_helpers", sandbox._Helpers())
     monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
-    (tmp_path / "big.md").write_bytes(b"# A title\n\n" + b"A paragraph of some words.\n\n" * 800)
-    assert run_cli("ingest", str(tmp_path), "-c", "helperless-cli") == 1  # files failed
+    (tmp_path / "big.md").write_bytes(BIG_MARKDOWN)
+    (tmp_path / "later.md").write_bytes(BIG_MARKDOWN)
+    # the ingest stopped there, with the helper's own status (69), not "some files failed"
+    assert run_cli("ingest", str(tmp_path), "-c", "helperless-cli") == 69
     err = " ".join(capsys.readouterr().err.split())
     assert "failed [parse_helper_unavailable] " in err, err
     assert "could not start: its Python cannot be run" in err, err
+    assert "1 failed, 1 not attempted" in err, err
+    assert (
+        "stopped by an error that fails every later file: 1 file(s) not attempted (nothing "
+        "of them stored); fix the error below and run the same command again to resume"
+    ) in err, err
+
+
+BIG_MARKDOWN = b"# A title\n\n" + b"A paragraph of some words.\n\n" * 800  # in a helper
+
+
+@pytest.mark.parametrize(
+    ("bulk_load_bytes", "batch_chunks"),
+    [(0, 1), (1, 1024)],  # round by round, one file each; a bulk load, all in one round
+    ids=["rounds", "bulk"],
+)
+def test_a_parse_helper_that_will_not_start_stops_the_ingest(
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    bulk_load_bytes: int,
+    batch_chunks: int,
+) -> None:
+    """A helper that cannot start for a cause that does not pass (no interpreter to run):
+    every later file parsed in a helper failed the same way, each after a start attempt
+    of its own (a second or more each for a helper that exits at start), one line each.
+    The ingest now stops at the first, as at a database gone: what it read before is
+    stored (a bulk load's transaction, sound, commits), the rest is ``not_attempted``
+    with how to resume, and running it again resumes."""
+    tuned = settings.model_copy(
+        update={"bulk_load_bytes": bulk_load_bytes, "ingest_batch_chunks": batch_chunks}
+    )
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.md").write_text("# First\n\nParsed in this process.\n")  # small: no helper
+    (folder / "b.md").write_bytes(BIG_MARKDOWN)
+    (folder / "c.md").write_bytes(BIG_MARKDOWN.replace(b"words", b"others"))
+    (folder / "d.md").write_text("# Last\n\nAlso parsed in this process.\n")
+    starts: list[int] = []
+    spawn = sandbox._spawn
+
+    def counted_spawn() -> Any:
+        starts.append(1)
+        return spawn()
+
+    name = f"helper-stops-{bulk_load_bytes}"
+    helpers = sandbox._Helpers()
+    monkeypatch.setattr(sandbox, "_helpers", helpers)
+    monkeypatch.setattr(sandbox, "_spawn", counted_spawn)
+    with monkeypatch.context() as broken, Runtime(tuned) as rt:
+        broken.setattr(sys, "executable", "/nonexistent/python3")
+        report = ingest_paths(rt, [folder], collection=name)
+    by_name = {Path(o.source).name: o for o in report.outcomes}
+    assert {n: o.status for n, o in by_name.items()} == {
+        "a.md": "added",
+        "b.md": "failed",
+        "c.md": "not_attempted",
+        "d.md": "not_attempted",
+    }, report.outcomes
+    assert len(starts) == 1  # c.md was not given a start attempt of its own
+    stop = report.stopped_by
+    assert stop is not None and stop.code == "parse_helper_unavailable", stop
+    assert by_name["b.md"].code == "parse_helper_unavailable"
+    assert (by_name["c.md"].error or "").startswith(
+        f"{folder / 'c.md'}: not stored: the ingest stopped at an error that fails every "
+        f"later file ({folder / 'b.md'}: not parsed, so not stored: the parse helper "
+    ), by_name["c.md"]
+    assert (by_name["c.md"].error or "").endswith("run the ingest again once it is fixed")
+    assert by_name["d.md"].code == "parse_helper_unavailable"
+    try:
+        with Runtime(tuned) as rt:  # its Python back: the same ingest resumes
+            again = ingest_paths(rt, [folder], collection=name)
+    finally:
+        helpers.stop()  # the ones it started
+    assert again.stopped_by is None and not again.failed, again.outcomes
+    assert {Path(o.source).name: o.status for o in again.outcomes} == {
+        "a.md": "unchanged",
+        "b.md": "added",
+        "c.md": "added",
+        "d.md": "added",
+    }
 
 
 # a file read by the client's upload (planned, or sent) or by an import with no
@@ -236,10 +352,10 @@ def test_an_upload_or_import_out_of_descriptors_does_not_call_the_file_unreadabl
     f = tmp_path / "healthy.jsonl"
     f.write_text('{"id": "a", "text": "A healthy record.", "vector": [0.5, 0.5]}\n')
     got = _outcome_of(_NO_DESCRIPTOR_LEFT_FOR, what, str(f))
-    assert got["code"] == "internal_error", got
+    assert got["code"] == "resources_exhausted", got
     assert got["message"] == (
         f"{f}: reading it failed in this process, not because of the file (OSError: "
-        f"[Errno 24] Too many open files: '{f}'); it was not stored: {verb} it again; raise "
+        f"[Errno 24] Too many open files); it was not stored: {verb} it again; raise "
         f"the open-files limit (ulimit -n) or {verb} fewer files at once"
     ), got
     # a send cut short names its file to the upload's plan (nothing of the request stored)

@@ -184,6 +184,47 @@ def test_ingest_sigterm_says_what_was_stored_and_how_to_resume(
     assert "Traceback" not in text, text
 
 
+def test_ingest_killed_after_creating_its_collection_is_noted_by_db_check(
+    settings: Settings, cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An ingest into a new name killed outright after it created the collection, before
+    anything was stored: nothing removes the empty collection (that runs only where an
+    error reaches Python), and ``db check`` said "0 chunks ... ok: nothing to repair" and
+    nothing more. It now notes the collection that never held anything, and how to
+    delete it, and still passes (it may be wanted: ``collections create`` makes one)."""
+    url = cli_env["RAGSTORE_DATABASE_URL"]
+    coll = "bulk1"
+    folder = write_corpus(tmp_path / "corpus", docs=DOCS, paragraphs=3)
+    # a bulk load: one transaction, so nothing of it is stored before its commit
+    env = {**_env(settings), "RAGSTORE_BULK_LOAD_BYTES": "1"}
+    killed_when(
+        ["ingest", str(folder), "-c", coll],
+        env,
+        url,
+        f"SELECT EXISTS (SELECT 1 FROM collections WHERE name = '{coll}')",
+        tmp_path / "ingest.log",
+    )
+    assert _doc_count(url, coll) == 0
+    capsys.readouterr()
+    assert run_cli("db", "check") == 0  # a note, not a finding
+    out = capsys.readouterr().out
+    assert (
+        f"note: collection '{coll}': holds no document and never did (no job or model "
+        "migration either): an ingest that created it may have been killed before it "
+        f"stored anything\n  fix: run that ingest again, or delete the collection if it is "
+        f"unwanted: ragstore collections delete {coll}\n"
+    ) in out, out
+    assert out.count("note: ") == 1, out  # not the collections that hold documents
+    assert out.endswith("ok: nothing to repair\n"), out
+    assert run_cli("db", "check", "--json") == 0
+    notes = json.loads(capsys.readouterr().out)["notes"]
+    assert [n["where"] for n in notes] == [f"collection '{coll}'"], notes
+    assert run_cli("ingest", str(folder), "-c", coll) == 0  # the same ingest again
+    capsys.readouterr()
+    assert run_cli("db", "check", "-c", coll) == 0
+    assert "note: " not in capsys.readouterr().out
+
+
 WRITING = (
     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
     " AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"

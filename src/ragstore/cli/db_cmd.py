@@ -541,6 +541,9 @@ def check(
         for w in report.warnings:
             typer.echo(f"warning: {w.where}: {w.problem}")
             typer.echo(f"  fix: {w.fix}")
+        for n in report.notes:
+            typer.echo(f"note: {n.where}: {n.problem}")
+            typer.echo(f"  fix: {n.fix}")
         if not repair:  # with --repair each is a finding above
             for name in report.busy:
                 typer.echo(

@@ -131,8 +131,11 @@ def _print_report(report: IngestReport) -> None:
             "run again with --sync --prune to remove them"
         )
     if report.stopped_by is not None:
+        from ragstore.ingest.service import stops_reading
+
+        fails = "every later file" if stops_reading(report.stopped_by) else "every write"
         err.print(
-            f"stopped by an error that fails every write: {unattempted} file(s) not "
+            f"stopped by an error that fails {fails}: {unattempted} file(s) not "
             "attempted (nothing of them stored); fix the error below and run the same "
             "command again to resume (what is stored is skipped as unchanged)"
         )

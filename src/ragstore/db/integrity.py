@@ -61,6 +61,23 @@ def collection_ids(conn: Conn) -> list[int]:
     return [int(r[0]) for r in conn.execute("SELECT id FROM collections ORDER BY id")]
 
 
+def never_used(conn: Conn, collection_id: int, name: str) -> bool:
+    """Whether the collection is as a write that made it left it before storing anything:
+    no document, no other embedding space or shadow (no model migration), and no ingest
+    job of its name, finished or not. What an ingest killed outright (SIGKILL, the
+    out-of-memory killer) after it created its collection leaves behind: the removal of
+    a collection its write left empty (``ingest.service.created_for_this_write``) runs
+    only where an error reaches Python."""
+    row = conn.execute(
+        "SELECT NOT EXISTS (SELECT 1 FROM documents WHERE collection_id = %(c)s)"
+        " AND NOT EXISTS (SELECT 1 FROM collections WHERE shadow_of = %(c)s)"
+        " AND (SELECT count(*) FROM embedding_spaces WHERE collection_id = %(c)s) <= 1"
+        " AND NOT EXISTS (SELECT 1 FROM ingest_jobs WHERE collection = %(n)s)",
+        {"c": collection_id, "n": name},
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def chunk_count(conn: Conn, collection_id: int) -> tuple[int, int]:
     """The collection's chunks, and how many of them are headings (which get no vector:
     a check's header names both, or its count read as that many vectors missing)."""

@@ -81,6 +81,7 @@ PROBLEMS: dict[type[e.RagstoreError], Problem] = {
     e.OutcomeUnknownError: Problem(500, "Outcome unknown"),
     e.DiskFullError: Problem(507, "Disk full"),
     e.ParseHelperUnavailableError: Problem(503, "Parse helper unavailable"),
+    e.ResourcesExhaustedError: Problem(503, "Out of descriptors or memory"),
 }
 
 

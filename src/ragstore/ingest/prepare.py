@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -189,10 +189,17 @@ class Preparer:
         up now rather than waited for (forked workers get the Ctrl-C themselves)."""
         stop_helpers()
 
-    def run(self, items: Sequence[Item], hashes: Sequence[str | None]) -> list[Prepared]:
-        """Every item prepared, in input order."""
+    def run(
+        self, items: Sequence[Item], hashes: Sequence[str | None]
+    ) -> Generator[Prepared, None, None]:
+        """Every item prepared, in input order, each as it is ready: a caller that stops
+        taking them (an ingest stopped by a parse helper that cannot start) closes the
+        generator, and the items after are not prepared (in this process) or, in workers,
+        those of tasks not started are cancelled."""
         if self.pool is None or len(items) <= FILES_PER_TASK:
-            return [prepare(self.job, item, h) for item, h in zip(items, hashes, strict=True)]
+            for item, h in zip(items, hashes, strict=True):
+                yield prepare(self.job, item, h)
+            return
         tasks = [
             self.pool.submit(
                 _prepare_many,
@@ -202,13 +209,17 @@ class Preparer:
             for i in range(0, len(items), FILES_PER_TASK)
         ]
         try:
-            return [p for t in tasks for p in t.result()]
+            for t in tasks:
+                yield from t.result()
         except BrokenProcessPool as exc:
             raise RagstoreError(
                 f"a worker process parsing files for this ingest died ({exc}; out of "
                 "memory?); run it again, or with RAGSTORE_INGEST_WORKERS=1 to parse the "
                 "files in the ingesting process"
             ) from None
+        finally:  # closed early: the tasks not started are not run
+            for t in tasks:
+                t.cancel()
 
 
 AUTO_MIN_CORES = 4  # with 0 (auto) and a model on the CPU, fewer cores prepare in-process

@@ -38,6 +38,7 @@ from ragstore.errors import (
     DatabaseUnavailableError,
     DecodeError,
     InputError,
+    ParseHelperUnavailableError,
     RagstoreError,
     ReadOnlyError,
 )
@@ -145,7 +146,11 @@ def stops_ingest(exc: RagstoreError) -> bool:
     line each; it stops at the first, the rest ``not_attempted``, and running it again
     stores them with the new model. And so does the collection's deletion by another
     client while the ingest runs (``collection_not_found``, from
-    :func:`documents.hold_live`): no later file can be stored in it."""
+    :func:`documents.hold_live`): no later file can be stored in it.
+
+    And so does a parse helper that could not start for a cause that does not pass by
+    itself (:func:`stops_reading`): every later file parsed in a helper failed the same
+    way, each after a fresh start attempt of its own."""
     state = getattr(exc.__cause__, "sqlstate", None)
     if isinstance(exc, DatabaseUnavailableError):
         return state not in _ONE_DOCUMENT_53
@@ -153,7 +158,18 @@ def stops_ingest(exc: RagstoreError) -> bool:
         isinstance(exc, (ReadOnlyError, CollectionNotFoundError))
         or state == "25006"
         or documents.model_switched(exc)
+        or stops_reading(exc)
     )
+
+
+def stops_reading(exc: RagstoreError) -> bool:
+    """Whether ``exc``, a file's, fails every later file's parse but no write: a parse
+    helper that could not start for a cause that will not pass by itself (its Python
+    cannot be run, or it exits with a status as it starts: ``retry_after`` None). The
+    ingest reads no file after it; what it read before is still written (a bulk load's
+    transaction, healthy, commits). A cause that passes (no descriptor or memory left, a
+    helper killed by a signal or slow to start) fails its file alone, as before."""
+    return isinstance(exc, ParseHelperUnavailableError) and exc.retry_after is None
 
 
 def _not_attempted(item: Item, stop: RagstoreError) -> FileOutcome:
@@ -162,9 +178,10 @@ def _not_attempted(item: Item, stop: RagstoreError) -> FileOutcome:
     client is answered its status, a job retries a database that was away), worded for it."""
     exc = copy.copy(stop)
     exc.problem_members = {}
+    fails = "every later file" if stops_reading(stop) else "every write"
     exc.message = (
         f"{printable(item.label)}: not stored: the ingest stopped at an error that fails "
-        f"every write ({stop.message}); run the ingest again once it is fixed"
+        f"{fails} ({stop.message}); run the ingest again once it is fixed"
     )
     exc.args = (exc.message,)
     return FileOutcome(item.source, "not_attempted", error=exc.message, code=exc.code, exc=exc)
@@ -277,13 +294,22 @@ class _Ingestor:
     def stop(self, exc: RagstoreError) -> None:
         """Stop the ingest at ``exc``, an error that fails every later write too
         (:func:`stops_ingest`): no round is read, encoded or written after it, and the
-        inputs without an outcome are reported ``not_attempted`` (:meth:`_unattempted`)."""
+        inputs without an outcome are reported ``not_attempted`` (:meth:`_unattempted`).
+        One that fails only later reads (:func:`stops_reading`) stops the reading: the
+        rounds read before it are still encoded and written."""
         with self._lock:
             if self.report.stopped_by is None:
                 self.report.stopped_by = exc
 
     @property
     def stopped(self) -> bool:
+        """Nothing more is encoded or written (an error that fails every write met)."""
+        stop = self.report.stopped_by
+        return stop is not None and not stops_reading(stop)
+
+    @property
+    def reading_stopped(self) -> bool:
+        """No more files are read: the ingest stopped, for writes or for reads."""
         return self.report.stopped_by is not None
 
     def _unattempted(self, files: Sequence[Item]) -> None:
@@ -442,7 +468,7 @@ class _Ingestor:
             return self._prepare_all(group)
 
     def _prepare_all(self, group: Sequence[Item]) -> list[_Pending]:
-        if self.stopped:
+        if self.reading_stopped:
             return []
         try:
             with self.rt.db.connection() as conn, translated("reading stored documents"):
@@ -455,15 +481,29 @@ class _Ingestor:
         assert self._preparer is not None
         hashes = [known[i.source][1] if i.source in known else None for i in group]
         pending: list[_Pending] = []
-        for item, got in zip(group, self._preparer.run(group, hashes), strict=True):
-            if got.error is not None:
-                self._done(_fail(item.source, got.error))
-            elif got.unchanged:
-                self._done(FileOutcome(item.source, "unchanged"))
-            else:
-                assert got.record is not None
-                pending.append(_Pending(item, got.record, got.chunks))
+        prepared = self._preparer.run(group, hashes)
+        try:
+            for item, got in zip(group, prepared, strict=False):
+                if got.error is not None and stops_ingest(got.error):
+                    # the rest of the round is not read (a fresh helper would fail each),
+                    # and no later round: they are reported not attempted
+                    self.stop(got.error)
+                    self._done(_fail(item.source, got.error))
+                    break
+                self._take(item, got, pending)
+        finally:
+            prepared.close()
         return pending
+
+    def _take(self, item: Item, got: prepare.Prepared, pending: list[_Pending]) -> None:
+        """A prepared file: its outcome if it is known already, else to ``pending``."""
+        if got.error is not None:
+            self._done(_fail(item.source, got.error))
+        elif got.unchanged:
+            self._done(FileOutcome(item.source, "unchanged"))
+        else:
+            assert got.record is not None
+            pending.append(_Pending(item, got.record, got.chunks))
 
     def run(self, files: Sequence[Item], total_bytes: int) -> None:
         """Write ``files``: round by round, or, for a bulk load, every round in one
@@ -509,8 +549,11 @@ class _Ingestor:
                         self._pipeline(files)
                     finally:
                         self._conn = self._staged = None
-                    if self.report.stopped_by is not None:  # rolls the load back
-                        raise self.report.stopped_by
+                    stop = self.report.stopped_by
+                    # rolls the load back; one that stopped the reading only
+                    # (stops_reading) left its transaction sound: what it read commits
+                    if stop is not None and not stops_reading(stop):
+                        raise stop
                     if self.guard is not None:  # before the staged vectors are committed
                         self.guard(conn)
                     self._build(conn, staged)
@@ -637,17 +680,19 @@ class _Ingestor:
                     pending = reading.result()
                     if self.stopped:  # the rounds after it are neither read nor encoded
                         break
-                    if i + 1 < len(groups):
+                    more = i + 1 < len(groups) and not self.reading_stopped
+                    if more:
                         reading = reader.submit(self._prepare_group, groups[i + 1])
-                    if not pending:
-                        continue
-                    if ahead == 1:  # the model computes here: on this thread, as it always did
-                        self._embed_round(pending)
-                        encoding.append((pending, None))
-                    else:
-                        encoding.append((pending, encoder.submit(self._embed_round, pending)))
-                    if len(encoding) >= ahead:
-                        write_next()
+                    if pending:
+                        if ahead == 1:  # the model computes here: on this thread, as it did
+                            self._embed_round(pending)
+                            encoding.append((pending, None))
+                        else:
+                            encoding.append((pending, encoder.submit(self._embed_round, pending)))
+                        if len(encoding) >= ahead:
+                            write_next()
+                    if not more:  # the reading stopped (stops_reading): this round is its last
+                        break
                 while encoding and not self.stopped:
                     write_next()
                 if writing is not None:
