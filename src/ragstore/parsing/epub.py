@@ -2,10 +2,14 @@
 
 An EPUB is a zip of XHTML chapters and a package document (``content.opf``, found through
 ``META-INF/container.xml``) whose spine gives the reading order. Each chapter is walked
-as an HTML page into one builder, so a book's headings make one section tree across its
-chapters, as a long Markdown file's do. The navigation document (the table of contents)
-and spine items marked ``linear="no"`` (covers, notes pages read out of order) are left
-out. The title, authors, language and publisher come from the package's Dublin Core.
+as an HTML page into one builder. The book's table of contents (the EPUB 3 navigation
+document, else the EPUB 2 NCX) gives its sections: each entry opens one, at its level,
+at the top of its chapter file or at its anchor, and the headings of the text nest under
+the entry they follow, whatever h1-h6 each chapter file happens to use. A book without
+a table of contents starts a section tree at each chapter file. The navigation document
+is not read as text, and neither are spine items marked ``linear="no"`` (covers, notes
+pages read out of order). The title, authors, language and publisher come from the
+package's Dublin Core.
 
 Nothing is read from outside the archive (chapter paths are names inside the zip), an
 archive past the OOXML limits (what it unpacks to, how many members it holds) is refused
@@ -17,17 +21,22 @@ from __future__ import annotations
 
 import io
 import posixpath
+import re
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 from urllib.parse import unquote
 
 from bs4 import BeautifulSoup
+from bs4.element import Tag
 from lxml import etree
 
 from ragstore.errors import CorruptDocumentError, EmptyDocumentError
-from ragstore.models import ParsedDocument
+from ragstore.models import ChunkType, ParsedDocument
 from ragstore.parsing.decode import declared_encoding
+from ragstore.parsing.html import text_of as _text
 from ragstore.parsing.html import walk_page, without_internal_subset
 from ragstore.parsing.ooxml import MAX_XML_DEPTH, check_archive, too_deep
 from ragstore.parsing.structure import BlockBuilder
@@ -40,6 +49,9 @@ _NS = {
 }
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
 _HTML_TYPES = ("application/xhtml+xml", "text/html")
+_NCX_TYPE = "application/x-dtbncx+xml"
+_XML_DECLARATION = re.compile(r"\A\s*<\?xml[^>]{0,200}\?>")
+_MAX_TOC_LEVEL = 6  # deeper entries of a table of contents open sections at this level
 
 
 class _Broken(Exception):
@@ -110,20 +122,198 @@ def _chapters(package: Any, base: str) -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class _Entry:
+    """One entry of the table of contents: the section it opens."""
+
+    title: str
+    level: int
+
+
+# chapter file -> its entries in the table's order, each with its anchor (None: the top)
+_Toc = dict[str, list[tuple[str | None, _Entry]]]
+
+
+def _target(href: str, base: str) -> tuple[str, str | None] | None:
+    """The archive member and anchor an entry's link names, relative to ``base`` (the
+    folder of the file holding the link); None for a link out of the book."""
+    path, _, anchor = href.strip().partition("#")
+    if not path or ":" in path.split("/")[0]:
+        return None  # a link within the table itself, or a URL
+    member = posixpath.normpath(posixpath.join(base, unquote(path)))
+    return member, (unquote(anchor) or None)
+
+
+def _add_entry(toc: _Toc, target: tuple[str, str | None] | None, title: str, level: int) -> None:
+    title = " ".join(title.split())
+    if target is not None and title and level >= 1:
+        member, anchor = target
+        toc.setdefault(member, []).append((anchor, _Entry(title, min(level, _MAX_TOC_LEVEL))))
+
+
+def _nav_toc(archive: zipfile.ZipFile, member: str) -> _Toc:
+    """The entries of an EPUB 3 navigation document's ``toc`` nav (its first nav if none
+    says so): each link, at the depth of the lists it sits in."""
+    soup = BeautifulSoup(_markup(archive.read(member)), "lxml")
+    navs = soup.find_all("nav")
+    nav = next(
+        (
+            n
+            for n in navs
+            if "toc" in str(n.get("epub:type", "")).split() or n.get("role") == "doc-toc"
+        ),
+        navs[0] if navs else None,
+    )
+    toc: _Toc = {}
+    if not isinstance(nav, Tag):
+        return toc
+    base = posixpath.dirname(member)
+    stack = [(c, 0) for c in reversed(list(nav.children)) if isinstance(c, Tag)]
+    while stack:  # a stack, not recursion: lists nested thousands deep are still a list
+        node, depth = stack.pop()
+        if node.name == "a":
+            href = node.get("href")
+            if isinstance(href, str):
+                _add_entry(toc, _target(href, base), _text(node), depth)
+            continue
+        inner = depth + 1 if node.name in ("ol", "ul") else depth
+        stack.extend((c, inner) for c in reversed(list(node.children)) if isinstance(c, Tag))
+    return toc
+
+
+def _local(el: Any) -> str:
+    return etree.QName(el).localname if isinstance(el.tag, str) else ""
+
+
+def _ncx_toc(archive: zipfile.ZipFile, member: str) -> _Toc:
+    """The entries of an EPUB 2 NCX: its ``navPoint``s, at their nesting depth."""
+    root = _xml(archive, member)
+    nav_map = next((el for el in root if _local(el) == "navMap"), None)
+    toc: _Toc = {}
+    if nav_map is None:
+        return toc
+    base = posixpath.dirname(member)
+    stack = [(el, 1) for el in reversed(list(nav_map)) if _local(el) == "navPoint"]
+    while stack:
+        point, depth = stack.pop()
+        label = next((el for el in point if _local(el) == "navLabel"), None)
+        title = "".join(label.itertext()) if label is not None else ""
+        content = next((el for el in point if _local(el) == "content"), None)
+        src = content.get("src") if content is not None else None
+        if isinstance(src, str):
+            _add_entry(toc, _target(src, base), title, depth)
+        stack.extend((el, depth + 1) for el in reversed(list(point)) if _local(el) == "navPoint")
+    return toc
+
+
+def _toc(archive: zipfile.ZipFile, package: Any, base: str) -> _Toc:
+    """The book's table of contents, by chapter file: the navigation document's, else the
+    NCX's. One that is missing, damaged or names nothing is no table of contents: the book
+    is still read, as it was before tables of contents were (a sloppy NCX is common)."""
+    nav = ncx = None
+    spine = package.find("opf:spine", _NS)
+    ncx_id = spine.get("toc") if spine is not None else None
+    for item in package.iterfind("opf:manifest/opf:item", _NS):
+        href = item.get("href")
+        if not href:
+            continue
+        member = posixpath.normpath(posixpath.join(base, unquote(href)))
+        if "nav" in item.get("properties", "").split():
+            nav = nav or member
+        elif item.get("media-type") == _NCX_TYPE or (ncx_id and item.get("id") == ncx_id):
+            ncx = ncx or member
+    for part, read in ((nav, _nav_toc), (ncx, _ncx_toc)):
+        if part is None:
+            continue
+        try:
+            toc = read(archive, part)
+        except (KeyError, _Broken, _TooDeep):
+            continue
+        if toc:
+            return toc
+    return {}
+
+
+class _Book(BlockBuilder):
+    """A builder whose sections are the table of contents' entries: ``open`` one, and the
+    next block is its heading when it is a heading or reads as the entry's title (a
+    chapter title Calibre wrote as a styled paragraph), else the entry's title is put
+    before it as one. The text's own headings nest under the entry they follow, by their
+    levels relative to each other (``_inner``): a chapter titled in h1 and the next in h2
+    are both chapters. Without a table of contents each chapter file is opened as such an
+    entry with no title of its own (``start_file``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending: _Entry | None = None
+        self._level = 0  # the level of the entry the text is in; 0 before any
+        self._inner: list[int] = []  # the raw levels of the text's open headings under it
+
+    def open(self, entry: _Entry) -> None:
+        if self._pending is not None and entry.level > self._pending.level:
+            self._heading(self._pending.title, self._pending.level)  # a part above chapters
+        self._pending, self._level, self._inner = entry, entry.level, []
+
+    def opener(self, entries: list[_Entry]) -> Callable[[], None]:
+        """What opens ``entries`` when the walk reaches their anchor."""
+
+        def call() -> None:
+            for entry in entries:
+                self.open(entry)
+
+        return call
+
+    def start_file(self) -> None:
+        """A chapter file no entry names, before any entry: a tree of its own."""
+        self._pending, self._level, self._inner = None, 0, []
+        self.close_sections()
+
+    def _heading(self, text: str, level: int, metadata: dict[str, Any] | None = None) -> None:
+        super().add(ChunkType.HEADING, text, level=level, metadata=metadata)
+
+    def add(
+        self,
+        kind: ChunkType,
+        text: str,
+        *,
+        level: int = 0,
+        page: int | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        if not text.strip():
+            return
+        entry, self._pending = self._pending, None
+        if entry is not None:
+            same = " ".join(text.split()).casefold() == entry.title.casefold()
+            if kind is ChunkType.HEADING or same:
+                self._heading(text, entry.level, metadata if kind is ChunkType.HEADING else None)
+                return
+            self._heading(entry.title, entry.level)
+        if kind is ChunkType.HEADING:
+            while self._inner and self._inner[-1] >= level:
+                self._inner.pop()
+            self._inner.append(level)
+            level = self._level + len(self._inner)
+        super().add(kind, text, level=level, page=page, metadata=metadata)
+
+
 def _markup(page: bytes) -> str | bytes:
     """A chapter's text: EPUB content documents are UTF-8 or UTF-16 (a byte-order mark says
     which), whatever a ``<meta charset>`` claims. Given bytes, the HTML parser believed the
     claim: a UTF-8 chapter claiming Latin-1 was mojibake ("cafÃ©"), one claiming Shift-JIS
     lost its text without a word. A chapter that is not valid UTF-8 is left to the
     parser's detection (a book from a tool that wrote Latin-1 is still read). Either way
-    without a DOCTYPE's internal subset (see :func:`without_internal_subset`)."""
+    without a DOCTYPE's internal subset (see :func:`without_internal_subset`), and the
+    decoded text without its XML declaration: the HTML parser skips it anyway, and seeing
+    it with no ``</html>`` in the first 500 characters BeautifulSoup warns that this is
+    XML (an error where warnings are, as in the tests)."""
     declared = declared_encoding(page)
     encoding, skip = declared if declared else ("utf-8", 0)
     try:
         text = page[skip:].decode(encoding)
     except UnicodeDecodeError:
         return without_internal_subset(page)
-    return without_internal_subset(text)
+    return without_internal_subset(_XML_DECLARATION.sub("", text, count=1))
 
 
 def _metadata(package: Any) -> tuple[str | None, dict[str, Any]]:
@@ -155,13 +345,28 @@ def _parse(data: bytes, name: str) -> ParsedDocument:
                 f"{name}: {len(locked)} of its {len(chapters)} chapters are encrypted (DRM); "
                 "ingest a copy without DRM, or export the book's text"
             )
-        out = BlockBuilder()
+        toc = _toc(archive, package, posixpath.dirname(package_path))
+        out = _Book()
+        opened = False  # whether an entry of the table of contents has been reached
         for member in chapters:
             try:
                 page = archive.read(member)
             except KeyError:
                 raise _Broken(f"the spine names {member}, which is not in the archive") from None
-            walk_page(BeautifulSoup(_markup(page), "lxml"), out)
+            entries = toc.get(member, [])
+            if not entries and not opened:
+                out.start_file()  # no table, or front matter before its first entry
+            soup = BeautifulSoup(_markup(page), "lxml")
+            ids = {el.get("id") for el in soup.find_all(id=True)} if entries else set()
+            anchors: dict[str, list[_Entry]] = {}
+            for i, (anchor, entry) in enumerate(entries):
+                opened = True
+                if anchor is None or (i == 0 and anchor not in ids):
+                    out.open(entry)  # the top, or an anchor the page lacks for the first entry
+                elif anchor in ids:
+                    anchors.setdefault(anchor, []).append(entry)
+            calls = {a: out.opener(es) for a, es in anchors.items()}
+            walk_page(soup, out, calls)
         title, metadata = _metadata(package)
     if not out.blocks:
         raise EmptyDocumentError(f"{name}: the book's chapters hold no text; nothing to ingest")

@@ -1,15 +1,17 @@
 """HTML through BeautifulSoup on lxml: headings, paragraphs, lists, tables, code, quotes.
 
-Boilerplate that is not the document (scripts, styles, navigation, headers, footers,
-asides, forms) is dropped before the walk; ``<main>`` or ``<article>``, when present,
-is taken as the document.
+Boilerplate that is not the document (scripts, styles, navigation, site headers and
+footers, asides, forms, and what ARIA marks as navigation, banner, footer or search) is
+dropped before the walk; ``<main>`` (or ``role="main"``) or ``<article>``, when present,
+is taken as the document. ``role="heading"`` with ``aria-level`` is a heading, and the
+permalinks documentation generators put after every heading ("¶") are not its text.
 """
 
 from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import PurePath
 from typing import Any, AnyStr
 
@@ -36,6 +38,17 @@ _DROP = (
     "select",
     "head",
 )
+# ARIA landmarks that are site chrome whatever element carries them: Sphinx marks its
+# sidebar (table of contents, "This Page", "Quick search") a div role="navigation".
+_DROP_ROLES = frozenset({"navigation", "banner", "contentinfo", "search", "complementary"})
+# a header or footer inside these is the document's own (a title, a byline), not the site's
+_OWNERS = frozenset({"article", "main", "section"})
+_OWNER_ROLES = frozenset({"article", "main", "region"})
+# the permalink after a heading: Sphinx and MkDocs "¶" (headerlink), Jupyter (anchor-link),
+# Docusaurus (hash-link); section paths read "Configuration¶" with them
+_PERMALINKS = frozenset({"headerlink", "anchor-link", "hash-link"})
+_ARIA_LEVEL_DEFAULT = 2  # WAI-ARIA: a role="heading" without aria-level is level 2
+_ANCHOR_CLIMB = 200  # how far up an anchor's block is looked for (see walk_page)
 # XHTML (every EPUB chapter, pages saved as .xhtml) is read by the HTML parser on purpose:
 # it forgives what real pages get wrong, and expands no entity and fetches nothing. Saying
 # so on stderr for each page, as BeautifulSoup does, is noise in an ingest's output.
@@ -51,6 +64,8 @@ _SUBSET_END, _SUBSET_END_B = re.compile(r"\]\s*>"), re.compile(rb"\]\s*>")
 _SUBSET_WITHIN = 4096  # a doctype comes first, after an XML declaration and comments
 
 _HEADINGS = {f"h{i}": i for i in range(1, 7)}
+# what _walk reads whole (its text), not entered: an anchor inside one is reached with it
+_LEAVES = frozenset({*_HEADINGS, "p", "table", "pre", "blockquote", "ul", "ol", "dl", "menu"})
 _LISTS = {"ul", "ol", "dl", "menu"}
 _ITEMS = {"li", "dt", "dd"}
 _MAX_LIST_INDENT = 8  # nesting deeper than this is indented as this deep
@@ -122,6 +137,9 @@ def _text(el: Tag) -> str:
     return " ".join(_flat(el).split())
 
 
+text_of = _text  # an element's text, words joined by single spaces (the EPUB's contents)
+
+
 def _list_text(el: Tag) -> str:
     """One line a list item, indented by the lists it is nested in (up to
     ``_MAX_LIST_INDENT``), holding the item's own text: nested lists and items are lines
@@ -159,10 +177,58 @@ def _table(el: Tag) -> tuple[str, dict[str, Any]]:
     return pipe_table(rows)
 
 
-def _walk(root: Tag, out: BlockBuilder) -> None:
+def _roles(tag: Tag) -> list[str]:
+    role = tag.get("role")
+    return role.lower().split() if isinstance(role, str) else []
+
+
+def _aria_heading(tag: Tag) -> int | None:
+    """The level of a ``role="heading"`` element (``aria-level``, 1 to 6), else None."""
+    if "heading" not in _roles(tag):
+        return None
+    raw = tag.get("aria-level")
+    try:
+        level = int(raw) if isinstance(raw, str) else _ARIA_LEVEL_DEFAULT
+    except ValueError:
+        level = _ARIA_LEVEL_DEFAULT
+    return min(max(level, 1), 6)
+
+
+def _is_heading(tag: Tag) -> bool:
+    return tag.name in _HEADINGS or _aria_heading(tag) is not None
+
+
+def _permalink(link: Tag) -> bool:
+    classes = link.get("class")
+    return isinstance(classes, list) and any(c in _PERMALINKS for c in classes)
+
+
+def _chrome(tag: Tag) -> bool:
+    """Whether ``tag`` is boilerplate to drop before the walk. A header or footer is the
+    document's own inside an article, main or section (``<section><header><h2>`` is how
+    many pages title a section: it was dropped, heading and text), and so is a header
+    holding a heading outside any (the page's title), unless ARIA calls it the banner."""
+    roles = _roles(tag)
+    if any(r in _DROP_ROLES for r in roles):
+        return True
+    if tag.name not in _DROP:
+        return False
+    if tag.name in ("header", "footer"):
+        for parent in tag.parents:
+            if parent.name in _OWNERS or any(r in _OWNER_ROLES for r in _roles(parent)):
+                return False
+        if tag.name == "header" and tag.find(_is_heading) is not None:
+            return False
+    return True
+
+
+def _walk(
+    root: Tag, out: BlockBuilder, marks: Mapping[int, list[Callable[[], None]]] | None = None
+) -> None:
     """Blocks of ``root`` in document order. Loose inline text between blocks becomes a
     paragraph of its own level; a container that is not a block (``div``, ``section``) is
-    entered. Depth-first with an explicit stack of levels (see ``_flat``)."""
+    entered. Depth-first with an explicit stack of levels (see ``_flat``). ``marks``: what
+    to call on reaching an element (by ``id()``), before its blocks (see ``walk_page``)."""
     # one level: the children still to visit and the loose text gathered at that level
     levels: list[tuple[Iterator[PageElement], list[str]]] = [(iter(root.children), [])]
     while levels:
@@ -178,12 +244,19 @@ def _walk(root: Tag, out: BlockBuilder) -> None:
             continue
         if not isinstance(child, Tag):
             continue
+        if marks and id(child) in marks:
+            _flush(loose, out)
+            for call in marks[id(child)]:
+                call()
         name = child.name
-        if name in _INLINE:
+        aria_level = _aria_heading(child) if "role" in child.attrs else None
+        if name in _INLINE and aria_level is None:
             loose.append(_flat(child))
             continue
         _flush(loose, out)
-        if name in _HEADINGS:
+        if aria_level is not None:
+            out.add(ChunkType.HEADING, _text(child), level=aria_level)
+        elif name in _HEADINGS:
             out.add(ChunkType.HEADING, _text(child), level=_HEADINGS[name])
         elif name == "p":
             out.add(ChunkType.PARAGRAPH, _text(child))
@@ -229,19 +302,78 @@ def without_internal_subset(page: AnyStr) -> AnyStr:
     return page if span is None else page[: span[0]] + page[span[1] :]
 
 
-def walk_page(soup: BeautifulSoup, out: BlockBuilder) -> None:
+def walk_page(
+    soup: BeautifulSoup,
+    out: BlockBuilder,
+    anchors: Mapping[str, Callable[[], None]] | None = None,
+) -> None:
     """Add a parsed page's blocks to ``out``: boilerplate (scripts, navigation, site
-    headers and footers, forms) dropped, ``<main>`` or ``<article>`` taken as the page when
-    present. An EPUB's chapters are pages walked into one builder."""
-    for tag in soup.find_all(_DROP):
-        if tag.name in ("header", "footer") and tag.find_parent(("article", "main")):
-            continue  # an article's own header holds its title, not site chrome
-        tag.decompose()
-    for br in soup.find_all("br"):
-        br.replace_with("\n")
-    root = soup.find("main") or soup.find("article") or soup.find("body") or soup
-    if isinstance(root, Tag):
-        _walk(root, out)
+    headers and footers, forms; see ``_chrome``) dropped, ``<main>`` (or ``role="main"``)
+    or ``<article>`` taken as the page when present. An EPUB's chapters are pages walked
+    into one builder.
+
+    ``anchors``: element id -> what to call when the walk reaches that element, before its
+    text (an EPUB's table of contents opens its sections there). An anchor inside a block
+    read whole (a heading, a paragraph) is reached with that block; one on the part read
+    or outside it is called before the page's first block; one dropped with the page's
+    boilerplate is not called."""
+    headings = []
+    for tag in soup.find_all(True):  # one pass; a decomposed tag has lost its name
+        if not tag.name:
+            continue
+        if _chrome(tag) or (tag.name == "a" and _permalink(tag)):
+            tag.decompose()
+        elif tag.name == "br":
+            tag.replace_with("\n")
+        elif _is_heading(tag):
+            headings.append(tag)
+    for heading in headings:  # an icon or "#" hidden from screen readers is no title
+        for hidden in heading.find_all(True, attrs={"aria-hidden": "true"}):
+            hidden.decompose()
+    root = (
+        soup.find("main")
+        or soup.find(lambda t: "main" in _roles(t))
+        or soup.find("article")
+        or soup.find("body")
+        or soup
+    )
+    if not isinstance(root, Tag):
+        return
+    marks = _marks(soup, root, anchors) if anchors else None
+    _walk(root, out, marks)
+
+
+def _marks(
+    soup: BeautifulSoup, root: Tag, anchors: Mapping[str, Callable[[], None]]
+) -> dict[int, list[Callable[[], None]]]:
+    """``anchors`` keyed by the ``id()`` of the element ``_walk`` meets them at: the
+    outermost block read whole or inline element holding the anchor, else the anchor's
+    element itself. Those on or outside ``root`` are called here, first."""
+    marks: dict[int, list[Callable[[], None]]] = {}
+    found: set[str] = set()
+    first: list[Callable[[], None]] = []
+    for el in soup.find_all(id=True):
+        key = el.get("id")
+        if not isinstance(key, str) or key not in anchors or key in found:
+            continue
+        node: Tag | None = el
+        for steps, parent in enumerate(el.parents):
+            if parent is root:
+                break
+            if steps >= _ANCHOR_CLIMB:
+                break  # nested past any real page: met here or not at all
+            if parent.name in _INLINE or parent.name in _LEAVES:
+                node = parent
+        else:
+            node = None  # root itself, or outside it
+        found.add(key)
+        if node is None or node is root:
+            first.append(anchors[key])
+        else:
+            marks.setdefault(id(node), []).append(anchors[key])
+    for call in first:
+        call()
+    return marks
 
 
 def parse_html(text: str, name: str) -> ParsedDocument:

@@ -26,6 +26,11 @@ class BlockBuilder:
     def section(self) -> tuple[str, ...]:
         return tuple(h for _, h in self._path)
 
+    def close_sections(self) -> None:
+        """Close every open section: what comes next is at the top of the tree (an EPUB
+        chapter of a book without a table of contents starts its own)."""
+        self._path.clear()
+
     def add(
         self,
         kind: ChunkType,
