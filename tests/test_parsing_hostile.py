@@ -53,10 +53,28 @@ def test_a_run_of_html_comments_is_read_in_linear_time_not_split_every_way() -> 
     assert [b.text for b in doc.blocks] == [(run + b"x").decode(), "para"]
 
 
-def test_markdown_headings_keep_their_inline_markup_as_written() -> None:
+def test_markdown_headings_lose_their_inline_markup_and_blocks_keep_theirs() -> None:
     doc = parse_bytes(b"# The *big* [guide](x)\n\n> Some **bold** text.\n", "g.md")
-    assert [b.text for b in doc.blocks] == ["The *big* [guide](x)", "> Some **bold** text."]
-    assert doc.title == "The *big* [guide](x)"
+    assert [b.text for b in doc.blocks] == ["The big guide", "> Some **bold** text."]
+    assert doc.title == "The big guide"
+
+
+# the patterns reading a heading's markup scan to the next mark at most; "signal": the
+# regex engine holds the GIL
+@pytest.mark.timeout(60, method="signal")
+def test_headings_of_marks_and_text_of_form_feeds_cost_their_size_not_its_square() -> None:
+    for mark in ("*a", "_a ", "`a``", "[a](", "![", "{#", "\\*", "&amp;", "<a>", "~~a"):
+        heading = mark * (1900 // len(mark))  # under MAX_HEADING_CHARS: all of it read
+        doc = parse_bytes(("\n\n".join([f"## {heading}"] * 300) + "\n\nbody\n").encode(), "m.md")
+        assert len(doc.blocks) == 301 and doc.blocks[-1].section_path, mark
+    html = b"<h2>" + b"<a" * 200_000 + b"</h2>"  # no heading's length: kept as it is
+    assert [b.text.encode() for b in parse_bytes(html, "h.md").blocks] == [html]
+    for text in (
+        "a\f" * 300_000,
+        "\n\f" * 300_000 + "a",
+        ("x [Page 1]\n\f\nRFC 1\n\n" + "b" * 190) * 3000,
+    ):
+        assert parse_bytes(text.encode(), "pages.txt").blocks
 
 
 def test_html_lists_nested_thousands_deep_cost_their_size_not_its_square() -> None:

@@ -13,6 +13,7 @@ from mdit_py_plugins.front_matter import front_matter_plugin
 
 from ragstore.errors import CorruptDocumentError
 from ragstore.models import Block, ChunkType, ParsedDocument
+from ragstore.parsing.md_inline import heading_text, html_heading
 from ragstore.validation import check_value
 
 _NEWLINE = re.compile("\n")
@@ -218,6 +219,19 @@ def parse_markdown(text: str, name: str) -> ParsedDocument:
     def section() -> tuple[str, ...]:
         return tuple(h for _, h in path)
 
+    def add_heading(level: int, heading: str, a: int, b: int) -> None:
+        nonlocal title
+        while path and path[-1][0] >= level:
+            path.pop()
+        blocks.append(
+            Block(
+                ChunkType.HEADING, heading or text[a:b], a, b, section_path=section(), level=level
+            )
+        )
+        path.append((level, heading))
+        if title is None and level == 1:
+            title = heading
+
     i = 0
     while i < len(tokens):
         tok = tokens[i]
@@ -228,24 +242,8 @@ def parse_markdown(text: str, name: str) -> ParsedDocument:
             # search filter could name it
             check_value(metadata, f"{name}: the YAML front matter", paths=True)
         elif tok.type == "heading_open" and tok.map:
-            level = int(tok.tag[1:])
-            heading = tokens[i + 1].content.strip()
-            while path and path[-1][0] >= level:
-                path.pop()
             a, b = span(tok)
-            blocks.append(
-                Block(
-                    ChunkType.HEADING,
-                    heading or text[a:b],
-                    a,
-                    b,
-                    section_path=section(),
-                    level=level,
-                )
-            )
-            path.append((level, heading))
-            if title is None and level == 1:
-                title = heading
+            add_heading(int(tok.tag[1:]), heading_text(tokens[i + 1].content), a, b)
             i += 3
             continue
         elif tok.level == 0 and tok.map and tok.type in ("paragraph_open", "html_block"):
@@ -253,7 +251,11 @@ def parse_markdown(text: str, name: str) -> ParsedDocument:
             if tok.type == "html_block" and _ONLY_COMMENTS.fullmatch(text[a:b]):
                 i += 1  # an HTML comment is not shown to a reader: not indexed either
                 continue
-            blocks.append(Block(ChunkType.PARAGRAPH, text[a:b], a, b, section_path=section()))
+            html = html_heading(text[a:b]) if tok.type == "html_block" else None
+            if html is not None:  # <h2>Limits</h2> is a heading, not a paragraph of markup
+                add_heading(*html, a, b)
+            else:
+                blocks.append(Block(ChunkType.PARAGRAPH, text[a:b], a, b, section_path=section()))
         elif tok.level == 0 and tok.map and tok.type in ("fence", "code_block"):
             a, b = span(tok)
             lang = tok.info.strip().split()
