@@ -13,6 +13,11 @@ from how its lines are set (:mod:`ragstore.parsing.pdf_headings`: short lines in
 clearly larger than the body, bold numbered titles), placed the same way; one whose title
 is not found as a line of the page text is left out. The outline, when there is one, wins.
 
+What is not the document's text is taken out of the pages' (:mod:`ragstore.parsing.pdf_text`):
+running headers and footers (:func:`~ragstore.parsing.pdf_headings.page_furniture`), the
+entries of a contents page; words broken at a line's end are joined, and a paragraph
+running on to the next page is one block, on the page it starts on.
+
 A file named ``.pdf`` that does not start like one (plain text saved under that name) is
 refused as not a PDF, saying what it starts with, rather than with pypdf's "Stream has
 ended unexpectedly".
@@ -23,6 +28,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
@@ -33,8 +39,9 @@ from ragstore.errors import CorruptDocumentError, EmptyDocumentError, EncryptedD
 from ragstore.models import ChunkType, ParsedDocument
 from ragstore.parsing.decode import empty_error, looks_binary
 from ragstore.parsing.limits import check_text_size
-from ragstore.parsing.pdf_headings import find_headings
-from ragstore.parsing.pdf_lines import PdfLine, page_collector, storable
+from ragstore.parsing.pdf_headings import find_headings, page_furniture
+from ragstore.parsing.pdf_lines import PdfLine, page_collector, plain_lines, storable
+from ragstore.parsing.pdf_text import Words, clean_page, continues
 from ragstore.parsing.structure import BlockBuilder
 from ragstore.parsing.text import paragraph_spans
 
@@ -103,11 +110,31 @@ def _lines_at(text: str, title: str, start: int) -> tuple[int, int] | None:
     return None
 
 
+@dataclass
+class _Flow:
+    """The text read so far: how words are joined, and the text block still open (the
+    last one added, when a paragraph of the next page may carry it on): its parts, one a
+    page, joined once it is closed (joining each page's onto the whole would copy it
+    again for every page), and the page its last part is on. A block carried on over a
+    page break stays on the page it started on."""
+
+    words: Words
+    parts: list[str] = field(default_factory=list)
+    page: int = 0
+
+    def close(self, out: BlockBuilder) -> None:
+        """The open block's text made whole; call before adding any other block."""
+        if len(self.parts) > 1:
+            out.extend_last("".join(self.parts))
+        self.parts = []
+
+
 def _page_blocks(
     out: BlockBuilder,
     text: str,
     headings: list[tuple[int, str]],
     number: int,
+    flow: _Flow,
     *,
     detected: bool = False,
 ) -> None:
@@ -122,17 +149,29 @@ def _page_blocks(
             found = _title_at(text, heading, pos)
             span = None if found is None else (found.start(), found.end())
         if span is not None:
-            _add_text(out, text[pos : span[0]], number)
+            _add_text(out, text[pos : span[0]], number, flow)
             pos = span[1]
         elif detected:
             continue
+        flow.close(out)
         out.add(ChunkType.HEADING, heading, level=level, page=number)
-    _add_text(out, text[pos:], number)
+    _add_text(out, text[pos:], number, flow)
 
 
-def _add_text(out: BlockBuilder, text: str, number: int) -> None:
+def _add_text(out: BlockBuilder, text: str, number: int, flow: _Flow) -> None:
+    """The paragraphs of ``text`` (on page ``number``), words broken at a line's end
+    joined. The first paragraph of a page carries on the last of the page before when
+    nothing came between them and it reads as that paragraph's sentence going on
+    (:func:`~ragstore.parsing.pdf_text.continues`): it is that block, on its page."""
     for a, b in paragraph_spans(text):
-        out.add(ChunkType.PAGE_TEXT, text[a:b], page=number)
+        piece = flow.words.mend(text[a:b])
+        if flow.parts and flow.page == number - 1 and continues(flow.parts[-1], piece):
+            flow.parts[-1:] = flow.words.join(flow.parts[-1], piece)
+        else:
+            flow.close(out)
+            out.add(ChunkType.PAGE_TEXT, piece, page=number)
+            flow.parts = [piece]
+        flow.page = number
 
 
 _PDF_HEADER_WITHIN = 1024  # readers accept the %PDF- header this far into the file
@@ -228,13 +267,22 @@ def parse_pdf(data: bytes, name: str) -> ParsedDocument:
             ) from None
         chars += len(texts[-1])
         check_text_size(chars)
-        if collect is not None:
+        if collect is None:
+            lines.append(plain_lines(number, texts[-1]))
+        else:
             collect.end_line()
             lines.append(collect.lines)
+    furniture = page_furniture(lines)
+    texts = [
+        clean_page(text, page_lines, drop)
+        for text, page_lines, drop in zip(texts, lines, furniture, strict=True)
+    ]
     headings = outline or find_headings(lines)
+    flow = _Flow(Words(texts))
     out = BlockBuilder()
     for number, text in enumerate(texts, start=1):
-        _page_blocks(out, text, headings.get(number, []), number, detected=not outline)
+        _page_blocks(out, text, headings.get(number, []), number, flow, detected=not outline)
+    flow.close(out)
     if not any(b.type is ChunkType.PAGE_TEXT for b in out.blocks):
         raise EmptyDocumentError(
             f"{name}: the PDF has no extractable text (a scan?); run OCR on it first"

@@ -34,8 +34,10 @@ The rules, for one document (:func:`find_headings`):
   longer lines, more words, a sentence's end) is a text size (a big-print document, a
   large-print passage), never a title size; a document set in one size has no titles;
 - a line repeated in one size on several pages (digits aside) at the top or bottom of
-  the page, or on many pages anywhere, is a running header or footer, not a heading (so
-  is "Chapter 3" over each chapter's title: the title below it still is one);
+  the page at one height, or in the same words on many pages anywhere, is a running
+  header or footer, not a heading (so is "Chapter 3" over each chapter's title: the
+  title below it still is one); numbered titles that differ only in their numbers
+  ("Section 1.2", "Article 5") on many pages are titles, not one running line;
 - a bold line at about the body size that starts with a section number (``2.1 Methods``)
   is a heading too (report styles often set sub-sections so);
 - a short bold line at about the body size, mostly letters, set apart from the lines
@@ -87,6 +89,9 @@ _CONTACT = re.compile(r"https?://|\bwww\.|[\w.+-]+@[\w-]+\.\w")  # title-page li
 _LEADER = re.compile(r"\.{4,}|(?:\. ){3,}|…{2,}|_{4,}")
 _NUMBERED = re.compile(r"^(?:(\d{1,2}(?:\.\d{1,2}){0,4})\.?|([IVXLC]{1,6})\.)\s+(?=[^\W\d_])")
 _DIGITS = re.compile(r"\d+")
+SAME_Y = 2.0  # points: lines this close in height on their pages are at one place
+MANY_PAGES = 0.4  # of the pages: one text on this many, wherever it stands, is running
+FURNITURE_PAGES = 3  # a running line is taken out of the text when on this many pages
 
 
 def _gap(above: PdfLine, below: PdfLine) -> float | None:
@@ -174,27 +179,136 @@ def _edge_key(line: PdfLine) -> tuple[str, float]:
     return line.key, line.size
 
 
+def _same_place(ys: list[float]) -> bool:
+    """Whether most (two thirds) of the baselines ``ys`` lie within :data:`SAME_Y` points
+    of each other: a running header or footer is printed at one place on every page."""
+    known = sorted(ys)
+    best = start = 0
+    for end, y in enumerate(known):
+        while y - known[start] > SAME_Y:
+            start += 1
+        best = max(best, end - start + 1)
+    return best * 3 >= len(ys) * 2
+
+
+@dataclass
+class _Seen:
+    """Where the lines of one key were found."""
+
+    pages: set[int]
+    count: int = 0
+    at_edge: int = 0
+    ys: list[float] | None = None  # None once a line of the key has no known baseline
+
+
 def _running_lines(
-    candidates: list[list[PdfLine]], page_lines: list[int]
-) -> set[tuple[str, float]]:
-    """Keys of the candidate lines that are running headers or footers (see the module
-    docstring); ``page_lines`` is how many lines each page has."""
-    on_pages: dict[tuple[str, float], set[int]] = {}
-    at_edge: Counter[tuple[str, float]] = Counter()
-    seen: Counter[tuple[str, float]] = Counter()
+    candidates: list[list[PdfLine]],
+    page_lines: list[int],
+    *,
+    anywhere: bool = True,
+    others: list[list[PdfLine]] | None = None,
+) -> set[int]:
+    """The ids of the candidate lines that are running headers or footers (see the module
+    docstring); ``page_lines`` is how many lines each page has. Lines of ``others`` (all
+    away from the page's edges) count only as more lines of a candidate's key.
+
+    A key (a line's text and size) is running when its lines are on two pages or more,
+    mostly among the first or last two lines of their page and mostly at one height
+    there, or (with ``anywhere``, for the exact text only) on :data:`MANY_PAGES` of the
+    pages wherever they stand. Lines whose texts differ only in their numbers share a
+    key too ("Page 3 of 40", "Chapter 3" over each chapter's title), but for them only
+    the place counts: numbered titles ("Section 1.2", "Article 5", "Step 3") recur on
+    most pages of a long manual, rarely at one place at the page's edge, and are titles.
+    """
+    seen: dict[tuple[bool, str, float], _Seen] = {}
     for lines, count in zip(candidates, page_lines, strict=True):
         for line in lines:
-            key = _edge_key(line)
-            on_pages.setdefault(key, set()).add(line.page)
-            seen[key] += 1
-            if line.index < 2 or line.index >= count - 2:
-                at_edge[key] += 1
-    many = max(3, math.ceil(0.4 * len(page_lines)))
-    return {
+            masked, size = _edge_key(line)
+            exact = line.text.lower()
+            edge = line.index < 2 or line.index >= count - 2
+            keys = [(False, exact, size)]
+            if masked != exact:
+                keys.append((True, masked, size))
+            for key in keys:
+                got = seen.get(key)
+                if got is None:
+                    got = seen[key] = _Seen(set(), ys=[])
+                got.pages.add(line.page)
+                got.count += 1
+                got.at_edge += edge
+                if line.y is None:
+                    got.ys = None
+                elif got.ys is not None:
+                    got.ys.append(line.y)
+    for lines in others or ():
+        for line in lines:
+            exact = line.text.lower()
+            for key in ((False, exact, line.size), (True, *_edge_key(line))):
+                got = seen.get(key)
+                if got is not None and (key[0] is False or key[1] != exact):
+                    got.pages.add(line.page)
+                    got.count += 1
+    many = max(3, math.ceil(MANY_PAGES * len(page_lines)))
+    running = {
         key
-        for key, where in on_pages.items()
-        if len(where) >= 2 and (at_edge[key] * 3 >= seen[key] * 2 or len(where) >= many)
+        for key, got in seen.items()
+        if len(got.pages) >= 2
+        and (
+            (got.at_edge * 3 >= got.count * 2 and (got.ys is None or _same_place(got.ys)))
+            or (anywhere and not key[0] and len(got.pages) >= many)
+        )
     }
+    return {
+        id(line)
+        for lines in candidates
+        for line in lines
+        if (False, line.text.lower(), line.size) in running or (True, *_edge_key(line)) in running
+    }
+
+
+def page_furniture(pages: list[list[PdfLine]]) -> list[set[int]]:
+    """For each page, the indices of its lines that are its running headers and footers
+    (page numbers, the document's title, a browser's date and address): lines of one
+    text (numbers aside) and size among the first or last two lines of
+    :data:`FURNITURE_PAGES` pages or more (of two, in a document of two), at one height
+    there, that either repeat word for word or carry the page's number. They are the
+    page's furniture, not its text: kept in it, they were split into chunks of their own
+    and ran through the chunks of the text around them. "Chapter 3" over a chapter's
+    title at the top of its first page stays: it is neither; so does a page that is
+    nothing else (every page reads the same)."""
+    if len(pages) < 2:
+        return [set() for _ in pages]
+    edges = [[ln for ln in lines if ln.index < 2 or ln.index >= len(lines) - 2] for lines in pages]
+    within = [lines[2:-2] for lines in pages]
+    running = _running_lines(edges, [len(lines) for lines in pages], anywhere=False, others=within)
+    groups: dict[tuple[str, float], list[PdfLine]] = {}
+    for lines in edges:
+        for line in lines:
+            if id(line) in running:
+                groups.setdefault(_edge_key(line), []).append(line)
+    need = min(FURNITURE_PAGES, len(pages))
+    out: list[set[int]] = [set() for _ in pages]
+    for group in groups.values():
+        if len({line.page for line in group}) >= need and (
+            len({line.text for line in group}) < len(group) or _page_numbered(group)
+        ):
+            for line in group:
+                out[line.page - 1].add(line.index)
+    # furniture stands beside a page's text: a page all of such lines (every page the
+    # same) is its text
+    return [
+        drop if len(drop) < len(lines) else set() for drop, lines in zip(out, pages, strict=True)
+    ]
+
+
+def _page_numbered(lines: list[PdfLine]) -> bool:
+    """Whether most (two thirds) of ``lines`` carry a number that is their page's number
+    plus one offset ("Page 12 of 40", "- 12 -", "xii" aside): a page number."""
+    offsets: Counter[int] = Counter()
+    for line in lines:
+        numbers = {int(n) - line.page for n in _DIGITS.findall(line.text)[:4] if len(n) <= 6}
+        offsets.update(numbers)
+    return bool(offsets) and offsets.most_common(1)[0][1] * 3 >= len(lines) * 2
 
 
 @dataclass
@@ -208,7 +322,7 @@ class _Run:
 
 
 def _runs(
-    lines: list[PdfLine], is_large: Callable[[PdfLine], bool], running: set[tuple[str, float]]
+    lines: list[PdfLine], is_large: Callable[[PdfLine], bool], running: set[int]
 ) -> list[_Run]:
     """Adjacent lines of one large size and weight at a wrapped line's spacing (a gap
     over :data:`WRAP_GAP` times the size sets two titles in a row apart), split before a
@@ -217,7 +331,7 @@ def _runs(
     text."""
     out: list[_Run] = []
     for line in lines:
-        if not is_large(line) or _edge_key(line) in running:
+        if not is_large(line) or id(line) in running:
             if line.bold:  # maybe a numbered title at body size; other lines are text
                 out.append(_Run(line.page, [line]))
             continue
@@ -228,7 +342,7 @@ def _runs(
             and last.lines[-1].size == line.size
             and last.lines[-1].bold == line.bold
             and (_gap(last.lines[-1], line) or 0.0) <= WRAP_GAP * line.size
-            and _edge_key(last.lines[-1]) not in running
+            and id(last.lines[-1]) not in running
             and not (_numbered_depth(line.text) and _shaped(last, large=True))
         ):
             last.lines.append(line)
@@ -266,7 +380,7 @@ def find_headings(pages: list[list[PdfLine]]) -> dict[int, list[tuple[int, str]]
     in_prose: Counter[float] = Counter()  # ... and in runs that read like running text
     for run in runs:
         size = run.lines[0].size
-        if not is_large(run.lines[0]) or any(_edge_key(line) in running for line in run.lines):
+        if not is_large(run.lines[0]) or any(id(line) in running for line in run.lines):
             continue
         if _prose(run, large=True, following=_following(run, pages)):
             in_prose[size] += sum(line.chars for line in run.lines)
@@ -372,7 +486,7 @@ def _bold_alone(
     body: float,
     lead: float,
     is_large: Callable[[PdfLine], bool],
-    running: set[tuple[str, float]],
+    running: set[int],
 ) -> bool:
     """A single short bold line at about the body size, mostly letters, not ending like a
     sentence, with the space of a paragraph's break (:data:`APART` leadings) over it (or
@@ -387,7 +501,7 @@ def _bold_alone(
         or is_large(line)
         or len(line.text) > MAX_ALONE_CHARS
         or len(line.text.split()) > MAX_ALONE_WORDS
-        or _edge_key(line) in running
+        or id(line) in running
         or not _shaped(run)
     ):
         return False
@@ -407,7 +521,7 @@ def _bold_alone(
 
 
 def _bold_numbered(
-    run: _Run, body: float, is_large: Callable[[PdfLine], bool], running: set[tuple[str, float]]
+    run: _Run, body: float, is_large: Callable[[PdfLine], bool], running: set[int]
 ) -> bool:
     """A single bold line at about the body size opening with a section number."""
     line = run.lines[0]
@@ -418,6 +532,6 @@ def _bold_numbered(
         and not is_large(line)
         and _numbered_depth(line.text) > 0
         and len(line.text) <= MAX_LINE_CHARS
-        and _edge_key(line) not in running
+        and id(line) not in running
         and _shaped(run)
     )

@@ -179,6 +179,17 @@ def _font_style(font: Any) -> tuple[bool, bool]:
         return bold, mono  # a font dictionary this odd reads as what its name says
 
 
+def plain_lines(page: int, text: str) -> list[PdfLine]:
+    """The lines of a page's ``text`` with nothing known of how they are set (no size,
+    no place): what a PDF with an outline, whose titles come from its bookmarks, is read
+    with. Collecting its lines as they are drawn would cost more than its extraction."""
+    rows = (" ".join(row.split()) for row in text.split("\n"))
+    return [
+        PdfLine(page=page, index=i, text=row, size=0.0, bold=False, chars=len(row))
+        for i, row in enumerate(row for row in rows if row)
+    ]
+
+
 def page_collector(page: int) -> _Collector:
     """A ``visitor_text`` callback for ``page.extract_text``; call :meth:`end_line` after."""
     return _Collector(page)

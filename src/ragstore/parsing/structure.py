@@ -4,6 +4,7 @@ rather than offsets into one text (HTML, DOCX, PDF)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from ragstore.models import Block, ChunkType
@@ -78,6 +79,17 @@ class BlockBuilder:
                 metadata=metadata or {},
             )
         )
+
+    def extend_last(self, text: str) -> None:
+        """Make ``text`` the last block's text: it is that text carried on (a PDF's
+        paragraph running on to the next page), so its span grows where it stands."""
+        text = text.strip()
+        last = self.blocks[-1]
+        grown = len(text) - len(last.text)
+        self._chars += grown
+        check_text_size(self._chars)
+        self._pos += grown
+        self.blocks[-1] = replace(last, text=text, char_end=last.char_start + len(text))
 
 
 def pipe_table(rows: list[list[str]]) -> tuple[str, dict[str, Any]]:
