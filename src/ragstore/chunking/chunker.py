@@ -36,7 +36,7 @@ _TABLE_RULE = re.compile(r"^\s*(?:\|\s*)?:?-{3,}")
 _LINE_TYPES = {ChunkType.CODE, ChunkType.TABLE, ChunkType.LIST}
 CHARS_PER_TOKEN_CAP = 16  # no chunk is longer than this many characters per token of budget
 WINDOW_CHARS = 1 << 16  # prose is tokenized at most this many characters at a time
-CHUNKING_VERSION = 11  # in every document's content hash (document_hash): bump on any change
+CHUNKING_VERSION = 12  # in every document's content hash (document_hash): bump on any change
 
 
 class TokenCounter(Protocol):
