@@ -22,7 +22,9 @@ nothing to return, the best-known pgvector pitfall. Such a scan still reads deep
 selective filter, so a filter whose passing chunks the metadata indexes can count (pinned
 values, and ranges on indexed fields: search/filters.py, db/field_indexes.py) has them
 ranked exactly in both lists when at most :data:`EXACT_FILTER_CHUNKS` pass
-(:func:`_by_filter_size`).
+(:func:`_by_filter_size`). Any other filter's scan ends at pgvector's
+``hnsw.max_scan_tuples``; a list that comes back short of its depth is ranked exactly
+in the same statement (:func:`_vector_sql`).
 
 Round trips: the collection comes from the runtime's short-lived cache, the query vector
 from the embedder's query cache and goes as a binary parameter, and the HNSW session
@@ -989,11 +991,42 @@ def _vector_sql(
     # ORDER BY and ranked them as they came (10%-filtered at 100k chunks: 53 of 60 lists
     # out of order). Materialized, the rows carry no order and every consumer sorts them,
     # as pgvector's documentation advises.
-    return sql.SQL(
+    relaxed = sql.SQL(
         "WITH relaxed AS MATERIALIZED (SELECT e.chunk_id, e.embedding {op} %(q)b AS raw"
         " FROM {t} e JOIN chunks c ON c.id = e.chunk_id JOIN documents d ON d.id = c.document_id"
-        " WHERE {cond} ORDER BY {order} LIMIT {limit}) SELECT chunk_id, raw FROM relaxed"
+        " WHERE {cond} ORDER BY {order} LIMIT {limit})"
     ).format(op=op, t=sql.Identifier(coll.table), cond=condition, order=order, limit=limit)
+    if exact:
+        return relaxed + sql.SQL(" SELECT chunk_id, raw FROM relaxed")
+    # pgvector ends an iterative scan after hnsw.max_scan_tuples tuples (20,000 by
+    # default), so a filter that few chunks pass, far from the query, came back short: 2
+    # hits of k=10 at 30,000 chunks, 20 of them passing, with any ef_search. When the scan
+    # returns fewer rows than the list's depth, the filter's chunks are ranked exactly
+    # instead (the scan's rows are among them): a one-time filter on the scan's count
+    # picks one branch, so a list that fills runs nothing more (no second statement),
+    # and the exact one still ends at the search's timeout. A filter that fewer chunks
+    # than the depth pass takes the exact branch too, rightly: the scan's rows are then
+    # all of them or fewer. The exact branch filters first and measures the distances
+    # of the chunks that pass (``passing``), each read by its key: a scan that came back
+    # short says few do, and PostgreSQL, left to plan it, sorted every embedding of the
+    # collection by distance and walked them for passing ones (380 ms at 20,000 chunks,
+    # 100 passing), or hashed all of them (160 ms), where filtering first took 25 ms. (A
+    # chunk whose embedding is gone since has no distance: NULLS LAST, then dropped.)
+    passing = sql.SQL(
+        ", passing AS MATERIALIZED (SELECT c.id FROM chunks c JOIN documents d"
+        " ON d.id = c.document_id WHERE c.collection_id = %(cid)s AND {cond})"
+    ).format(cond=condition)
+    short = sql.SQL("(SELECT count(*) FROM relaxed) < %(n)s")
+    return (
+        relaxed
+        + passing
+        + sql.SQL(
+            " SELECT chunk_id, raw FROM relaxed WHERE NOT {short}"
+            " UNION ALL SELECT chunk_id, raw FROM (SELECT f.id AS chunk_id, (SELECT"
+            " e.embedding {op} %(q)b FROM {t} e WHERE e.chunk_id = f.id) AS raw FROM passing f"
+            " ORDER BY raw, f.id LIMIT %(n)s) x WHERE {short} AND raw IS NOT NULL"
+        ).format(short=short, op=op, t=sql.Identifier(coll.table))
+    )
 
 
 FIELD_INDEXES_CACHE_S = 1.0
