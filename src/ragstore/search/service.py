@@ -578,7 +578,7 @@ def _run(
         )
         if candidates is not None:
             scored = bm25.scored_list_sql(ftq, _among_candidates(compiled.condition), True)
-            ft_sql = _by_filter_size(candidates, scored, ft_sql)
+            ft_sql = _by_filter_size(candidates, scored, ft_sql, compiled.candidate_repeats)
         if (filtered or constrained) and bm25.uses_topk(ftq, p.exact):
             ftcond = condition
     if p.mode in ("vector", "hybrid"):
@@ -588,7 +588,9 @@ def _run(
             # (a filter by source or creation time alone: PostgreSQL already plans the few
             # files' chunks exactly, 1.3-2.9 ms at 100k, where the count and the gate cost
             # 5-7; a 1% created_at range 6.6 ms against 9.3)
-            vec_sql = _by_filter_size(candidates, _exact_vector_sql(coll, condition), vec_sql)
+            vec_sql = _by_filter_size(
+                candidates, _exact_vector_sql(coll, condition), vec_sql, compiled.candidate_repeats
+            )
     # the model reads the words searched for, not the excluded ones
     embedded = ftq.terms if ftq is not None and constrained else query
     if vec_sql is None and ft_sql is None:
@@ -1054,15 +1056,20 @@ def indexed_fields(rt: Runtime, where: Mapping[str, Any] | None) -> list[FieldIn
 
 
 def _by_filter_size(
-    candidates: sql.Composable, few: sql.Composable, many: sql.Composable
+    candidates: sql.Composable, few: sql.Composable, many: sql.Composable, repeats: int = 1
 ) -> sql.Composable:
     """One list statement that runs ``few`` (over the ``candidates`` table) when the
-    filter's candidates number at most :data:`EXACT_FILTER_CHUNKS`, else ``many``.
+    filter's candidates number at most :data:`EXACT_FILTER_CHUNKS` chunks, else ``many``.
 
-    The candidates are read once, at most one more than the bound (``UNION ALL`` and
-    ``LIMIT``: a broad filter stops early), and the choice is a one-time filter: only
-    one branch runs."""
-    small = sql.SQL("(SELECT count(*) FROM candidates) <= {}").format(
+    The candidates are read once, at most ``repeats`` times the bound and one row more
+    (``UNION ALL`` and ``LIMIT``: a broad filter stops early), and the choice is a
+    one-time filter: only one branch runs. A chunk can come ``repeats`` times (once a
+    branch of the candidate statement, :attr:`CompiledFilter.candidate_repeats`), so the
+    bound is on distinct chunks: counted as rows, a filter on metadata that add_texts
+    stores on both the chunk and its document counted each chunk twice, and one of
+    1,001-2,000 chunks was read from the index instead of ranked exactly. Read that far,
+    the rows hold more than the bound's chunks or all of them."""
+    small = sql.SQL("(SELECT count(DISTINCT id) FROM candidates) <= {}").format(
         sql.Literal(EXACT_FILTER_CHUNKS)
     )
     return sql.SQL(
@@ -1071,7 +1078,7 @@ def _by_filter_size(
         " UNION ALL SELECT chunk_id, raw FROM ({many}) b WHERE NOT {small}"
     ).format(
         c=candidates,
-        over=sql.Literal(EXACT_FILTER_CHUNKS + 1),
+        over=sql.Literal(repeats * EXACT_FILTER_CHUNKS + 1),
         few=few,
         many=many,
         small=small,
