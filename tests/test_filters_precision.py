@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from psycopg import sql
 
 from ragstore import Store
 from ragstore.config import Settings
-from ragstore.search import compile_filter
+from ragstore.search import compile_filter, service
 
 X = 1717171717.1234567  # 17 significant digits: float8 -> numeric keeps 1717171717.12346
 Y = 1717171717.1234599
@@ -93,3 +94,25 @@ def test_delete_where_deletes_by_the_exact_bound(settings: Settings) -> None:
         s.add_texts("precision-delete", ["one", "two"], [{"ts": X}, {"ts": Y}], ids=["x", "y"])
         assert s.delete_texts_where("precision-delete", where={"ts": {"$gt": X}}) == ["y"]
         assert s.text_ids("precision-delete") == ["x"]
+
+
+@pytest.mark.parametrize(("bound", "path"), [(2, "few"), (1, "many")])
+def test_a_chunk_found_twice_counts_once_against_the_exact_bound(
+    store: Store, monkeypatch: pytest.MonkeyPatch, bound: int, path: str
+) -> None:
+    """add_texts stores the metadata on the chunk and on its document, so a pinned value
+    finds each chunk through both candidate branches: 2 chunks came as 4 rows, and a
+    bound of 2 chunks sent the lists through the index instead of ranking them exactly."""
+    compiled = compile_filter({"ts": {"$in": [X, Y]}})
+    assert compiled.candidates is not None and compiled.candidate_repeats == 2
+    monkeypatch.setattr(service, "EXACT_FILTER_CHUNKS", bound)
+    stmt = service._by_filter_size(
+        compiled.candidates,
+        sql.SQL("SELECT 0::bigint AS chunk_id, 'few' AS raw"),
+        sql.SQL("SELECT 0::bigint AS chunk_id, 'many' AS raw"),
+        compiled.candidate_repeats,
+    )
+    rt = store.runtime
+    with rt.db.connection() as conn:
+        rows = conn.execute(stmt, {**compiled.params, "cid": rt.collection(COLL).id}).fetchall()
+    assert rows == [(0, path)]

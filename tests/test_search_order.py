@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ragstore.config import Settings
 from ragstore.db import documents, spaces
 from ragstore.models import Chunk, ChunkType
 from ragstore.runtime import Runtime
@@ -23,6 +24,8 @@ from tests.search_helpers import make_collection
 
 COLL = "order"
 DOCS, PER_DOC = 200, 100
+RARE = 123  # the document whose chunks the selective filters keep
+FAR_QUERY: list[float] = []  # a vector far from that document's (set by the fixture)
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +50,13 @@ def ordered(rt: Runtime) -> Runtime:
             )
             for i in range(PER_DOC)
         ]
+        # one document of the 200 is rare: only its chunks have "rare", or a tag but "c"
+        meta: dict[str, Any] = {"bucket": d % 10, "tag": "c"}
+        if d == RARE:
+            meta.update(rare=1, tag="r")
+            rare_vectors = vectors
         record = documents.DocumentRecord(
-            f"d{d:03}.md", None, "text", f"{d:064x}", 10 * PER_DOC, {"bucket": d % 10}
+            f"d{d:03}.md", None, "text", f"{d:064x}", 10 * PER_DOC, meta
         )
         writes.append(documents.DocumentWrite(record, chunks, vectors))
     with rt.db.connection() as conn:  # a bulk load, as a large first ingest writes it
@@ -60,6 +68,9 @@ def ordered(rt: Runtime) -> Runtime:
     with rt.db.connection() as conn:
         conn.execute("ANALYZE chunks")
         conn.execute("ANALYZE documents")
+    # a query far from the rare chunks: an index scan meets them last
+    far = -rare_vectors.mean(axis=0)
+    FAR_QUERY[:] = (far / np.linalg.norm(far)).tolist()
     return rt
 
 
@@ -93,3 +104,47 @@ def test_filtered_vector_hits_come_in_score_order(
         assert len(hits) == 100
         assert all(h.source != "d000.md" for h in hits)  # bucket 0 is filtered out
         assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize(
+    "where",
+    [{"rare": {"$exists": True}}, {"tag": {"$ne": "c"}}, {"$not": {"tag": "c"}}],
+    ids=["exists", "ne", "not"],
+)
+def test_a_selective_filter_fills_k_when_the_index_scan_stops_short(
+    ordered: Runtime, settings: Settings, database_url: str, where: dict[str, Any]
+) -> None:
+    """A filter no metadata index can count (``$exists``, ``$ne``, ``$not``) runs as an
+    HNSW iterative scan, which pgvector ends after ``hnsw.max_scan_tuples`` tuples (20,000
+    by default; 100 here, for this server's sessions, so that 20,000 chunks show it): 100
+    chunks of the 20,000 pass, far from the query, and the scan came back with 7 of its 50
+    (a hybrid search's vector list as short). The list is then ranked exactly: k hits, the
+    nearest of the rare chunks."""
+    options = "options=-c%20hnsw.max_scan_tuples%3D100"
+    url = database_url + ("&" if "?" in database_url else "?") + options
+    rt = Runtime(Settings(database_url=url, data_dir=settings.data_dir, profile="test"))
+    try:
+        hits = search(
+            rt,
+            "note",
+            collection=COLL,
+            mode="vector",
+            vector=FAR_QUERY,
+            k=10,
+            where=where,
+        )
+        exact = search(
+            rt,
+            "note",
+            collection=COLL,
+            mode="vector",
+            vector=FAR_QUERY,
+            k=10,
+            where=where,
+            exact=True,
+        )
+    finally:
+        rt.close()
+    assert len(hits) == 10
+    assert {h.source for h in hits} == {f"d{RARE:03}.md"}
+    assert [h.chunk_id for h in hits] == [h.chunk_id for h in exact]

@@ -203,3 +203,49 @@ def test_a_hit_ranked_below_k_in_its_list_comes_back_with_all_its_fields(
             )
             below_k += at[h.chunk_id] >= k and h.section_id is None
     assert below_k, "some lone chunk ranked below k was a hit"
+
+
+FERRY = "\n\n".join(
+    [
+        "# Ferry timetable",
+        "Ferries leave the harbour every hour. " + GARDEN * 3,
+        "## Winter sailings",  # paragraphs long enough to be chunks of their own
+        "In winter the harbour closes at dusk. " + FILLER * 3,
+        "Storms can keep the harbour shut for days. " + FILLER * 3,
+        "## Summer sailings",
+        "Summer evenings are long, and the last boat leaves at ten. " + FILLER,
+    ]
+)
+
+
+def test_hits_in_nested_sections_send_each_chunk_once(
+    rt: Runtime, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Hits under ``# Ferry timetable`` and in its ``## Winter sailings``: the parent's
+    section holds the subsection, and each hit in the subsection came back with it again.
+    Parent first, the subsection's hits are merged into it; subsection first, the parent
+    keeps its rank and comes back without the subsection's chunks."""
+    root = tmp_path_factory.mktemp("nested")
+    (root / "ferry.md").write_text(FERRY)
+    assert not ingest_paths(rt, [root], "sections-nested").failed
+    hits = run(rt, "harbour", "sections-nested", SearchParams(k=5, mode="fulltext", sections=False))
+    parent = [h for h in hits if h.section_path == ["Ferry timetable"]]
+    inner = [h for h in hits if h.section_path == ["Ferry timetable", "Winter sailings"]]
+    assert len(parent) == 1 and len(inner) == 2
+    winter = with_context(rt, inner[:1], "section")[0].context
+    assert winter[0].text == "Winter sailings"
+
+    [whole] = with_context(rt, parent + inner, "section")
+    assert whole.chunk_id == parent[0].chunk_id
+    assert whole.merged_hits == [h.chunk_id for h in inner]
+    assert {c.chunk_id for c in winter} < {c.chunk_id for c in whole.context}
+    assert {c.chunk_id for c in whole.context if c.is_hit} == {h.chunk_id for h in hits}
+
+    first, rest = with_context(rt, inner + parent, "section")
+    assert (first.chunk_id, first.merged_hits) == (inner[0].chunk_id, [inner[1].chunk_id])
+    assert [c.chunk_id for c in first.context] == [c.chunk_id for c in winter]
+    assert rest.chunk_id == parent[0].chunk_id and rest.merged_hits == []
+    sent = [c.chunk_id for c in first.context + rest.context]
+    assert len(sent) == len(set(sent)) == len(whole.context), "no chunk twice, none lost"
+    assert [c.text for c in rest.context][:1] == ["Ferry timetable"]
+    assert "Summer sailings" in [c.text for c in rest.context]

@@ -4,9 +4,13 @@
 ``--context section`` gives each hit its section: the parent heading and every chunk up
 to the next heading of the same or a higher level (subsections included, at most
 ``MAX_SECTION_CHUNKS``). Hits that share a section are merged into the best-scored one,
-so a section is returned once. A hit outside any section (no heading above it) gets the
-chunks around it, kept to its page for PDFs; one among the chunks a better such hit gets
-is merged into it, and none of those chunks comes back twice.
+so a section is returned once, and no chunk comes back twice in one answer: a hit inside
+a better hit's section (a subsection of it) is merged into that hit, and a hit whose
+section encloses a better hit's (its parent section) gets its section without the chunks
+already sent, so each hit keeps its rank and the better hit its own entry. A hit outside
+any section (no heading above it) gets the chunks around it, kept to its page for PDFs;
+one among the chunks a better such hit gets is merged into it, and none of those chunks
+comes back twice.
 
 The context is read after the search, in statements of its own: a document replaced or
 deleted in between must not lend a hit of its old version the chunks of the new one (or
@@ -179,8 +183,9 @@ def with_context(
     mode: ContextMode,
     search_again: Callable[[], Sequence[Hit]] | None = None,
 ) -> list[HitWithContext]:
-    """``hits`` with their context attached; in section mode, hits sharing a section are
-    merged into the first (best) of them, so the list may get shorter.
+    """``hits`` with their context attached; in section mode, hits sharing a section (or
+    in a subsection of a better hit's) are merged into the first (best) of them, so the
+    list may get shorter, and no chunk is in two hits' contexts.
 
     The context is read after the search, and a document may be replaced or deleted in
     between: its hits would have carried the new version's chunks around an old chunk (the
@@ -244,20 +249,27 @@ def _sections(rt: Runtime, hits: list[Hit]) -> tuple[list[HitWithContext], bool]
     owners = sorted(members)
     # checked again here: the document may have been replaced since the parents were read
     sections = _ranges(rt, [keys[i] for i in owners], [live[i].chunk_id for i in owners])
-    out = []
+    out: list[HitWithContext] = []
+    sent: dict[int, HitWithContext] = {}  # chunk id -> the entry whose context holds it
     for i, chunks in zip(owners, sections, strict=True):
         if chunks is None:
             continue
         group = members[i]
-        ids = {h.chunk_id for h in group}
-        out.append(
-            _extend(
-                live[i],
-                context=_mark(chunks, ids),
-                context_mode="section",
-                merged_hits=[h.chunk_id for h in group[1:]],
-            )
+        ids = [h.chunk_id for h in group]
+        earlier = sent.get(live[i].chunk_id)
+        if earlier is not None:  # a subsection of a better hit's section: already sent
+            earlier.merged_hits.extend(ids)
+            _mark(earlier.context, {earlier.chunk_id, *earlier.merged_hits})
+            continue
+        entry = _extend(
+            live[i],
+            # an enclosing section of a better hit's: its chunks are not sent again
+            context=_mark([c for c in chunks if c.chunk_id not in sent], set(ids)),
+            context_mode="section",
+            merged_hits=ids[1:],
         )
+        sent.update((c.chunk_id, entry) for c in entry.context)
+        out.append(entry)
     return out, len(live) < len(hits) or any(s is None for s in sections)
 
 

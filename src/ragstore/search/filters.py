@@ -142,6 +142,10 @@ class CompiledFilter:
     # planner already ranks a vector list over them well (the columns have statistics
     # and indexes), so only the full-text list needs them
     by_document: bool = False
+    # the most times one chunk can come in ``candidates``: once a UNION ALL branch (a
+    # bare path's chunk and document branches both find a chunk of add_texts, which
+    # stores its metadata on both)
+    candidate_repeats: int = 1
 
 
 def compile_filter(
@@ -165,9 +169,11 @@ def compile_filter(
     compiler = _Compiler(prefix)
     condition = compiler.compile_object(spec, "", 0)
     probes = _probes(spec, frozenset(indexed))
-    candidates = None if probes is None else _candidates_sql(compiler, probes)
-    by_document = probes is not None and all(s in _DOCUMENT_COLUMNS for s, _ in probes)
-    return CompiledFilter(condition, compiler.params, candidates, by_document)
+    if probes is None:
+        return CompiledFilter(condition, compiler.params)
+    candidates, repeats = _candidates_sql(compiler, probes)
+    by_document = all(s in _DOCUMENT_COLUMNS for s, _ in probes)
+    return CompiledFilter(condition, compiler.params, candidates, by_document, repeats)
 
 
 _DOCUMENT_COLUMNS = ("source", "range-source", "range-created")
@@ -328,11 +334,13 @@ def _nested(keys: list[str], value: Any) -> dict[str, Any]:
     return {keys[0]: value}
 
 
-def _candidates_sql(compiler: _Compiler, probes: list[Probe]) -> sql.Composable:
-    """The chunk ids the probes find (a chunk may come twice): one index scan of the
-    chunks' metadata, one of the documents' and one of their sources at most, each for
-    all its values (``@> ANY``: a bitmap scan per object, OR-ed), and for each range the
-    chunks with their own value in it and the chunks of the documents with theirs."""
+def _candidates_sql(compiler: _Compiler, probes: list[Probe]) -> tuple[sql.Composable, int]:
+    """The chunk ids the probes find, and the most times one can come (once a branch):
+    one index scan of the chunks' metadata, one of the documents' and one of their
+    sources at most, each for all its values (``@> ANY``: a bitmap scan per object,
+    OR-ed), and for each range the chunks with their own value in it and the chunks of
+    the documents with theirs. (Not a ``UNION``: its de-duplication reads every row
+    before the first, and a broad filter's count stops at its bound.)"""
     branches: list[sql.Composable] = []
     for scope, probe in [p for p in probes if p[0].startswith("range-")]:
         if scope == "range-source":
@@ -379,8 +387,8 @@ def _candidates_sql(compiler: _Compiler, probes: list[Probe]) -> sql.Composable:
             )
         )
     if not branches:  # an empty $in: nothing passes
-        return sql.SQL("SELECT NULL::bigint AS id WHERE FALSE")
-    return sql.SQL(" UNION ALL ").join(branches)
+        return sql.SQL("SELECT NULL::bigint AS id WHERE FALSE"), 1
+    return sql.SQL(" UNION ALL ").join(branches), len(branches)
 
 
 def _between(

@@ -22,7 +22,9 @@ nothing to return, the best-known pgvector pitfall. Such a scan still reads deep
 selective filter, so a filter whose passing chunks the metadata indexes can count (pinned
 values, and ranges on indexed fields: search/filters.py, db/field_indexes.py) has them
 ranked exactly in both lists when at most :data:`EXACT_FILTER_CHUNKS` pass
-(:func:`_by_filter_size`).
+(:func:`_by_filter_size`). Any other filter's scan ends at pgvector's
+``hnsw.max_scan_tuples``; a list that comes back short of its depth is ranked exactly
+in the same statement (:func:`_vector_sql`).
 
 Round trips: the collection comes from the runtime's short-lived cache, the query vector
 from the embedder's query cache and goes as a binary parameter, and the HNSW session
@@ -576,7 +578,7 @@ def _run(
         )
         if candidates is not None:
             scored = bm25.scored_list_sql(ftq, _among_candidates(compiled.condition), True)
-            ft_sql = _by_filter_size(candidates, scored, ft_sql)
+            ft_sql = _by_filter_size(candidates, scored, ft_sql, compiled.candidate_repeats)
         if (filtered or constrained) and bm25.uses_topk(ftq, p.exact):
             ftcond = condition
     if p.mode in ("vector", "hybrid"):
@@ -586,7 +588,9 @@ def _run(
             # (a filter by source or creation time alone: PostgreSQL already plans the few
             # files' chunks exactly, 1.3-2.9 ms at 100k, where the count and the gate cost
             # 5-7; a 1% created_at range 6.6 ms against 9.3)
-            vec_sql = _by_filter_size(candidates, _exact_vector_sql(coll, condition), vec_sql)
+            vec_sql = _by_filter_size(
+                candidates, _exact_vector_sql(coll, condition), vec_sql, compiled.candidate_repeats
+            )
     # the model reads the words searched for, not the excluded ones
     embedded = ftq.terms if ftq is not None and constrained else query
     if vec_sql is None and ft_sql is None:
@@ -989,11 +993,42 @@ def _vector_sql(
     # ORDER BY and ranked them as they came (10%-filtered at 100k chunks: 53 of 60 lists
     # out of order). Materialized, the rows carry no order and every consumer sorts them,
     # as pgvector's documentation advises.
-    return sql.SQL(
+    relaxed = sql.SQL(
         "WITH relaxed AS MATERIALIZED (SELECT e.chunk_id, e.embedding {op} %(q)b AS raw"
         " FROM {t} e JOIN chunks c ON c.id = e.chunk_id JOIN documents d ON d.id = c.document_id"
-        " WHERE {cond} ORDER BY {order} LIMIT {limit}) SELECT chunk_id, raw FROM relaxed"
+        " WHERE {cond} ORDER BY {order} LIMIT {limit})"
     ).format(op=op, t=sql.Identifier(coll.table), cond=condition, order=order, limit=limit)
+    if exact:
+        return relaxed + sql.SQL(" SELECT chunk_id, raw FROM relaxed")
+    # pgvector ends an iterative scan after hnsw.max_scan_tuples tuples (20,000 by
+    # default), so a filter that few chunks pass, far from the query, came back short: 2
+    # hits of k=10 at 30,000 chunks, 20 of them passing, with any ef_search. When the scan
+    # returns fewer rows than the list's depth, the filter's chunks are ranked exactly
+    # instead (the scan's rows are among them): a one-time filter on the scan's count
+    # picks one branch, so a list that fills runs nothing more (no second statement),
+    # and the exact one still ends at the search's timeout. A filter that fewer chunks
+    # than the depth pass takes the exact branch too, rightly: the scan's rows are then
+    # all of them or fewer. The exact branch filters first and measures the distances
+    # of the chunks that pass (``passing``), each read by its key: a scan that came back
+    # short says few do, and PostgreSQL, left to plan it, sorted every embedding of the
+    # collection by distance and walked them for passing ones (380 ms at 20,000 chunks,
+    # 100 passing), or hashed all of them (160 ms), where filtering first took 25 ms. (A
+    # chunk whose embedding is gone since has no distance: NULLS LAST, then dropped.)
+    passing = sql.SQL(
+        ", passing AS MATERIALIZED (SELECT c.id FROM chunks c JOIN documents d"
+        " ON d.id = c.document_id WHERE c.collection_id = %(cid)s AND {cond})"
+    ).format(cond=condition)
+    short = sql.SQL("(SELECT count(*) FROM relaxed) < %(n)s")
+    return (
+        relaxed
+        + passing
+        + sql.SQL(
+            " SELECT chunk_id, raw FROM relaxed WHERE NOT {short}"
+            " UNION ALL SELECT chunk_id, raw FROM (SELECT f.id AS chunk_id, (SELECT"
+            " e.embedding {op} %(q)b FROM {t} e WHERE e.chunk_id = f.id) AS raw FROM passing f"
+            " ORDER BY raw, f.id LIMIT %(n)s) x WHERE {short} AND raw IS NOT NULL"
+        ).format(short=short, op=op, t=sql.Identifier(coll.table))
+    )
 
 
 FIELD_INDEXES_CACHE_S = 1.0
@@ -1021,15 +1056,20 @@ def indexed_fields(rt: Runtime, where: Mapping[str, Any] | None) -> list[FieldIn
 
 
 def _by_filter_size(
-    candidates: sql.Composable, few: sql.Composable, many: sql.Composable
+    candidates: sql.Composable, few: sql.Composable, many: sql.Composable, repeats: int = 1
 ) -> sql.Composable:
     """One list statement that runs ``few`` (over the ``candidates`` table) when the
-    filter's candidates number at most :data:`EXACT_FILTER_CHUNKS`, else ``many``.
+    filter's candidates number at most :data:`EXACT_FILTER_CHUNKS` chunks, else ``many``.
 
-    The candidates are read once, at most one more than the bound (``UNION ALL`` and
-    ``LIMIT``: a broad filter stops early), and the choice is a one-time filter: only
-    one branch runs."""
-    small = sql.SQL("(SELECT count(*) FROM candidates) <= {}").format(
+    The candidates are read once, at most ``repeats`` times the bound and one row more
+    (``UNION ALL`` and ``LIMIT``: a broad filter stops early), and the choice is a
+    one-time filter: only one branch runs. A chunk can come ``repeats`` times (once a
+    branch of the candidate statement, :attr:`CompiledFilter.candidate_repeats`), so the
+    bound is on distinct chunks: counted as rows, a filter on metadata that add_texts
+    stores on both the chunk and its document counted each chunk twice, and one of
+    1,001-2,000 chunks was read from the index instead of ranked exactly. Read that far,
+    the rows hold more than the bound's chunks or all of them."""
+    small = sql.SQL("(SELECT count(DISTINCT id) FROM candidates) <= {}").format(
         sql.Literal(EXACT_FILTER_CHUNKS)
     )
     return sql.SQL(
@@ -1038,7 +1078,7 @@ def _by_filter_size(
         " UNION ALL SELECT chunk_id, raw FROM ({many}) b WHERE NOT {small}"
     ).format(
         c=candidates,
-        over=sql.Literal(EXACT_FILTER_CHUNKS + 1),
+        over=sql.Literal(repeats * EXACT_FILTER_CHUNKS + 1),
         few=few,
         many=many,
         small=small,
