@@ -241,6 +241,34 @@ def candidates_plan(rt: Runtime, compiled: CompiledFilter, *, without: str = "")
     return "\n".join(r[0] for r in rows)
 
 
+def test_the_plan_says_a_bound_vector_list_short_of_its_depth_is_ranked_exactly(
+    docs: Runtime,
+) -> None:
+    """A vector list a filter or the query's phrases bind comes back, when pgvector's
+    index scan stops short of its depth (``hnsw.max_scan_tuples``), ranked exactly in the
+    same statement (service._vector_sql; test_search_order.py shows it). ``explain``'s
+    plan said only ``filter_exact_at_most``, which a filter no metadata index counts
+    (``$exists``) never gets: the plan now says ``exact_when_short`` of such a list, and
+    of no list an unbound scan or BM25 ranks."""
+
+    def vector_list(query: str, **kw: Any) -> dict[str, Any]:
+        plan = search_plan(docs, query, COLL, **kw)
+        assert all("exact_when_short" not in x for x in plan["lists"] if x["list"] != "vector")
+        return next(x for x in plan["lists"] if x["list"] == "vector")
+
+    for where in ({"team": {"$exists": True}}, {"team": "infra"}, {"page": 1}):
+        assert vector_list("report", mode="vector", where=where)["exact_when_short"] is True
+        assert vector_list("report", where=where)["exact_when_short"] is True
+    assert vector_list('report -"tape"')["exact_when_short"] is True  # hybrid: bound too
+    assert vector_list('"search report"')["exact_when_short"] is True
+    assert "exact_when_short" not in vector_list("report", mode="vector")
+    assert "exact_when_short" not in vector_list("report")
+    assert "exact_when_short" not in vector_list("report -tape", mode="vector")  # words alone
+    plan = search_plan(docs, "report", COLL, mode="fulltext", where={"team": "infra"})
+    assert [x["list"] for x in plan["lists"]] == ["fulltext"]
+    assert "exact_when_short" not in plan["lists"][0]
+
+
 def test_a_source_range_reads_the_source_index(docs: Runtime) -> None:
     """A range of sources (a folder's files) is found through the unique
     ``(collection_id, source)`` index."""

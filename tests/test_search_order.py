@@ -20,6 +20,7 @@ from ragstore.db import documents, spaces
 from ragstore.models import Chunk, ChunkType
 from ragstore.runtime import Runtime
 from ragstore.search import search, service
+from ragstore.search.plan import search_plan
 from tests.search_helpers import make_collection
 
 COLL = "order"
@@ -143,8 +144,10 @@ def test_a_selective_filter_fills_k_when_the_index_scan_stops_short(
             where=where,
             exact=True,
         )
+        plan = search_plan(rt, "note", COLL, k=10, mode="vector", where=where)
     finally:
         rt.close()
+    assert plan["lists"][0]["exact_when_short"] is True  # explain says so
     assert len(hits) == 10
     assert {h.source for h in hits} == {f"d{RARE:03}.md"}
     assert [h.chunk_id for h in hits] == [h.chunk_id for h in exact]

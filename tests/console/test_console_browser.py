@@ -941,7 +941,9 @@ def test_a_key_refused_during_an_upload_keeps_its_outcomes_on_the_page(
 ) -> None:
     """The key is revoked after the first file of three: the console went to the login
     page at the 401, and the user never saw which files were stored and which were not.
-    The page now stays: the first stored, the second refused, the third not sent."""
+    The page now stays: the first stored, the second refused, the third not sent. Its
+    "Sign in again", and the sign-in a refused key sends a page without uploads to, come
+    back to the page (both went to the bare login page, then the collections)."""
     auth = {"Authorization": f"Bearer {server.admin_key}"}
     assert httpx.post(
         f"{server.url}/v1/collections", json={"name": "revoked"}, headers=auth
@@ -980,8 +982,18 @@ def test_a_key_refused_during_an_upload_keeps_its_outcomes_on_the_page(
     stored = httpx.get(f"{server.url}/v1/collections/revoked/documents", headers=auth).json()
     assert [d["name"] for d in stored["data"]] == ["a.md"]
     assert len(sent) == 2  # c.md was not sent
+    # signing in again goes back to the page (it went to the collections)
     page.click("#sign-in-again")
-    expect(page).to_have_url(f"{server.url}/ui/login")
+    expect(page).to_have_url(f"{server.url}/ui/login?next=%2Fui%2Fcollections%2Frevoked")
+    again = keys.create("write", name="signed-in-again")
+    page.fill("#api-key", again.secret)
+    page.click("#sign-in")
+    expect(page).to_have_url(f"{server.url}/ui/collections/revoked")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    # with no uploads on the page a refused key goes to sign in at once, and back here
+    keys.revoke(again.key.key_id)
+    page.reload()
+    expect(page).to_have_url(f"{server.url}/ui/login?next=%2Fui%2Fcollections%2Frevoked")
 
 
 def test_a_delete_s_error_is_shown_even_once_its_dialog_is_closed(

@@ -279,7 +279,7 @@ def test_over_http_without_a_key_a_proxied_client_of_another_machine_is_refused(
             assert answer.status_code == 403, (forwarded, answer.text)
             assert answer.headers["content-type"].startswith("application/problem+json")
             assert answer.json()["code"] == "forbidden"
-            assert "--api-key" in answer.json()["detail"]
+            assert "RAGSTORE_API_KEY (or --api-key)" in answer.json()["detail"]
         local = {**accept, **host, "X-Forwarded-For": "127.0.0.1"}
         assert httpx.post(url, json=HELLO, headers=local, timeout=30).status_code == 200
 
@@ -321,7 +321,8 @@ def test_over_http_without_a_key_a_unix_socket_is_refused(handbook: Store, tmp_p
         assert answer.headers["content-type"].startswith("application/problem+json")
         problem = answer.json()
         assert problem["code"] == "forbidden"
-        assert "Unix socket" in problem["detail"] and "--api-key" in problem["detail"]
+        assert "Unix socket" in problem["detail"]
+        assert "RAGSTORE_API_KEY (or --api-key)" in problem["detail"]
     secret = KeyStore(handbook.runtime.db).create("read", name="mcp-uds").secret
     with _serving_uds(_served(handbook, secret), path) as client:
         assert client.post(url, json=HELLO, headers=accept).status_code == 401
@@ -437,6 +438,7 @@ def test_ragstore_mcp_on_loopback_spelled_otherwise_serves_only_this_machines_pa
             assert answer.status_code == 403, (foreign, answer.text)
             assert answer.json()["code"] == "forbidden"
             assert "evil.example" in answer.json()["detail"]
+            assert "RAGSTORE_API_KEY (or --api-key)" in answer.json()["detail"]
         assert httpx.post(url, json=HELLO, headers=accept, timeout=30).status_code == 200
     finally:
         served.terminate()
@@ -718,7 +720,7 @@ async def test_a_tool_the_server_does_not_offer_names_those_it_does(handbook: St
             )
         )
         assert text.startswith("error[forbidden]: add_document is offered only when the MCP")
-        assert "write-scoped API key (ragstore mcp --api-key, RAGSTORE_API_KEY)" in text
+        assert "write-scoped API key (RAGSTORE_API_KEY, or ragstore mcp --api-key)" in text
     assert "mcp-no-key" not in {c["name"] for c in handbook.list_collections()}
 
 

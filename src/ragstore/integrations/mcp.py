@@ -9,7 +9,7 @@ agents spawn) or streamable HTTP. Tools:
 - ``list_collections``;
 - ``get_document``: a document's record and text; ``get_section``: one section of it;
 - ``add_document``: only when the server was started with a write-scoped API key
-  (``--api-key`` / ``RAGSTORE_API_KEY``); otherwise the tool is not offered at all.
+  (``RAGSTORE_API_KEY``, or ``--api-key``); otherwise the tool is not offered at all.
 
 With a key, every tool call is checked against its scope and collection, as the HTTP API
 does. Over HTTP (:func:`http_app`) the key is also the server's password: every request must
@@ -303,7 +303,7 @@ class _Server(MCPServer):
             if name == "add_document":
                 told = PermissionDeniedError(
                     "add_document is offered only when the MCP server was started with a "
-                    "write-scoped API key (ragstore mcp --api-key, RAGSTORE_API_KEY)"
+                    "write-scoped API key (RAGSTORE_API_KEY, or ragstore mcp --api-key)"
                 )
             raise ToolError(f"error[{told.code}]: {told.message}")
         return await super().call_tool(name, arguments, context)
@@ -530,7 +530,7 @@ class LocalOnly:
                     "(uvicorn's --uds makes one every user of this machine can open): serve "
                     "MCP without a key on a socket with `ragstore mcp --transport http "
                     "--host unix:PATH`, which makes it owner-only, or start it with "
-                    "--api-key (RAGSTORE_API_KEY), which every request must then present"
+                    "RAGSTORE_API_KEY (or --api-key), which every request must then present"
                 ),
             )
             return
@@ -545,14 +545,14 @@ class LocalOnly:
             exc = PermissionDeniedError(
                 f"{party} is not this machine: an MCP server started without a key answers "
                 "only clients on this machine, and no proxy may forward others to it; start "
-                "it with --api-key (RAGSTORE_API_KEY) to serve others"
+                "it with RAGSTORE_API_KEY (or --api-key) to serve others"
             )
         else:
             exc = PermissionDeniedError(
                 f"{party} is not this machine: an MCP server started without a key answers "
                 "only requests to and from localhost, 127.0.0.1 or [::1] (a guard against "
-                "other sites' pages); use one of those names, or start it with --api-key "
-                "(RAGSTORE_API_KEY) to serve others"
+                "other sites' pages); use one of those names, or start it with "
+                "RAGSTORE_API_KEY (or --api-key) to serve others"
             )
         await send_problem(scope, send, exc)
 

@@ -1,9 +1,11 @@
 """How a search will run, as data: which candidate lists, how deep, how they are fused.
 
 ``explain`` answers this beside the hits so an operator can see why a chunk ranks where
-it does: the vector list (space table, metric, HNSW ``ef_search``), the full-text list
-(text-search configuration, BM25 ``k1``/``b``, the parsed query) and the reciprocal-rank
-fusion that merges them. It mirrors :func:`ragstore.search.service.run` and reads the
+it does: the vector list (space table, metric, HNSW ``ef_search``, and
+``exact_when_short`` when a filter or the query's phrases bind it: such a list that comes
+back short of its depth is ranked exactly), the full-text list (text-search
+configuration, BM25 ``k1``/``b``, the parsed query) and the reciprocal-rank fusion that
+merges them. It mirrors :func:`ragstore.search.service.run` and reads the
 same :class:`~ragstore.search.service.SearchParams`, so the plan and the search cannot
 disagree on the parameters.
 """
@@ -64,10 +66,17 @@ def search_plan(
             "index": "hnsw",
             "ef_search": p.ef_search or max(rt.settings.hnsw_ef_search, min(p.depth, 1000)),
         }
+        constrained = False
         if ftq is not None and (ftq.required or ftq.excluded):
+            constrained = True
             # hybrid: the phrases and exclusions bind this list too; the model reads the
             # words searched for (service._syntax_condition)
             vector.update(embedded=ftq.terms, required=ftq.required, excluded=ftq.excluded)
+        if where or constrained:
+            # a filtered index scan ends at hnsw.max_scan_tuples: a list that comes back
+            # short of its depth is ranked exactly over the chunks that pass, in the same
+            # statement (service._vector_sql)
+            vector["exact_when_short"] = True
         lists.append(vector)
     if ftq is not None:
         settings = coll.settings

@@ -50,6 +50,14 @@
     location.assign(rooted("/ui/login"));
   }
 
+  /* The login page, sent back to this page once signed in (pageAsked takes only a
+   * console page of this origin). A key refused mid-visit went to the bare login page,
+   * and the page the user was on (a document, a collection's upload outcomes) was lost. */
+  function signInHere() {
+    return rooted("/ui/login") + "?next=" +
+      enc(location.pathname + location.search + location.hash);
+  }
+
   function headers(key) {
     const h = { Accept: "application/json" };
     if (key) h.Authorization = "Bearer " + key;
@@ -62,15 +70,16 @@
    * page in the middle of an upload, the user lost the list of which files were stored
    * and which were not, and was not told the upload had been cut short. */
   function keyRefused(detail) {
+    sessionStorage.removeItem(KEY);
     if (!document.querySelector("#upload-list li")) {
-      signOut();
+      signingOut = true;
+      location.assign(signInHere());
       return;
     }
-    sessionStorage.removeItem(KEY);
     const node = $("page-error");
     node.replaceChildren("The server refused this tab's API key (" + detail + "), so " +
       "nothing further was sent; the uploads' outcomes are listed below. ",
-      el("a", { href: rooted("/ui/login"), id: "sign-in-again", text: "Sign in again" }));
+      el("a", { href: signInHere(), id: "sign-in-again", text: "Sign in again" }));
     node.hidden = false;
   }
 
@@ -1292,8 +1301,7 @@
       return;
     }
     if (AUTH && !storedKey()) {
-      location.replace(rooted("/ui/login") + "?next=" +
-                       enc(location.pathname + location.search + location.hash));
+      location.replace(signInHere());
       return;
     }
     const out = $("sign-out");
