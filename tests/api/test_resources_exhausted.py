@@ -50,6 +50,10 @@ def test_an_upload_read_without_a_descriptor_left_is_a_503_to_retry(
         "notes.md: reading it failed in this process, not because of the file (OSError: "
         "[Errno 24] Too many open files"
     ), body
-    assert "raise the open-files limit (ulimit -n)" in body["detail"], body
+    # the client uploaded it: what to do again is to upload it (it said "ingest it again")
+    assert body["detail"].endswith(
+        "it was not stored: upload it again; raise the open-files limit (ulimit -n) or "
+        "upload fewer files at once"
+    ), body
     assert "staging" not in body["detail"], body  # the server's own path is not told
     assert r.headers.get("Retry-After") == "5"

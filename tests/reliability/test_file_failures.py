@@ -116,13 +116,14 @@ from pathlib import Path
 from ragstore.ingest.prepare import Job, prepare
 from ragstore.ingest.service import Item
 
-path = Path(sys.argv[1])
+path, label, origin = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 job = Job(counter=None, max_tokens=512, max_file_bytes=1 << 20, user_meta={})
+item = Item(str(path), path, label, origin=origin)
 fd = os.open(os.devnull, os.O_RDONLY)
 os.close(fd)  # the lowest free descriptor: with the limit there, the next open fails
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (fd, hard))
-got = prepare(job, Item(str(path), path, str(path)), None)
+got = prepare(job, item, None)
 resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 print(json.dumps({"code": got.error.code, "message": str(got.error),
                   "retry_after": getattr(got.error, "retry_after", None)}))
@@ -148,13 +149,29 @@ def test_a_process_out_of_descriptors_does_not_call_the_file_unreadable(tmp_path
     naming the process's error and its remedy."""
     f = tmp_path / "healthy.md"
     f.write_text("# Fine\n\nA healthy file.\n")
-    got = _outcome_of(_NO_DESCRIPTOR_LEFT, str(f))
+    got = _outcome_of(_NO_DESCRIPTOR_LEFT, str(f), str(f), "file")
     assert got["code"] == "resources_exhausted", got
     assert got["retry_after"] == 5.0, got
     assert got["message"] == (
         f"{f}: reading it failed in this process, not because of the file (OSError: "
         "[Errno 24] Too many open files); it was not stored: ingest it again; raise "
         "the open-files limit (ulimit -n) or ingest fewer files at once"
+    ), got
+
+
+def test_an_uploaded_file_out_of_descriptors_says_to_upload_it_again(tmp_path: Path) -> None:
+    """The server (or a worker) reading an upload's staged file with no descriptor left:
+    its detail said "it was not stored: ingest it again; ... or ingest fewer files at
+    once" to a client that had uploaded it. It says upload now, naming the client's name
+    for the file, not the server's staging path."""
+    staged = tmp_path / "staged-0001"
+    staged.write_text("# Fine\n\nA healthy upload.\n")
+    got = _outcome_of(_NO_DESCRIPTOR_LEFT, str(staged), "notes.md", "upload")
+    assert got["code"] == "resources_exhausted", got
+    assert got["message"] == (
+        "notes.md: reading it failed in this process, not because of the file (OSError: "
+        "[Errno 24] Too many open files); it was not stored: upload it again; raise "
+        "the open-files limit (ulimit -n) or upload fewer files at once"
     ), got
 
 

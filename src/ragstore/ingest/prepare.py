@@ -102,7 +102,14 @@ def prepare(job: Job, item: Item, stored_hash: str | None) -> Prepared:
     except RagstoreError as exc:
         return Prepared(item.source, error=exc)
     except OSError as exc:  # not the read's (see _read): a parser's, the process's
-        return Prepared(item.source, error=not_the_file(item.label, "preparing", exc))
+        return Prepared(item.source, error=not_the_file(item.label, "preparing", exc, _verb(item)))
+
+
+def _verb(item: Item) -> str:
+    """What the user does again with ``item`` where it failed for a reason of the
+    process's (:func:`ragstore.files.unreadable`): an upload (a request's, a job's) is
+    uploaded again; its error said "ingest it again" to a client that had uploaded it."""
+    return "upload" if item.origin == "upload" else "ingest"
 
 
 def _read(item: Item, limit: int) -> tuple[bytes, os.stat_result]:
@@ -114,7 +121,7 @@ def _read(item: Item, limit: int) -> tuple[bytes, os.stat_result]:
     try:
         return read_with_stat(item.path, limit, item.label)
     except OSError as exc:
-        raise unreadable(Path(item.label), exc) from exc
+        raise unreadable(Path(item.label), exc, _verb(item)) from exc
 
 
 def _prepare(job: Job, item: Item, stored_hash: str | None) -> Prepared:

@@ -24,13 +24,15 @@ from ragstore.errors import (
     CollectionNotFoundError,
     ConflictError,
     DatabaseUnavailableError,
+    ParseHelperUnavailableError,
     RagstoreError,
+    ResourcesExhaustedError,
     SchemaMismatchError,
     StatementCancelledError,
     public_reason,
 )
 from ragstore.ingest.documents import DocumentOutcome, NewDocument, add_documents
-from ragstore.ingest.service import IngestReport, stops_ingest
+from ragstore.ingest.service import IngestReport, stops_ingest, stops_reading
 from ragstore.runtime import Runtime
 from ragstore.uploads import staging
 
@@ -533,6 +535,18 @@ _CAUSES: dict[str, tuple[type[RagstoreError], str]] = {
         ConflictError,
         "their writes collided with concurrent changes (a deadlock or a serialization failure)",
     ),
+    "resources": (
+        ResourcesExhaustedError,
+        "the worker ran out of file descriptors or memory reading them (Too many open files, "
+        "Cannot allocate memory: raise its open-files limit, ulimit -n or LimitNOFILE, or "
+        "free memory)",
+    ),
+    "parse_helper": (
+        ParseHelperUnavailableError,
+        "the worker could not start a parse helper for them (no descriptor, memory or "
+        "process slot left, or the helper killed or slow to start: raise the worker's "
+        "limits or free memory, or set RAGSTORE_PARSE_TIMEOUT_S=0)",
+    ),
 }
 
 
@@ -559,9 +573,22 @@ def passing_cause(err: RagstoreError | None) -> str | None:
     database is still read-only after the last run. A vector table dropped under a write
     (``vectors_gone``: the collection deleted, or a model it no longer serves pruned) is
     passing where the collection is still there; where it was deleted, the run again
-    fails the job as ``collection_not_found`` (:func:`_check_collection_at_start`)."""
+    fails the job as ``collection_not_found`` (:func:`_check_collection_at_start`).
+
+    The worker out of file descriptors or memory reading a document (``resources``:
+    :class:`ResourcesExhaustedError`), or a parse helper that could not start for a cause
+    that passes (``parse_helper``: out of descriptors or memory, killed as it started,
+    slow to start: a ``retry_after`` set) is the machine's state at that moment, not the
+    document's: the job recorded it as the document's own failure, ``succeeded`` with
+    the document never stored. A helper that will not start whatever the wait (no
+    Python to run, one that exits as it starts: :func:`stops_reading`) is not run again
+    for: it stops the ingest, and the same run again would fail the same way."""
     if err is None:
         return None
+    if isinstance(err, ResourcesExhaustedError):
+        return "resources"
+    if isinstance(err, ParseHelperUnavailableError):
+        return None if stops_reading(err) else "parse_helper"
     if isinstance(err, DatabaseUnavailableError):
         return "unavailable" if stops_ingest(err) else None
     if lock_wait_gave_up(err):
