@@ -24,13 +24,18 @@ def remote_client(settings: Settings) -> Client | None:
     It retries as ``RAGSTORE_CLIENT_RETRIES`` and ``RAGSTORE_CLIENT_MAX_RETRY_WAIT_S`` say:
     the CLI always used the client's defaults (3 retries within 30 s), so a script that
     wanted a failure at once (its own retry loop, a health check) waited through them,
-    and one that wanted to ride out a longer restart could not."""
+    and one that wanted to ride out a longer restart could not.
+
+    It reads its own writes across commands: a command starts from the write position
+    the last one through the same server kept, and keeps its own
+    (:mod:`ragstore.cli.positions`): ``ragstore search`` right after ``ragstore ingest``
+    was served by a replica that had not replayed the ingest yet, and found nothing."""
     if not settings.url:
         return None
-    from ragstore.client import Client
+    from ragstore.cli.positions import PositionKeepingClient
 
     key = settings.api_key.get_secret_value() if settings.api_key is not None else None
-    return Client(
+    return PositionKeepingClient(
         settings.url,
         api_key=key or None,
         retries=settings.client_retries,
