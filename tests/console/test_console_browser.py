@@ -8,6 +8,7 @@ checked to ``.artifacts/console/`` (git-ignored; two of them are in docs/img/).
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import os
 import re
@@ -847,7 +848,9 @@ def test_pages_of_documents_and_uploads_show_the_servers_true_answer(
         files = [
             ("files", (f"doc-{i:03}.md", f"# Doc {i}\n\nText {i}.\n".encode())) for i in range(55)
         ]
-        long_title = "T" * 400 + "<b>bold</b>"
+        # the markup escaped in the Markdown: a heading's own tags are stripped from its
+        # text (chunking v12), escaped ones are its text, shown as written
+        long_title = "T" * 400 + html.escape("<b>bold</b>")
         files.append(("files", ("x" * 120 + ".md", f"# {long_title}\n\nLong.\n".encode())))
         r = httpx.post(f"{url}/v1/collections/paged/documents/upload", files=files, timeout=300)
         assert r.status_code == 201, r.text
@@ -1349,7 +1352,8 @@ def test_hostile_titles_metadata_headings_and_ids_show_as_text_on_every_page(
             "/v1/collections/hostile/documents",
             json={
                 "name": "evil.md",
-                "text": f"# {HOSTILE_TITLE}\n\n## {HOSTILE_HEADING}\n\n"
+                # escaped: a Markdown heading's own tags are stripped from its text
+                "text": f"# {html.escape(HOSTILE_TITLE)}\n\n## {HOSTILE_HEADING}\n\n"
                 "Quarantine words in a paragraph [x](javascript:alert(7)).\n",
                 "metadata": {HOSTILE_KEY: HOSTILE_VALUE, "url": "javascript:alert(8)"},
             },
