@@ -70,6 +70,12 @@ def server_key(url: str) -> str:
     return f"{scheme}://{host}{port}{u.path.rstrip('/')}"
 
 
+# what keeping a position can meet: the file system (a folder of another user, a full
+# disk, no lock), a file or URL that does not read; each passed over as a debug log, as a
+# cache's failure never fails a command; anything else is a bug and surfaces
+_CACHE_ERRORS = (OSError, ValueError, httpx.InvalidURL)
+
+
 def _is_position(value: object) -> bool:
     return isinstance(value, str) and (
         value.strip().lower() == ON_PRIMARY or _lsn_value(value) is not None
@@ -106,7 +112,7 @@ def load(url: str) -> str | None:
     """The position the last command through ``url`` kept, or None."""
     try:
         entry = _read(state_file()).get(server_key(url))
-    except Exception as exc:  # a cache: never a command's failure
+    except _CACHE_ERRORS as exc:  # a cache: never a command's failure
         log.debug("read-your-writes position for %s not read: %s", url, exc)
         return None
     return None if entry is None else str(entry["lsn"])
@@ -185,7 +191,7 @@ def save(url: str, position: str, *, loaded: str | None = None, replace: bool = 
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 raise
-    except Exception as exc:  # a cache: never a command's failure
+    except _CACHE_ERRORS as exc:  # a cache: never a command's failure
         log.debug("read-your-writes position for %s not kept: %s", url, exc)
 
 
