@@ -213,3 +213,28 @@ def test_ragstore_adapter_with_the_instant_server(
             assert embedder.spec.provider == "openai"
         finally:
             system.close()
+
+
+def test_ragstore_texts_adapter_takes_the_peers_chunks(
+    pg_admin_uri: str, template_url: str, tmp_path: Path
+) -> None:
+    """``ragstore-texts``: the peers' chunk texts under their keys, through add_texts."""
+    database_url = create_database(pg_admin_uri, TEMPLATE)
+    full = load_scifact(SCIFACT)
+    ids = ["4983", "5836", "7912"]
+    docs = tmp_path / "docs"
+    write_files(Corpus({i: full.docs[i] for i in ids}, {}, {}), docs)
+    chunks = chunk_files(docs)
+    system = Ragstore(
+        {"database_url": database_url, "work_dir": str(tmp_path), "batch_size": 64}, chunks
+    )
+    assert system.name == "ragstore-texts"
+    system.open()
+    try:
+        assert system.ingest() == len(chunks)
+        title = full.docs["5836"].split("\n", 1)[0]
+        hits = system.search(title, 3)
+        assert hits[0].startswith("5836:") and set(hits) <= {c["key"] for c in chunks}
+        assert system.reingest() == 0  # the same texts again: nothing embedded
+    finally:
+        system.close()

@@ -28,8 +28,10 @@ from bench.peers.encoders import texts_digest
 
 REPO = Path(__file__).resolve().parents[2]
 PEERS = ("langchain-postgres", "llama-index", "chroma")
-SYSTEMS = ("ragstore", *PEERS)
-PG_SYSTEMS = {"ragstore", "langchain-postgres", "llama-index"}
+# ragstore-texts: ragstore given the peers' chunk texts (add_texts) instead of the files
+OURS = ("ragstore", "ragstore-texts")
+SYSTEMS = (*OURS, *PEERS)
+PG_SYSTEMS = {*OURS, "langchain-postgres", "llama-index"}
 # --quick: every document judged for a SciFact test query (339) plus a seeded sample of the
 # others, ~760 chunks; with re-ingest timed in the first round only, 2 rounds fit in
 # 10 minutes on 2 cores.
@@ -248,7 +250,7 @@ def _run(
             }
             if name in PG_SYSTEMS:
                 spec["database_url"] = _create_db(admin, f"{name.replace('-', '_')}_r{r}")
-            python = sys.executable if name in ("ragstore", "encode") else peer_python
+            python = sys.executable if name in (*OURS, "encode") else peer_python
             try:
                 results.append(_worker(python, spec, tmp))
             except RuntimeError as exc:  # one broken peer must not lose the others' figures
@@ -288,7 +290,7 @@ def _versions(results: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for r in results:
         out.setdefault(
-            "project env" if r["system"] in ("ragstore", "encode") else "bench env", {}
+            "project env" if r["system"] in (*OURS, "encode") else "bench env", {}
         ).update(r["versions"])
     return out
 

@@ -118,12 +118,21 @@ def _sqlalchemy_url(url: str, driver: str) -> str:
 
 
 class Ragstore:
+    """ragstore ingesting the document files (``ragstore``), or, as ``ragstore-texts``,
+    taking the peers' own input: the same chunk texts under their keys, through
+    :func:`ragstore.ingest.texts.add_texts` (what ``Store.add_texts``, the LangChain and
+    LlamaIndex stores and ``POST /texts`` call), so that its write path is timed on what
+    the peers are timed on, without the files' read and parse."""
+
     name = "ragstore"
 
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: dict[str, Any], chunks: list[dict[str, str]] | None = None) -> None:
         self.spec = spec
         self.url: str = spec["database_url"]
         self.hybrid = False
+        self.chunks = chunks  # ragstore-texts: the peers' chunk texts
+        if chunks is not None:
+            self.name = "ragstore-texts"
 
     def open(self) -> None:
         from ragstore.config import Settings
@@ -172,6 +181,8 @@ class Ragstore:
         self.hybrid = "mode" in inspect.signature(search).parameters
 
     def ingest(self) -> int:
+        if self.chunks is not None:
+            return self._add_texts().added
         from ragstore.ingest import ingest_paths
 
         report = ingest_paths(self.rt, [Path(self.spec["docs_dir"])], "bench")
@@ -180,10 +191,23 @@ class Ragstore:
         return report.chunks
 
     def reingest(self) -> int:
+        if self.chunks is not None:
+            return self._add_texts().embedded
         from ragstore.ingest import ingest_paths
 
         report = ingest_paths(self.rt, [Path(self.spec["docs_dir"])], "bench")
         return report.embedded
+
+    def _add_texts(self) -> Any:
+        from ragstore.ingest.texts import add_texts
+
+        assert self.chunks is not None
+        return add_texts(
+            self.rt,
+            "bench",
+            [c["text"] for c in self.chunks],
+            ids=[c["key"] for c in self.chunks],
+        )
 
     def search(self, query: str, k: int, mode: str | None = None) -> list[str]:
         """Vector search unless told otherwise: the row compared with the peers' vector search."""
@@ -191,6 +215,8 @@ class Ragstore:
 
         kwargs: dict[str, Any] = {"mode": mode or "vector"} if self.hybrid else {}
         hits = search(self.rt, query, collection="bench", k=k, **kwargs)
+        if self.chunks is not None:  # stored under the peers' keys
+            return [h.source for h in hits]
         return [f"{Path(h.source).stem}:{h.ordinal}" for h in hits]
 
     def reset_caches(self) -> None:
@@ -518,6 +544,8 @@ class Chroma:
 def make(name: str, spec: dict[str, Any], chunks: list[dict[str, str]]) -> Any:
     if name == "ragstore":
         return Ragstore(spec)
+    if name == "ragstore-texts":
+        return Ragstore(spec, chunks)
     if name == "langchain-postgres":
         return LangChainPGVector(spec, chunks)
     if name == "llama-index":

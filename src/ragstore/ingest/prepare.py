@@ -30,7 +30,7 @@ from ragstore.errors import (
 )
 from ragstore.files import not_the_file, read_with_stat, unreadable
 from ragstore.models import Chunk, ParsedDocument
-from ragstore.parsing import detect_format
+from ragstore.parsing import detect_format, parse_bytes
 from ragstore.parsing.language import detect_language
 from ragstore.parsing.limits import text_too_large
 from ragstore.parsing.sandbox import parse_file, stop_helpers
@@ -118,6 +118,7 @@ def _read(item: Item, limit: int) -> tuple[bytes, os.stat_result]:
     (:func:`ragstore.files.unreadable`). ``prepare`` took every OSError below it, a
     parser's or a parse helper's too (its pipe, its fork), for "the file is unreadable;
     check its permissions", sending the user to a healthy file."""
+    assert item.path is not None  # a file's (a text is prepared by _prepare_text)
     try:
         return read_with_stat(item.path, limit, item.label)
     except OSError as exc:
@@ -125,6 +126,8 @@ def _read(item: Item, limit: int) -> tuple[bytes, os.stat_result]:
 
 
 def _prepare(job: Job, item: Item, stored_hash: str | None) -> Prepared:
+    if item.text is not None:
+        return _prepare_text(job, item, stored_hash)
     data, st = _read(item, job.max_file_bytes)
     size = len(data)
     user_meta = {**job.user_meta, **item.metadata}
@@ -156,6 +159,50 @@ def _prepare(job: Job, item: Item, stored_hash: str | None) -> Prepared:
         origin=item.origin,
     )
     return Prepared(item.source, record, chunks)
+
+
+def _prepare_text(job: Job, item: Item, stored_hash: str | None) -> Prepared:
+    """A text added by id: unchanged when its hash (the caller's digest) is the stored one,
+    else chunked as :func:`chunk_text` does and stored under its id with exactly the
+    caller's metadata, as ``add_texts`` stores one batch by batch."""
+    assert item.text is not None and item.content_hash is not None
+    if stored_hash == item.content_hash:
+        return Prepared(item.source, unchanged=True)
+    chunks, cut_from = chunk_text(
+        item.text, item.source, item.metadata, job.counter, job.max_tokens, item.label
+    )
+    record = documents.DocumentRecord(
+        source=item.source,
+        title=None,
+        format="text",
+        content_hash=item.content_hash,
+        size_bytes=item.size,
+        metadata=item.metadata,
+        parsed=cut_from,
+        origin="text",  # an id, not a path: never looked for on disk by a sync
+    )
+    return Prepared(item.source, record, chunks)
+
+
+def chunk_text(
+    text: str,
+    doc_id: str,
+    metadata: dict[str, Any],
+    counter: TokenCounter,
+    max_tokens: int,
+    label: str,
+) -> tuple[list[Chunk], bytes]:
+    """A caller's text parsed as plain paragraphs (no section titles looked for: the
+    caller's own passage) and chunked for the model; every chunk carries the caller's
+    metadata so hits and filters see it. With what they were cut from
+    (:mod:`ragstore.chunking.recipe`), for a model migration that re-cuts them."""
+    parsed = parse_bytes(text.encode("utf-8"), doc_id, "plain")
+    chunks = chunk_document(parsed, counter, max_tokens)
+    if not chunks:
+        raise EmptyDocumentError(f"{label} has no words to index; give it some text")
+    for ch in chunks:
+        ch.metadata = {**ch.metadata, **metadata}
+    return chunks, recipe.encode(parsed, metadata, text)
 
 
 def _check_text_size(parsed: ParsedDocument, name: str, limit: int) -> None:

@@ -115,12 +115,28 @@ class Item:
     """
 
     source: str
-    path: Path
+    path: Path | None  # None for a text given in the call (``text``)
     label: str
     metadata: dict[str, Any] = field(default_factory=dict)
     early_skip: bool = True
     accepted_at: datetime | None = None  # see documents.DocumentWrite (a queued job's)
     origin: str = "file"  # documents.DocumentRecord's: an upload's is "upload"
+    # A text added by id (``add_texts``): its words, chunked as a plain passage with
+    # ``metadata`` exactly as the caller's, and its stored hash (``texts._digest``), in
+    # place of a file to read. A large call takes this pipeline, bulk load included.
+    text: str | None = None
+    content_hash: str | None = None
+
+    @property
+    def size(self) -> int:
+        """Its bytes: a text's, or the file's (0 where it cannot be read: it fails later)."""
+        if self.text is not None:
+            return len(self.text.encode("utf-8", "surrogatepass"))
+        assert self.path is not None
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return 0
 
 
 def _fail(source: str, exc: RagstoreError) -> FileOutcome:
@@ -726,12 +742,7 @@ class _Ingestor:
         (never below an eighth of a full round) because the final round's write cannot
         overlap any encoding, so a small one leaves little time exposed at the end.
         """
-        sizes = []
-        for item in files:
-            try:
-                sizes.append(item.path.stat().st_size)
-            except OSError:
-                sizes.append(0)
+        sizes = [item.size for item in files]
         full = batch_chunks * 1024
         floor = max(1024, full // 8)
         remaining = sum(sizes)
@@ -992,16 +1003,23 @@ def _say_what_was_stored(exc: RagstoreError, report: IngestReport, items: Sequen
     done = {o.source for o in report.outcomes if o.status in ("added", "updated")}
     if not done:
         return
-    stored = [i.label for i in items if i.source in done]
+    if all(i.text is not None for i in items):  # a large add_texts call: its ids
+        stored = [i.source for i in items if i.source in done]
+        not_stored = [i.source for i in items if i.source not in done]
+        what, again = "texts", "add the same texts again to resume"
+    else:
+        stored = [i.label for i in items if i.source in done]
+        not_stored = [i.label for i in items if i.source not in done]
+        what, again = "files", "run the same ingest again to resume"
+    key = "ids" if what == "texts" else "files"
     exc.problem_members = {
         **exc.problem_members,
-        "stored_files": stored,
-        "not_stored_files": [i.label for i in items if i.source not in done],
+        f"stored_{key}": stored,
+        f"not_stored_{key}": not_stored,
     }
     exc.message += (
-        f" ({len(stored)} of the {len(items)} files were stored before it, each whole: "
-        "see 'stored_files'; the rest were not changed: 'not_stored_files'; run the same "
-        "ingest again to resume)"
+        f" ({len(stored)} of the {len(items)} {what} were stored before it, each whole: "
+        f"see 'stored_{key}'; the rest were not changed: 'not_stored_{key}'; {again})"
     )
     exc.args = (exc.message,)
 
@@ -1103,10 +1121,7 @@ def _sizes(items: Sequence[Item]) -> dict[str, int]:
     """Each item's file size by source (an unreadable one counts 0; it fails later)."""
     sizes: dict[str, int] = {}
     for item in items:
-        try:
-            sizes[item.source] = sizes.get(item.source, 0) + item.path.stat().st_size
-        except OSError:
-            sizes.setdefault(item.source, 0)
+        sizes[item.source] = sizes.get(item.source, 0) + item.size
     return sizes
 
 
