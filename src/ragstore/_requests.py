@@ -584,13 +584,19 @@ def _say_what_was_added(exc: RagstoreError, ids: list[str], start: int, end: int
     """Request ``ids[start:end]`` failed; the requests before it stored theirs."""
     if _answered(exc):
         # the server's own account of this request (its batches commit one at a time)
+        # (a large one through the ingest's pipeline, where a text that fails fails
+        # alone: the ids it stored need not be its first ones)
         own = exc.problem_members or getattr(exc, "problem", {}) or {}
-        within = list(own.get("stored_ids") or [])
-        stored = ids[:start] + within
-        members: dict[str, Any] = {"stored_ids": stored, "not_stored_ids": ids[len(stored) :]}
+        within = set(own.get("stored_ids") or [])
+        mine = ids[start:end]
+        stored = ids[:start] + [i for i in mine if i in within]
+        members: dict[str, Any] = {
+            "stored_ids": stored,
+            "not_stored_ids": [i for i in mine if i not in within] + ids[end:],
+        }
         note = (
-            f" ({len(stored)} of the {len(ids)} texts, the first ones, were stored before it: "
-            "see 'stored_ids'; the rest were not: 'not_stored_ids')"
+            f" ({len(stored)} of the {len(ids)} texts of the whole call were stored: see "
+            "'stored_ids'; the rest were not: 'not_stored_ids')"
         )
     else:
         members = {

@@ -68,6 +68,17 @@ log = logging.getLogger("ragstore.ingest")
 
 STAGE_MIN_BYTES = 32 << 20
 
+# A first load (an empty collection) is a bulk load from this size even where
+# ``RAGSTORE_BULK_LOAD_BYTES`` is larger: with an instant encoder a 150 KB first load took
+# 0.22-0.33 s in bulk against 0.44-0.46 s row by row, a 920 KB one 1.1 s against 3.7-4.8 s;
+# at 29 KB the two were level and at 4 KB row by row was quicker (docs/benchmarks.md).
+FIRST_LOAD_BULK_BYTES = 256 << 10
+
+# Vectors an ingest keeps of what it encoded, so that a chunk text met again in a later
+# round is not encoded again (``_Ingestor._keep_encoded``): 64 MiB, 43k vectors of 384
+# dimensions; past it, later texts are looked up in the database only, as before.
+ENCODED_KEEP_BYTES = 64 << 20
+
 # How long the index check after an incremental ingest waits for a pooled connection: the
 # index is there unless an earlier bulk load was killed, so under a full pool the check
 # is better skipped (the next ingest makes it) than waited for a pool timeout.
@@ -298,6 +309,8 @@ class _Ingestor:
         self.files_done = 0
         self.chunks_done = 0
         self._lock = threading.Lock()  # outcomes arrive from the main and the writer thread
+        self._encoded: dict[str, np.ndarray] = {}  # content hash -> vector (_keep_encoded)
+        self._encoded_bytes = 0
         self._preparer: prepare.Preparer | None = None
 
     def _done(self, outcome: FileOutcome) -> None:
@@ -345,8 +358,12 @@ class _Ingestor:
         if self.stopped:
             return
         hashes = [c.content_hash for p in pending for c in p.chunks if c.embeddable]
+        with self._lock:  # encoded by an earlier round of this ingest, maybe not committed
+            stored = {h: self._encoded[h] for h in hashes if h in self._encoded}
         with self.rt.db.connection() as conn, translated("looking up stored embeddings"):
-            stored = documents.stored_embeddings(conn, self.coll, hashes)
+            stored.update(
+                documents.stored_embeddings(conn, self.coll, [h for h in hashes if h not in stored])
+            )
         todo: dict[str, str] = {}
         for p in pending:
             for c in p.chunks:
@@ -359,6 +376,7 @@ class _Ingestor:
             self.report.encode_seconds += time.perf_counter() - t0
             self.report.embedded += len(todo)
             self.report.reused += len(hashes) - len(todo)
+            self._keep_encoded(fresh)
         dim = self.coll.model.dimension
         for p in pending:
             rows = [
@@ -372,6 +390,18 @@ class _Ingestor:
             pending, building_vectors(self.rt, self.coll, [p.chunks for p in pending]), strict=True
         ):
             p.extra_vectors = extra
+
+    def _keep_encoded(self, fresh: dict[str, np.ndarray]) -> None:
+        """Remember vectors this ingest encoded (up to :data:`ENCODED_KEEP_BYTES`), under
+        ``_lock``: a chunk text met again in a later round is not sent to the model again.
+        The stored-vector lookup cannot see them where their round is not committed yet (a
+        bulk load commits once, at its end; a round may still be written): the same
+        paragraph in two files of one load was encoded twice, billed twice by a paid API."""
+        for h, v in fresh.items():
+            if self._encoded_bytes + v.nbytes > ENCODED_KEEP_BYTES:
+                return
+            self._encoded[h] = v
+            self._encoded_bytes += v.nbytes
 
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
@@ -1000,10 +1030,13 @@ def _say_what_was_stored(exc: RagstoreError, report: IngestReport, items: Sequen
     changed (an upload of several files was answered a bare 502) while the files of the
     rounds before it had been added or replaced. Named as their error messages name them
     (an upload by the client's name)."""
-    done = {o.source for o in report.outcomes if o.status in ("added", "updated")}
+    texts = all(i.text is not None for i in items)  # a large add_texts call: its ids
+    # a text stored unchanged is stored; a file's "stored before it" is what changed
+    kept = ("added", "updated", "unchanged") if texts else ("added", "updated")
+    done = {o.source for o in report.outcomes if o.status in kept}
     if not done:
         return
-    if all(i.text is not None for i in items):  # a large add_texts call: its ids
+    if texts:
         stored = [i.source for i in items if i.source in done]
         not_stored = [i.source for i in items if i.source not in done]
         what, again = "texts", "add the same texts again to resume"
@@ -1086,24 +1119,40 @@ def _bulk_load(
     brings at least ``staging.REBUILD_SHARE`` of the bytes stored (sources new or of another
     size: :func:`documents.load_share`) and can stage its vectors: the live index serves
     searches until the staged one, built over the old vectors and the new, takes its
-    place. Small loads stay incremental."""
+    place. Small loads stay incremental; a first load is a bulk load from
+    :data:`FIRST_LOAD_BULK_BYTES` already, where that is less (:func:`may_load_in_bulk`)."""
     limit = rt.settings.bulk_load_bytes
-    if limit <= 0:
-        return None
-    if total_bytes <= limit:
+    if not may_load_in_bulk(rt, total_bytes):
         return None
     with rt.db.connection() as conn, translated(f"preparing a bulk load of {coll.name!r}"):
-        spaces.lock_for_load(conn, coll.table)
+        if total_bytes <= limit and not spaces.is_empty(conn, coll.table):
+            # too small to rebuild a collection that has rows: incremental, decided
+            # without the lock that waits for the collection's writers
+            return None
+        # bounded as the load's own write locks are: behind another bulk load of the
+        # collection it waited for the whole of that load, past RAGSTORE_BULK_LOAD_WAIT_S
+        with staging.waiting_for_locks(
+            rt, conn, coll.name, "a load into", "nothing of this load was stored"
+        ):
+            spaces.lock_for_load(conn, coll.table)
         if spaces.is_empty(conn, coll.table):
             spaces.drop_index(conn, coll.table)
             return BulkLoad.FIRST
-    if not _stages(rt, BulkLoad.REBUILD, total_bytes):
+    if total_bytes <= limit or not _stages(rt, BulkLoad.REBUILD, total_bytes):
         return None
     with rt.db.connection() as conn, translated(f"sizing a load of {coll.name!r}"):
         stored, new = documents.load_share(conn, coll.id, sizes)
     if new <= limit or new < staging.REBUILD_SHARE * stored:
         return None
     return BulkLoad.REBUILD
+
+
+def may_load_in_bulk(rt: Runtime, total_bytes: int) -> bool:
+    """Whether a load of ``total_bytes`` is large enough to be a bulk load, into an empty
+    collection at least: more than ``RAGSTORE_BULK_LOAD_BYTES`` or than
+    :data:`FIRST_LOAD_BULK_BYTES`, whichever is less (0 turns bulk loads off)."""
+    limit = rt.settings.bulk_load_bytes
+    return limit > 0 and total_bytes > min(limit, FIRST_LOAD_BULK_BYTES)
 
 
 def _stages(rt: Runtime, bulk: BulkLoad, total_bytes: int) -> bool:

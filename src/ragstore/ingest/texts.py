@@ -10,8 +10,8 @@ as one chunk with that vector. Re-adding an id with the same text and metadata (
 same vector, when one is given) changes nothing; new metadata on the same text rewrites
 the rows but reuses the stored vectors, so unchanged text is never embedded twice. Rows
 go through the one write path, :func:`ragstore.db.documents.write_documents`, a
-transaction per batch; a call of more than ``RAGSTORE_BULK_LOAD_BYTES`` of texts for the
-model goes through the ingest's pipeline instead (:func:`_add_through_pipeline`), bulk
+transaction per batch; a call large enough for a bulk load (:func:`may_load_in_bulk`) of texts for
+the model goes through the ingest's pipeline instead (:func:`_add_through_pipeline`), bulk
 load included.
 """
 
@@ -38,6 +38,7 @@ from ragstore.ingest.service import (
     Item,
     created_for_this_write,
     ingest_items,
+    may_load_in_bulk,
 )
 from ragstore.modelops.fanout import building_vectors
 from ragstore.modelops.specs import find_model
@@ -308,7 +309,7 @@ def add_texts(
         report = AddReport(collection=coll.name, ids=out_ids)
         t0 = time.perf_counter()
         try:
-            if matrix is None and _in_bulk(rt, texts):
+            if matrix is None and _in_bulk(rt, coll, texts):
                 _add_through_pipeline(rt, coll, report, texts, out_ids, metas)
                 return report
             for start in range(0, len(texts), BATCH):
@@ -335,18 +336,19 @@ def add_texts(
         return report
 
 
-def _in_bulk(rt: Runtime, texts: Sequence[str]) -> bool:
-    """Whether a call's texts (the model embedding them) are more than
-    ``RAGSTORE_BULK_LOAD_BYTES``: the size from which a file ingest may load in bulk."""
-    limit = rt.settings.bulk_load_bytes
-    if limit <= 0:
+def _in_bulk(rt: Runtime, coll: repository.Collection, texts: Sequence[str]) -> bool:
+    """Whether a call's texts (the model embedding them) may be a bulk load: more than
+    ``RAGSTORE_BULK_LOAD_BYTES``, or into an empty collection large enough for a first one
+    (:func:`may_load_in_bulk`). Such a call takes the ingest's pipeline; a smaller one into
+    a collection with rows, which would be written round by round there too, keeps the
+    batches."""
+    total = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+    if not may_load_in_bulk(rt, total):
         return False
-    total = 0
-    for text in texts:
-        total += len(text.encode("utf-8", "surrogatepass"))
-        if total > limit:
-            return True
-    return False
+    if total > rt.settings.bulk_load_bytes:
+        return True
+    with rt.db.connection() as conn, translated(f"reading collection {coll.name!r}"):
+        return spaces.is_empty(conn, coll.table)
 
 
 def _add_through_pipeline(
@@ -382,30 +384,22 @@ def _add_through_pipeline(
         for i in range(len(texts))
     ]
     ingest = IngestReport(collection=coll.name)
-    ingest_items(rt, coll.name, items, ingest, create=False)
-    report.embedded += ingest.embedded
-    report.reused += ingest.reused
-    by_id = {o.source: o for o in ingest.outcomes}
-    stored: list[str] = []
-    first: FileOutcome | None = None
-    for doc_id in ids:
-        o = by_id.get(doc_id)
-        if o is not None and o.status in ("added", "updated", "unchanged"):
-            setattr(report, o.status, getattr(report, o.status) + 1)
-            stored.append(doc_id)
-        elif first is None or (o is not None and o.status == "failed" and first.status != "failed"):
-            first = o
+    try:
+        ingest_items(rt, coll.name, items, ingest, create=False)
+    finally:  # raising too (rounds before the error committed): what was stored is counted
+        stored, first = _count(report, ingest, ids)
     if first is None and len(stored) == len(ids):
         return
     exc = first.exc if first is not None and first.exc is not None else None
     if exc is None:
         exc = RagstoreError(first.error if first is not None and first.error else "not stored")
-    if stored:
-        kept = set(stored)
+    kept = set(stored)
+    not_stored = [i for i in ids if i not in kept]
+    if stored or len(not_stored) > 1:
         exc.problem_members = {
             **exc.problem_members,
             "stored_ids": stored,
-            "not_stored_ids": [i for i in ids if i not in kept],
+            "not_stored_ids": not_stored,
         }
         exc.message += (
             f" ({len(stored)} of the {len(ids)} texts were stored, each whole: see "
@@ -413,6 +407,38 @@ def _add_through_pipeline(
         )
         exc.args = (exc.message,)
     raise exc
+
+
+def _count(
+    report: AddReport, ingest: IngestReport, ids: list[str]
+) -> tuple[list[str], FileOutcome | None]:
+    """The pipeline's outcomes in ``report``'s counts; the ids stored, in call order, and
+    the outcome to raise from (the first failed one, else the first not attempted)."""
+    report.embedded += ingest.embedded
+    report.reused += ingest.reused
+    by_id = {o.source: o for o in ingest.outcomes}
+    stored: list[str] = []
+    lost: list[FileOutcome] = []
+    for doc_id in ids:
+        o = by_id.get(doc_id)
+        if o is not None and o.status in ("added", "updated", "unchanged"):
+            setattr(report, o.status, getattr(report, o.status) + 1)
+            stored.append(doc_id)
+        elif o is not None:
+            lost.append(o)
+    return stored, _cause(lost)
+
+
+def _cause(lost: list[FileOutcome]) -> FileOutcome | None:
+    """Of the texts not stored, the outcome whose error the call raises: one that failed the
+    whole load or stopped it (a database or embedding endpoint failing, 5xx: the rest are
+    not stored for it) before any text's own (an empty text, 4xx), which fails alone and,
+    raised, read as the only reason nothing was stored; then the first failed one."""
+    for o in lost:
+        if o.exc is not None and o.exc.http_status >= 500:
+            return o
+    failed = [o for o in lost if o.status == "failed"] or lost
+    return failed[0] if failed else None
 
 
 def _refuse_unindexable(
