@@ -166,3 +166,23 @@ def test_a_bad_text_in_a_later_request_is_refused_before_any_is_sent(
         with pytest.raises(EmptyDocumentError, match=r"texts\[4\] is empty"):
             client.add_texts("checked", ["a", "b", "c", "d", " "], ids=ids, vectors=_vectors(5))
         assert client.get_texts("checked", ids) == []
+
+
+def test_a_bad_text_in_a_later_requests_bulk_load_fails_alone_and_is_named(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server whose requests go through the ingest's pipeline (bulk loads from 1 KiB)
+    stores a request's texts but a bad one, wherever it sits: the client said the first
+    ids of that request were stored, listing a stored one as not stored too and the bad
+    one nowhere."""
+    monkeypatch.setattr(calls, "MAX_REQUEST_BYTES", SMALL_BODY)
+    ids = [f"b{i}" for i in range(12)]
+    texts = [f"text {i} about topic {i} " + "word " * 110 for i in range(12)]
+    texts[8] = "\u200b"  # passes the checks; its parse finds no words
+    server = with_(settings, auth="off", max_request_bytes=SMALL_BODY, bulk_load_bytes=1024)
+    with running_server(server) as url, Client(url) as client:
+        with pytest.raises(EmptyDocumentError) as failed:
+            client.add_texts("bulk-parts", texts, ids=ids)
+        stored = [i for i in ids if i != "b8"]
+        assert failed.value.problem_members == {"stored_ids": stored, "not_stored_ids": ["b8"]}
+        assert [t["id"] for t in client.get_texts("bulk-parts", ids)] == stored
