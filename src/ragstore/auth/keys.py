@@ -5,6 +5,10 @@ checked against ``scrypt(secret, salt)``. The key is printed once when created a
 stored. scrypt is slow on purpose, so a secret that verified once is remembered (as its
 SHA-256, in this process only) and later requests only re-read the row: a revoked key is
 refused on its very next request.
+
+A scraper's key (``/metrics``: :meth:`KeyStore.authenticate_scraper`) is checked apart:
+the scrape reports the database, so its key check must not need the database's pool,
+nor the database at all for a key this process verified already.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ import logging
 import re
 import secrets
 import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -28,6 +35,7 @@ from ragstore.db.repository import check_name
 from ragstore.errors import (
     ApiKeyNotFoundError,
     AuthenticationError,
+    DatabaseUnavailableError,
     InputError,
     PermissionDeniedError,
 )
@@ -42,6 +50,17 @@ _KEY_RE = re.compile(r"^rsk_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32, "maxmem": 64 * 1024 * 1024}
 
 Conn = psycopg.Connection[Any]
+
+SCRAPER_RECHECK_S = 30.0
+"""How long a scraper's key verified in this process is taken without reading its row
+again (:meth:`KeyStore.authenticate_scraper`): a revocation made elsewhere (``ragstore
+keys revoke`` in another process) refuses it within this time; made by this process, at
+once. Two Prometheus scrapes at its default 15 s interval: one key check in two reads
+the database."""
+
+SCRAPER_CONNECT_S = 2.0
+"""The longest a scraper's key check waits to connect to the database before it takes
+the key this process verified last (a database silent on the network, not refusing)."""
 
 
 def _hash(secret: str, salt: bytes) -> bytes:
@@ -89,6 +108,16 @@ class ApiKey:
 
 
 @dataclass(frozen=True)
+class _Verified:
+    """A secret that verified for its key in this process: its SHA-256, the key as its row
+    read then, and when (``KeyStore.clock``) the row last said it was live."""
+
+    digest: bytes
+    key: ApiKey
+    at: float
+
+
+@dataclass(frozen=True)
 class NewKey:
     key: ApiKey
     secret: str  # the whole key, shown once
@@ -110,8 +139,10 @@ class KeyStore:
         self.db = db
         self.throttle = throttle or AuthThrottle()
         self.read_only = read_only  # a standby: keys are checked, last_used_at is not kept
-        self._verified: dict[str, bytes] = {}  # key_id -> sha256 of a secret that verified
+        self._verified: dict[str, _Verified] = {}  # key_id -> its secret that verified
         self._lock = threading.Lock()
+        self.clock: Callable[[], float] = time.monotonic  # (a test moves it on)
+        self.scraper_recheck_s = SCRAPER_RECHECK_S
 
     def create(self, scope: str, collection: str | None = None, name: str = "") -> NewKey:
         if scope not in SCOPES:
@@ -156,8 +187,7 @@ class KeyStore:
             raise ApiKeyNotFoundError(
                 f"no API key with id {ident!r}; `ragstore keys list` shows the ids"
             )
-        with self._lock:
-            self._verified.pop(ident, None)
+        self._forget(ident)
         return _row(row)
 
     def authenticate(self, presented: str | None, address: str = "") -> ApiKey:
@@ -167,6 +197,61 @@ class KeyStore:
         check is refused (RateLimitedError) before the database or scrypt is touched.
         A secret already verified in this process skips the throttle and the hash.
         """
+        key_id, secret, digest = self._parsed(presented, address)
+        return self._authenticate(key_id, secret, digest, address, self.db.connection)
+
+    def authenticate_scraper(self, presented: str | None, address: str = "") -> ApiKey:
+        """:meth:`authenticate` for a scrape of ``/metrics``, which must answer whatever
+        the database's state: it is what reports that state.
+
+        Checked on a pooled connection, a scraper's key was refused 503 while the database
+        was down (the scrape failed whole: ``up == 0``, every metric blank, and
+        ``ragstore_db_up 0``, whose alert names the right runbook, never read), and waited
+        out the pool timeout while every pooled connection was busy (the pool's own
+        figures unread). Now a key whose secret verified in this process within
+        :data:`SCRAPER_RECHECK_S` is taken without SQL; an older or new one is checked on
+        a fresh connection (:meth:`Database.checking`, as the scrape's database figures
+        are read), never the pool's; and when that cannot reach the database, a key
+        verified in this process before is taken as it was last read (its revocation
+        cannot be read either), while one never verified here is refused 503."""
+        key_id, secret, digest = self._parsed(presented, address)
+        with self._lock:
+            seen = self._verified.get(key_id)
+        if seen is not None and not hmac.compare_digest(seen.digest, digest):
+            seen = None
+        if seen is not None and self.clock() - seen.at < self.scraper_recheck_s:
+            return seen.key
+        try:
+            return self._authenticate(key_id, secret, digest, address, self._fresh_connection)
+        except DatabaseUnavailableError as exc:
+            if seen is None:
+                raise DatabaseUnavailableError(
+                    f"API key {key_id} could not be checked: {exc.message}",
+                    public=f"{exc.public}, so the API key could not be checked (a key this "
+                    "server verified before the database went away is accepted for "
+                    "/metrics until it is back)",
+                    retry_after=exc.retry_after,
+                    busy=exc.busy,
+                ) from exc
+            log.warning(
+                "api key %s accepted for a scrape as verified %.0fs ago: the database "
+                "cannot be reached to check it (%s)",
+                key_id,
+                self.clock() - seen.at,
+                exc.message,
+            )
+            return seen.key
+
+    @contextmanager
+    def _fresh_connection(self) -> Iterator[Conn]:
+        """A connection outside the pool for a scraper's key check (see
+        :meth:`authenticate_scraper`)."""
+        with self.db.checking(connect_s=SCRAPER_CONNECT_S) as got:
+            yield got.conn
+
+    def _parsed(self, presented: str | None, address: str) -> tuple[str, str, bytes]:
+        """The key id, secret and the secret's SHA-256 of a presented key;
+        AuthenticationError when it is missing or malformed (the latter counted)."""
         if not presented:
             raise AuthenticationError(
                 "this request needs an API key: send `Authorization: Bearer rsk_...` "
@@ -178,15 +263,26 @@ class KeyStore:
             self.throttle.failed(None, address)
             raise AuthenticationError("the API key is malformed; keys look like rsk_<id>_<secret>")
         key_id, secret = m.group(1), m.group(2)
-        digest = hashlib.sha256(secret.encode()).digest()
+        return key_id, secret, hashlib.sha256(secret.encode()).digest()
+
+    def _authenticate(
+        self,
+        key_id: str,
+        secret: str,
+        digest: bytes,
+        address: str,
+        connect: Callable[[], AbstractContextManager[Conn]],
+    ) -> ApiKey:
+        """:meth:`authenticate` of a parsed key, its row read on a connection of
+        ``connect``."""
         cached = self._known(key_id, digest)
         if not cached:
             # admitted and, failing, counted atomically (auth/throttle.py); a check of the
             # same secret in flight is waited for, and its success is found here
             with self.throttle.attempt(key_id, address, digest):
-                return self._check(key_id, secret, digest, self._known(key_id, digest))
+                return self._check(key_id, secret, digest, self._known(key_id, digest), connect)
         try:
-            return self._check(key_id, secret, digest, cached)
+            return self._check(key_id, secret, digest, cached, connect)
         except AuthenticationError:
             self.throttle.failed(key_id, address)
             raise
@@ -195,9 +291,21 @@ class KeyStore:
         """Whether the secret of ``digest`` verified for ``key_id`` in this process."""
         with self._lock:
             known = self._verified.get(key_id)
-        return known is not None and hmac.compare_digest(known, digest)
+        return known is not None and hmac.compare_digest(known.digest, digest)
 
-    def _check(self, key_id: str, secret: str, digest: bytes, cached: bool) -> ApiKey:
+    def _forget(self, key_id: str) -> None:
+        """Drop what this process remembers of ``key_id`` (gone or revoked)."""
+        with self._lock:
+            self._verified.pop(key_id, None)
+
+    def _check(
+        self,
+        key_id: str,
+        secret: str,
+        digest: bytes,
+        cached: bool,
+        connect: Callable[[], AbstractContextManager[Conn]],
+    ) -> ApiKey:
         """The live key ``key_id`` whose secret is ``secret``; AuthenticationError when not.
 
         An unknown key id, a wrong secret and a revoked key with a wrong secret are one
@@ -205,13 +313,19 @@ class KeyStore:
         unknown", "wrong secret", "was revoked", the unknown and revoked ones answered
         without hashing, so faster), which told anyone which key ids exist and which were
         revoked. Only a caller whose secret verified is told its key was revoked. The
-        server's log keeps the reason."""
-        with self.db.connection() as conn, translated("checking an API key"):
+        server's log keeps the reason.
+
+        A key found gone or revoked is forgotten (a scraper's key is then never taken
+        again unread, :meth:`authenticate_scraper`); a live one is remembered with the
+        time its row was read."""
+        with connect() as conn, translated("checking an API key"):
             row = conn.execute(
                 f"SELECT {_COLS}, salt, secret_hash FROM api_keys WHERE key_id = %s", (key_id,)
             ).fetchone()
             if row is None:
                 _hash(secret, _NO_KEY_SALT)  # as long as a check of a key that exists
+                if cached:
+                    self._forget(key_id)  # (deleted from the table since)
                 raise _refused(key_id, "unknown key id")
             key = _row(row)
             if not cached:
@@ -220,13 +334,13 @@ class KeyStore:
                     why = "revoked key, wrong secret" if key.revoked_at else "wrong secret"
                     raise _refused(key_id, why)
             if key.revoked_at is not None:
+                self._forget(key_id)
                 log.info("api key %s refused: revoked", key_id)
                 raise AuthenticationError(f"API key {key_id} was revoked")
-            if not cached:
-                with self._lock:
-                    self._verified[key_id] = digest
-                if not self.read_only:
-                    _mark_used(conn, key.id)
+            with self._lock:
+                self._verified[key_id] = _Verified(digest, key, self.clock())
+            if not cached and not self.read_only:
+                _mark_used(conn, key.id)
         return key
 
 

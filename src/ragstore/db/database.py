@@ -386,13 +386,16 @@ class Database:
         settings of their own (a job's lock session: ``jobs.liveness.LOCK_TCP``)."""
         return with_tcp(self.conninfo, self.tcp)
 
-    def connect(self, *, autocommit: bool = False) -> psycopg.Connection[tuple[object, ...]]:
-        """A new connection outside the pool (for migrations and admin work)."""
+    def connect(
+        self, *, autocommit: bool = False, timeout_s: float | None = None
+    ) -> psycopg.Connection[tuple[object, ...]]:
+        """A new connection outside the pool (for migrations and admin work), given up
+        after ``timeout_s`` (default ``RAGSTORE_CONNECT_TIMEOUT_S``; whole seconds, at
+        least one: libpq's unit)."""
+        wait = self._timeout if timeout_s is None else min(timeout_s, self._timeout)
         with translated(f"connecting to {self.where}"):
             try:
-                params = make_conninfo(
-                    self.tcp_conninfo, connect_timeout=max(1, int(self._timeout))
-                )
+                params = make_conninfo(self.tcp_conninfo, connect_timeout=max(1, int(wait)))
             except psycopg.ProgrammingError as exc:
                 raise unparseable(exc) from None
             conn = psycopg.connect(params, autocommit=autocommit)
@@ -404,7 +407,9 @@ class Database:
             return conn
 
     @contextmanager
-    def checking(self, *, wait_s: float = CHECK_POOL_WAIT_S) -> Iterator[CheckConnection]:
+    def checking(
+        self, *, wait_s: float = CHECK_POOL_WAIT_S, connect_s: float | None = None
+    ) -> Iterator[CheckConnection]:
         """A connection to check the server on (``/readyz``, the scrape's
         ``ragstore_db_up``): a fresh one, so a pool that every request holds is not read
         as a database down, and, when the server refuses that for its connection limit
@@ -417,9 +422,10 @@ class Database:
         ``DatabaseUnavailableError`` with ``busy`` set (full and busy: load, not a
         fault); when the process's pool holds no connection it raises it without (this
         process cannot reach the database at all), and :func:`is_full` tells both from a
-        server down. Neither asks the pool for a connection it does not have idle."""
+        server down. Neither asks the pool for a connection it does not have idle.
+        ``connect_s`` bounds the fresh connection's connect (see :meth:`connect`)."""
         try:
-            conn = self.connect(autocommit=True)
+            conn = self.connect(autocommit=True, timeout_s=connect_s)
         except DatabaseUnavailableError as exc:
             if not is_full(exc):
                 raise

@@ -198,7 +198,12 @@ async def _require_key(request: Request) -> None:
     the API's listings, 404s and job reads keep from it (403 ``forbidden`` now). The key is
     checked on a thread of the probes' key checks (:func:`ragstore.http.probes.
     on_key_check_thread`): never behind the load, nor holding the threads /readyz's checks
-    and the rendering (:func:`_rendering`) run on."""
+    and the rendering (:func:`_rendering`) run on.
+
+    Nor on a pooled connection (:meth:`~ragstore.auth.keys.KeyStore.authenticate_scraper`):
+    with the database down every keyed scrape was refused 503, so the scrape that reports
+    ``ragstore_db_up 0`` never happened, and with the pool held it waited out the pool
+    timeout."""
     from ragstore.profiles import served_on_loopback
 
     state = getattr(request.app.state, "ragstore", None)
@@ -217,7 +222,7 @@ async def _require_key(request: Request) -> None:
     ):
         return
     client = request.client.host if request.client else ""
-    key = await on_key_check_thread(lambda: keys.authenticate(token, client))
+    key = await on_key_check_thread(lambda: keys.authenticate_scraper(token, client))
     key.require("metrics")
 
 
