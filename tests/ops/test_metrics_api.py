@@ -93,7 +93,12 @@ def test_metrics_count_an_ingest_and_a_search_through_the_api(
     assert grew("ragstore_errors_total", code="collection_not_found") == 1
     assert grew("ragstore_search_requests_total", mode="vector", outcome="ok") == 1
     assert grew("ragstore_search_duration_seconds_count", mode="vector") == 1
+    # the search of a collection that does not exist (hybrid, the default) ran nothing: an
+    # error, not a 0-second search in the latency histogram
+    assert grew("ragstore_search_requests_total", mode="hybrid", outcome="error") == 1
+    assert grew("ragstore_search_duration_seconds_count", mode="hybrid") == 0
     assert grew("ragstore_ingest_documents_total", outcome="added") == 1
+    assert grew("ragstore_ingest_duration_seconds_count") == 1
     assert grew("ragstore_ingest_documents_total", outcome="failed") == 0
 
     assert settings.database_url is not None
@@ -505,3 +510,57 @@ def test_a_search_waiting_for_a_pooled_connection_shows_in_the_pool_wait_histogr
     assert grew(f"{wait}_bucket", pool="primary", le="0.5") < grew(f"{wait}_count", pool="primary")
     # and the search's own duration still includes that wait (its meaning is unchanged)
     assert grew("ragstore_search_duration_seconds_sum", mode="vector") >= 0.9
+
+
+def test_an_upload_is_timed_in_the_ingest_duration(http: httpx.Client) -> None:
+    """Uploads, JSON adds, jobs and ``Store.add_document`` go through ``add_documents``,
+    which never set the report's time: ``ragstore_ingest_duration_seconds`` recorded none
+    of them (only a CLI run or an add of texts). One observation per upload now."""
+    assert http.post("/v1/collections", json={"name": "opsupload"}).status_code in (201, 409)
+    before = scrape(http)
+    for i in range(2):
+        files = [
+            ("files", (f"u{i}a.md", f"# Upload {i}\n\nRoses in winter, {i}.\n".encode())),
+            ("files", (f"u{i}b.md", f"# Upload {i}\n\nViolins at dusk, {i}.\n".encode())),
+        ]
+        sent = http.post("/v1/collections/opsupload/documents/upload", files=files)
+        assert sent.status_code == 201, sent.text
+    after = scrape(http)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew("ragstore_ingest_documents_total", outcome="added") == 4
+    assert grew("ragstore_ingest_duration_seconds_count") == 2
+    assert grew("ragstore_ingest_duration_seconds_sum") > 0
+
+
+def test_a_model_that_differs_from_its_pin_is_counted_once_per_refusal(
+    http: httpx.Client, settings: Settings
+) -> None:
+    """Counted where the load refuses the model (so a worker's jobs count too), and no
+    longer also where the API answers the error: one refused search, one count."""
+    from dataclasses import replace
+
+    from ragstore.db import repository
+    from ragstore.embedding.registry import DEFAULT_MODEL, resolve_spec
+
+    spec = replace(resolve_spec(DEFAULT_MODEL), name="minilm-api-tampered", checksum="sha256:0")
+    assert settings.database_url is not None
+    db = Database(settings.database_url.get_secret_value())
+    try:
+        with db.connection() as conn:
+            repository.create_collection(conn, "opstampered", spec)
+    finally:
+        db.close()
+    before = scrape(http)
+    found = http.post("/v1/collections/opstampered/search", json={"query": "roses"})
+    assert found.status_code == 409 and found.json()["code"] == "model_mismatch", found.text
+    after = scrape(http)
+    failures = "ragstore_model_validation_failures_total"
+    assert value(after, failures) - value(before, failures) == 1
+    assert (
+        value(after, "ragstore_errors_total", code="model_mismatch")
+        - value(before, "ragstore_errors_total", code="model_mismatch")
+        == 1
+    )

@@ -441,11 +441,13 @@ class HttpEmbedder(Embedder):
         # one answered request, its retries included: the endpoint's latency as callers see it
         metrics.observe_embedding_batch(len(texts), time.perf_counter() - t0)
         if out.shape[1] != self.spec.dimension:
-            raise ModelMismatchError(
-                f"model {self.spec.key}: expected {self.spec.dimension} dimensions, got "
-                f"{out.shape[1]} from {self.shown_url}; the server runs a different model than "
-                "the pin: point options.base_url at the pinned model, or pin the new one "
-                "with `ragstore models add` and re-embed with `ragstore models migrate`"
+            raise metrics.record_model_mismatch(
+                ModelMismatchError(
+                    f"model {self.spec.key}: expected {self.spec.dimension} dimensions, got "
+                    f"{out.shape[1]} from {self.shown_url}; the server runs a different model than "
+                    "the pin: point options.base_url at the pinned model, or pin the new one "
+                    "with `ragstore models add` and re-embed with `ragstore models migrate`"
+                )
             )
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         if self.spec.distance == "cosine" and not norms.all():

@@ -30,6 +30,7 @@ from ragstore.embedding.paths import minilm_dir as minilm_dir  # re-exported for
 from ragstore.embedding.validation import check_loaded
 from ragstore.errors import ModelMismatchError, ModelNotFoundError
 from ragstore.models import ModelSpec
+from ragstore.observability import metrics
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 TRUNCATED_MODEL = "all-MiniLM-L6-v2-256d"
@@ -137,11 +138,17 @@ def load_embedder(
     process talks to the endpoint, not what the model is, so it is not part of the pin.
     """
     options = json.dumps(spec.options, sort_keys=True, default=str)  # not part of spec ==
-    if spec.provider == LOCAL_PROVIDER:
-        verify_weights(spec)
-        return _load_local(spec, options, device, batch_size)
-    if spec.provider == HTTP_PROVIDER:
-        return _load_http(spec, options, batch_size, concurrency)
+    try:
+        if spec.provider == LOCAL_PROVIDER:
+            verify_weights(spec)
+            return _load_local(spec, options, device, batch_size)
+        if spec.provider == HTTP_PROVIDER:
+            return _load_http(spec, options, batch_size, concurrency)
+    except ModelMismatchError as exc:
+        # counted here, where it is found (a failed load is not kept: each one is counted),
+        # so a worker's jobs show it on the worker's port as requests do on the API's
+        metrics.record_model_mismatch(exc)
+        raise
     raise ModelNotFoundError(
         f"no provider {spec.provider!r} for model {spec.key}; known: {', '.join(PROVIDERS)}"
     )

@@ -10,6 +10,7 @@ client's name.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -52,6 +53,7 @@ def add_documents(
     progress: Progress | None = None,
     report: IngestReport | None = None,
     guard: WriteGuard | None = None,
+    record: bool = True,
 ) -> list[DocumentOutcome]:
     """Ingest named documents into an existing collection; outcomes in the order given.
 
@@ -59,6 +61,12 @@ def add_documents(
     lock, so concurrent writers of one name are serialized and every outcome describes
     what this call stored. ``guard`` checks each write transaction before its commit
     (a job's run: only while its attempt counts).
+
+    The call's time is set in ``report.seconds`` and, with ``record``, the report is
+    counted in the ingest metrics. A caller that may run the same documents again (a job
+    run again after a lost database) passes ``record=False`` and counts the report of its
+    last run itself: each run counted, the first one's lost documents were ``failed`` and
+    the second one's ``added`` again.
     """
     names.unique_names([d.name for d in docs])
     items = [
@@ -74,11 +82,16 @@ def add_documents(
         for d in docs
     ]
     report = report if report is not None else IngestReport(collection=collection)
+    t0 = time.perf_counter()
     try:
         ingest_items(rt, collection, items, report, progress=progress, create=False, guard=guard)
     finally:
-        # also when an error stopped it after earlier rounds committed: they are counted
-        metrics.observe_ingest(report)
+        # the duration histogram records only a report with its time: unset here, no
+        # upload, API add or job was ever in ragstore_ingest_duration_seconds
+        report.seconds = time.perf_counter() - t0
+        if record:
+            # also when an error stopped it after earlier rounds committed: they are counted
+            metrics.observe_ingest(report)
     by_source = {o.source: o for o in report.outcomes}
     out = []
     for d, item in zip(docs, items, strict=True):

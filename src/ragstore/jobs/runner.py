@@ -33,6 +33,7 @@ from ragstore.errors import (
 )
 from ragstore.ingest.documents import DocumentOutcome, NewDocument, add_documents
 from ragstore.ingest.service import IngestReport, stops_ingest, stops_reading
+from ragstore.observability import metrics
 from ragstore.runtime import Runtime
 from ragstore.uploads import staging
 
@@ -426,6 +427,7 @@ def _run(
     outcomes: dict[str, int] = defaultdict(int)
     runs = 0
     switched_only = False  # the last run's documents not stored were all a model switch's
+    reports: list[IngestReport] = []  # each run's, in order: the metrics count the last
 
     def ingest() -> tuple[list[DocumentOutcome], IngestReport, list[tuple[str, str]]]:
         nonlocal runs, tracker, switched_only
@@ -436,8 +438,9 @@ def _run(
             # dead and the job taken by another; a run again then only repeats its work
             _check_current(rt, job_id, attempt)
             tracker = _Progress(rt, job, attempt, retry=True)
+        reports.append(IngestReport(collection=job.collection))
         try:
-            results, report = _ingest(rt, job, files, tracker, attempt)
+            results, report = _ingest(rt, job, files, tracker, attempt, reports[-1])
         except ConflictError as exc:
             # a vector table dropped under the run (its lookup of stored vectors), the
             # collection still there (``_ingest`` checked): the model the run read was
@@ -458,9 +461,19 @@ def _run(
         return results, report, [(r.name, c) for r, c in lost]
 
     try:
-        results, report, lost = _while_unreachable(
-            job_id, "ingesting its documents", ingest, at_once=lambda: switched_only
-        )
+        try:
+            results, report, lost = _while_unreachable(
+                job_id, "ingesting its documents", ingest, at_once=lambda: switched_only
+            )
+        finally:
+            # the last run's report alone, once: each run counted, a run again after a
+            # lost database counted the first run's lost documents ``failed`` and then
+            # every document ``added`` or ``unchanged`` a second time. A last run that
+            # stopped before any document (its start check failed) leaves the one before
+            if reports:
+                metrics.observe_ingest(
+                    next((r for r in reversed(reports) if r.outcomes), reports[-1])
+                )
         # a run after a lost one finds what that one stored: it counts as this job's work
         retry = job.attempts > 0 or runs > 1
         tracker.docs = len(results)
@@ -635,15 +648,16 @@ def _ingest(
     files: list[store.JobFile],
     tracker: _Progress,
     attempt: int,
+    report: IngestReport,
 ) -> tuple[list[DocumentOutcome], IngestReport]:
-    """Ingest the job's files once; each outcome, and the report of the whole.
+    """Ingest the job's files once into ``report`` (which the metrics do not count: the
+    caller counts its last run's); each outcome, and the report of the whole.
 
     Run again where the database went away meanwhile (a restart, a failover, a crash of
     the embedded server): the job was accepted with 202, and failing it there left the
     client to notice and send its files again. A run again is safe for the reason the
     module's text gives (documents written whole, unchanged ones left)."""
     _check_collection_at_start(rt, job)
-    report = IngestReport(collection=job.collection)
     tracker.follow(report)
     with staging.staging_area(rt.settings) as area:
         # a document written (or deleted: its tombstone) by a request answered after
@@ -661,6 +675,7 @@ def _ingest(
                 progress=tracker,
                 report=report,
                 guard=_into_its_collection(job, _fence(job.id, attempt)),
+                record=False,  # the job counts its last run's report (_run)
             )
         except SchemaMismatchError:
             raise  # the schema changed under the run: every statement is refused now

@@ -199,7 +199,8 @@ SEARCHES = Counter(
 )
 SEARCH_DURATION = Histogram(
     "ragstore_search_duration_seconds",
-    "Time for one search (query embedding and SQL).",
+    "Time for one search that ran (query embedding and SQL); refusals of the request "
+    "itself (4xx: unknown collection, bad input) are not in it.",
     ["mode"],
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
@@ -235,7 +236,8 @@ QUERY_CACHE = Counter(
 )
 MODEL_VALIDATION_FAILURES = Counter(
     "ragstore_model_validation_failures_total",
-    "Refusals because a loaded model differs from its pinned spec (model_mismatch).",
+    "Refusals because a loaded model differs from its pinned spec (model_mismatch), "
+    "counted where the check fails: API requests and background jobs alike.",
     registry=REGISTRY,
 )
 
@@ -280,6 +282,16 @@ POOL_IN_USE = Gauge(
 POOL_WAITING = Gauge(
     "ragstore_db_pool_requests_waiting",
     "Requests waiting now for a free connection.",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+# 1 in a process whose pool is exhausted now (every connection lent out, requests
+# waiting), summed over the live processes: how many are. The gauges above are summed
+# too, so with several server processes "in use >= max and waiting" held only when
+# every process was exhausted at once; one process starved went unseen by the alert.
+POOL_EXHAUSTED = Gauge(
+    "ragstore_db_pool_exhausted_processes",
+    "Processes whose pool is exhausted now: every connection lent out and requests waiting.",
     registry=REGISTRY,
     multiprocess_mode="livesum",
 )
@@ -396,14 +408,31 @@ def record_connection_refused(reason: str) -> None:
 def record_error(code: str) -> None:
     """Count one failure answered to a client; codes are the bounded set in errors.py."""
     ERRORS.labels(code).inc()
-    if code == "model_mismatch":
+
+
+def record_model_mismatch(exc: BaseException) -> BaseException:
+    """Count ``exc``, a refusal of a loaded model that differs from its pin, where the
+    check failed (:func:`ragstore.embedding.registry.load_embedder`, an HTTP model's
+    answer); once, however many of those places it passes (an HTTP model's probe at its
+    load is both). Returns ``exc``, for ``raise``.
+
+    Counted from the HTTP error answered alone, a worker whose model differed from the
+    pin failed every job with ``model_mismatch`` while the counter on its port stayed 0,
+    and the critical alert on it was silent."""
+    if not getattr(exc, "_ragstore_counted", False):
         MODEL_VALIDATION_FAILURES.inc()
+        exc._ragstore_counted = True  # type: ignore[attr-defined]
+    return exc
 
 
-def observe_search(mode: str, seconds: float, hits: int | None) -> None:
-    """One finished search; ``hits`` None means it failed."""
+def observe_search(mode: str, seconds: float, hits: int | None, *, ran: bool = True) -> None:
+    """One finished search; ``hits`` None means it failed. ``ran`` False: refused as the
+    request's own error before it ran (an unknown collection, bad input), counted as an
+    error but kept out of the duration histogram, whose instant 404s pulled its
+    quantiles down."""
     SEARCHES.labels(mode, "ok" if hits is not None else "error").inc()
-    SEARCH_DURATION.labels(mode).observe(seconds)
+    if ran:
+        SEARCH_DURATION.labels(mode).observe(seconds)
     if hits is not None:
         SEARCH_HITS.labels(mode).observe(hits)
 
@@ -512,6 +541,9 @@ def sync_pool(pool: Any) -> None:
     POOL_SIZE.set(size)
     POOL_IN_USE.set(max(0, size - stats.get("pool_available", 0)))
     POOL_WAITING.set(stats.get("requests_waiting", 0))
+    in_use, most = max(0, size - stats.get("pool_available", 0)), stats.get("pool_max", 0)
+    exhausted = most > 0 and in_use >= most and stats.get("requests_waiting", 0) > 0
+    POOL_EXHAUSTED.set(1 if exhausted else 0)
     # by the pool's name (unique in the process: psycopg_pool numbers them), not its id(),
     # which a later pool may reuse, its totals then taken for the old one's going down
     key = f"pool:{getattr(pool, 'name', '')}"

@@ -66,7 +66,13 @@ from ragstore.db.database import Database, stored_json
 from ragstore.db.errors import translated
 from ragstore.db.field_indexes import FieldIndex
 from ragstore.db.repository import Collection
-from ragstore.errors import ConflictError, InputError, ModelError, SearchTimeoutError
+from ragstore.errors import (
+    ConflictError,
+    InputError,
+    ModelError,
+    RagstoreError,
+    SearchTimeoutError,
+)
 from ragstore.models import VECTOR_ONLY_PROVIDER, Hit
 from ragstore.observability import metrics
 from ragstore.runtime import Runtime
@@ -281,6 +287,13 @@ def search(
     return run(rt, query or "", name, params, vector=vector)
 
 
+def _refused(exc: BaseException) -> bool:
+    """Whether ``exc`` refuses the request as its own error (an HTTP 4xx: an unknown
+    collection, bad input, a conflict), not a search that ran and failed (a timeout, the
+    database or the model: 5xx)."""
+    return isinstance(exc, RagstoreError) and 400 <= exc.http_status < 500
+
+
 def run(
     rt: Runtime, query: str, collection: str, p: SearchParams, vector: Sequence[float] | None = None
 ) -> list[Hit]:
@@ -292,8 +305,9 @@ def run(
             if p.mmr
             else (_run_current(rt, query, collection, p, vector))
         )
-    except Exception:
-        metrics.observe_search(p.mode, time.perf_counter() - t0, None)
+    except Exception as exc:
+        # a refusal of the request itself (4xx) ran nothing: kept out of the latency
+        metrics.observe_search(p.mode, time.perf_counter() - t0, None, ran=not _refused(exc))
         raise
     metrics.observe_search(p.mode, time.perf_counter() - t0, len(hits))
     name_uploads(rt, collection, hits)
