@@ -23,14 +23,50 @@ from psycopg import sql
 from psycopg.types.json import set_json_loads
 
 from ragstore.config import conninfo_problem
-from ragstore.db.database import describe, stored_json
+from ragstore.db.database import describe
 from ragstore.errors import DatabaseUnavailableError, ImportSourceError
 from ragstore.imports.records import Record, json_safe, to_id, to_text, to_vector
+from ragstore.validation import INT64_MAX, INT64_MIN
 
 TEXT_COLUMNS = ("text", "content", "document", "chunk", "body")
 VECTOR_COLUMNS = ("embedding", "vector", "vec", "embeddings")
 ARRAY_TYPES = ("double precision[]", "real[]", "numeric[]", "integer[]", "bigint[]")
 BYTEA_DTYPES = {"float32": "<f4", "float64": "<f8"}
+
+
+# every digit a 0, every other byte a space: 19 digits in a row is the shortest run that
+# can be an integer beyond 64 bits (as :func:`ragstore.db.database.stored_json` finds them)
+DIGITS_ONLY = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+LONG_RUN = b"0" * 19
+
+
+def _source_int(text: str) -> int | float:
+    """An integer of a source's JSON: a float only where it is the float the text spells.
+
+    jsonb keeps a number as ``numeric`` and writes a float's ``1e20`` back as
+    100000000000000000000, which validation refused as beyond 64 bits; such a number is
+    the float whose shortest text reads back as it (as :func:`ragstore.imports.records.
+    _decimal` does for numeric). Any other integer beyond 64 bits is kept exact, for
+    validation to refuse as ``unstorable``: read as ragstore reads its own database
+    (:func:`ragstore.db.database.stored_json`, whose writes hold no such integer),
+    ``{"order_id": 12345678901234567890}`` was stored rounded, as 1.2345678901234567e19,
+    and the import said it succeeded."""
+    value = int(text)  # over 4,300 digits: ValueError, reported where the row is read
+    if INT64_MIN <= value <= INT64_MAX:
+        return value
+    try:
+        as_float = float(value)
+    except OverflowError:  # beyond any float
+        return value
+    return as_float if Decimal(repr(as_float)) == value else value
+
+
+def source_json(data: str | bytes | memoryview) -> Any:
+    """A source's ``json``/``jsonb`` value, its integers as :func:`_source_int` reads them."""
+    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    if LONG_RUN not in raw.translate(DIGITS_ONLY):  # no integer beyond 64 bits: plain read
+        return json.loads(raw)
+    return json.loads(raw, parse_int=_source_int)
 
 
 def _kind(type_name: str) -> str | None:
@@ -223,10 +259,9 @@ class PostgresTableSource:
                 f"connecting to the source {describe(self.url)}: {first}"
             ) from None
         conn.read_only = True
-        # its json/jsonb read as ragstore's own connections read them: jsonb keeps a
-        # number as numeric and writes ``1e20`` back as 100000000000000000000, which was
-        # read as that integer and then refused by validation as beyond 64 bits
-        set_json_loads(stored_json, conn)
+        # its json/jsonb read with :func:`source_json`'s integers: jsonb keeps a number
+        # as numeric and writes ``1e20`` back as 100000000000000000000
+        set_json_loads(source_json, conn)
         return conn
 
     def _relation(
@@ -554,7 +589,7 @@ def _as_metadata(raw: Any, column: str) -> dict[str, Any]:
     (a list, a number) kept under the column's name."""
     if isinstance(raw, str):
         try:
-            raw = stored_json(raw)
+            raw = source_json(raw)
         except json.JSONDecodeError:
             return {column: raw}
     if raw is None:
