@@ -925,9 +925,24 @@ def test_a_csv_sidecar_row_with_more_fields_than_the_header_is_named(
     assert not collection_state(cli_env["RAGSTORE_DATABASE_URL"], "fmt-wide")["exists"]
 
 
-@pytest.mark.parametrize("space", ["ip", "l2"])
+@pytest.mark.parametrize(
+    ("space", "made"),
+    [
+        ("ip", {"metadata": {"hnsw:space": "ip"}}),
+        ("l2", {"metadata": {"hnsw:space": "l2"}}),
+        ("l2", {}),  # Chroma's default
+        # Chroma 1.x's own way: the space in the configuration alone, the metadata None
+        # (read from the metadata only, imported as l2)
+        ("cosine", {"configuration": {"hnsw": {"space": "cosine"}}}),
+        ("ip", {"configuration": {"spann": {"space": "ip"}}}),
+    ],
+)
 def test_a_chroma_collection_is_searched_by_the_distance_chroma_searched_it_by(
-    space: str, cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    space: str,
+    made: dict[str, Any],
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Chroma's ``hnsw:space`` was read and dropped: a collection that Chroma searched by
     inner product or l2 (its default) was imported as cosine, ranking the same vectors
@@ -938,18 +953,44 @@ def test_a_chroma_collection_is_searched_by_the_distance_chroma_searched_it_by(
     client = chromadb.PersistentClient(
         path=str(tmp_path / "chroma"), settings=ChromaSettings(anonymized_telemetry=False)
     )
-    coll = client.get_or_create_collection(
-        "notes", embedding_function=None, metadata={"hnsw:space": space}
-    )
+    coll = client.get_or_create_collection("notes", embedding_function=None, **made)
     ids = [f"s{i}" for i in range(20)]
     coll.add(ids=ids, embeddings=vectors(20, DIM).tolist(), documents=ids)
     del coll, client
     report = _import(
-        capsys, str(tmp_path / "chroma"), "-c", f"fmt-space-{space}", "--model",
-        f"spaced-{space}@v1", "--dimension", str(DIM),
+        capsys, str(tmp_path / "chroma"), "-c", f"fmt-space-{space}-{len(str(made))}",
+        "--model", f"spaced-{space}-{len(str(made))}@v1", "--dimension", str(DIM),
     )  # fmt: skip
     assert report["distance"] == space
     assert report["verification"]["ok"]
+
+
+def test_a_chroma_directory_without_a_collection_says_so(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # it said "holds 0 Chroma collections (none); choose one with --chroma-collection",
+    # sending the user to choose among none
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    client = chromadb.PersistentClient(
+        path=str(tmp_path / "chroma"), settings=ChromaSettings(anonymized_telemetry=False)
+    )
+    client.get_or_create_collection("gone", embedding_function=None)
+    client.delete_collection("gone")
+    del client
+    assert (tmp_path / "chroma" / "chroma.sqlite3").exists()
+    args = ["import", str(tmp_path / "chroma"), "-c", "fmt-chroma-empty", "--model"]
+    args += ["legacy@v1", "--dimension", str(DIM), "--no-backup"]
+    for extra in ([], ["--chroma-collection", "gone"]):
+        code = run_cli(*args, *extra)
+        err = " ".join(capsys.readouterr().err.split())
+        assert code == 65, err
+        assert (
+            f"{tmp_path / 'chroma'} holds no Chroma collection: there is nothing to import" in err
+        )
+        assert "choose one" not in err
+    assert not collection_state(cli_env["RAGSTORE_DATABASE_URL"], "fmt-chroma-empty")["exists"]
 
 
 def test_a_postgres_bytea_id_is_named_not_stored_as_its_repr(
