@@ -400,7 +400,9 @@ class PostgresTableSource:
                     *[expr for expr, _ in meta_reads],
                 ]
             )
-            stmt = sql.SQL("SELECT {} FROM {}").format(fields, qualified)
+            stmt = sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
+                fields, qualified, self._order(conn, id_col, columns[id_col])
+            )
             single_meta = len(meta_cols) == 1 and meta_cols[0] in (self.metadata_column, "metadata")
             for row in self._rows(conn, stmt):
                 where = f"{self.table} row id={row[0]}"
@@ -416,6 +418,33 @@ class PostgresTableSource:
                 else:
                     meta = {c: v for c, v in zip(meta_cols, values, strict=True) if v is not None}
                 yield Record(to_id(row[0], where), to_text(row[1], where), vector, json_safe(meta))
+
+    def _order(
+        self, conn: psycopg.Connection[tuple[Any, ...]], id_col: str, type_name: str
+    ) -> sql.Composable:
+        """The rows' order: by id (as its text, which every type has), and rows of one id
+        in the table's physical order (``ctid``: the one stored first, unless it was
+        updated since), so that ``--policy duplicate_id=skip`` keeps the same row each
+        time; read unordered, the one kept was whichever the scan met first (PostgreSQL's
+        synchronized scans start a large table's scan where another scan is). A view or
+        foreign table has no ``ctid``: its rows of one id come in the order it gives."""
+        by_id = sql.SQL('({})::text COLLATE "C"').format(_id_expr(id_col, type_name))
+        try:
+            relation = self._relation(conn)
+            kind = (
+                None
+                if relation is None
+                else conn.execute(
+                    "SELECT relkind::text FROM pg_class WHERE oid = %s::oid", (relation[0],)
+                ).fetchone()
+            )
+        except psycopg.Error as exc:
+            if conn.broken:
+                raise _lost(self.description, "before the first row", exc) from None
+            raise ImportSourceError(f"{self.description}: {exc}") from None
+        if kind is not None and kind[0] in ("r", "m", "p"):  # a table, matview, partitioned
+            return sql.SQL("{}, ctid").format(by_id)
+        return by_id
 
     def _rows(
         self,
@@ -666,8 +695,17 @@ class LlamaIndexPGVectorSource(PostgresTableSource):
                 self.table,
                 "LlamaIndex PGVectorStore",
             )
-            stmt = sql.SQL("SELECT node_id, text, {}, metadata_ FROM {}").format(
-                _vector_expr("embedding", columns["embedding"], self.table), table
+            # PGVectorStore appends a row when a node is added again (node_id is not
+            # unique; id is a bigserial): each node's newest row (the largest id) comes
+            # first, in the order of the ids, and the older ones after it, for
+            # --policy duplicate_id=skip to leave out. Unordered, the stale one could win
+            order = (
+                sql.SQL("(id = max(id) OVER (PARTITION BY node_id)) DESC, id")
+                if "id" in columns
+                else sql.SQL("node_id")
+            )
+            stmt = sql.SQL("SELECT node_id, text, {}, metadata_ FROM {} ORDER BY {}").format(
+                _vector_expr("embedding", columns["embedding"], self.table), table, order
             )
             for rid, text, vec, raw in self._rows(conn, stmt):
                 where = f"{self.description} row node_id={rid}"
