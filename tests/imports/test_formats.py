@@ -1183,6 +1183,40 @@ def test_a_npy_file_cut_while_it_is_read_is_named_not_a_bus_error(
             )
 
 
+@pytest.mark.parametrize("sidecar", ["", ".jsonl", ".csv"])
+def test_a_jsonl_file_or_sidecar_written_to_while_it_is_read_is_refused(
+    sidecar: str, tmp_path: Path
+) -> None:
+    """A JSONL file (or a NumPy matrix's JSONL or CSV sidecar) appended to while the
+    import read it was imported as whatever part of it the read met, unlike a .npy
+    matrix or a Chroma directory: its size and modification time are now compared."""
+    from ragstore.errors import ImportSourceError
+    from ragstore.imports.files import JsonlSource, NumpySource
+
+    ids = [f"w{i}" for i in range(4)]
+    if sidecar:
+        written = write_npy_csv(tmp_path / "m.npy", ids, vectors(4, DIM))
+        path = written.with_suffix(sidecar)
+        if sidecar == ".jsonl":
+            path.with_suffix(".csv").unlink()
+            path.write_text("".join(json.dumps({"id": i, "text": "t"}) + "\n" for i in ids))
+        source: JsonlSource | NumpySource = NumpySource(written, path)
+        added = json.dumps({"id": "late"}) + "\n" if sidecar == ".jsonl" else "late,t,en\n"
+    else:
+        path = write_jsonl(tmp_path / "w.jsonl", ids, vectors(4, DIM))
+        source = JsonlSource(path)
+        added = json.dumps({"id": "late", "vector": [0.5] * DIM}) + "\n"
+    assert [r.id for r in source.records()] == ids  # unchanged: read whole
+    rows = source.records()
+    assert next(rows).id == "w0"
+    with path.open("a") as fh:  # an export appending to it meanwhile
+        fh.write(added)
+    with pytest.raises(ImportSourceError) as caught:
+        list(rows)
+    assert str(caught.value).startswith(f"{path} changed while it was read")
+    assert "Nothing was written" in str(caught.value)
+
+
 def test_a_pipe_or_a_looping_link_as_the_source_is_named_without_waiting(tmp_path: Path) -> None:
     """A FIFO named x.jsonl was opened, and the import waited for a writer forever; a link
     that loops was "no such file or directory"."""
