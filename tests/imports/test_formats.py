@@ -67,6 +67,44 @@ def test_jsonl_file_is_imported_with_text_and_metadata(
     assert row == ("text of doc-7", {"n": 7, "source": "wiki"})
 
 
+def test_the_import_report_names_its_batch_and_a_filter_finds_its_documents(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # every imported document carries metadata import.batch, but neither report said it,
+    # so an import's documents could not be told from another's
+    args = ["--model", "legacy@v1", "--dimension", str(DIM), "--no-backup"]
+    first = write_jsonl(tmp_path / "a.jsonl", ["a0", "a1"], vectors(2, DIM, seed=1))
+    report = _import(capsys, str(first), "-c", "fmt-batch", *args[:-1])
+    batch = report["batch"]
+    assert len(batch) == 16
+    later = write_jsonl(tmp_path / "b.jsonl", ["b0"], vectors(1, DIM, seed=2))
+    capsys.readouterr()
+    assert run_cli("import", str(later), "-c", "fmt-batch", *args) == 0
+    printed = capsys.readouterr().out
+    line = next(ln for ln in printed.splitlines() if ln.startswith("batch:"))
+    other = line.split()[1]
+    assert other != batch and len(other) == 16
+    with psycopg.connect(cli_env["RAGSTORE_DATABASE_URL"]) as conn:
+        found = conn.execute(
+            "SELECT d.source, d.metadata #>> '{import,batch}' FROM documents d"
+            " JOIN collections c ON c.id = d.collection_id WHERE c.name = 'fmt-batch'"
+            " ORDER BY d.source"
+        ).fetchall()
+    assert found == [("a0", batch), ("a1", batch), ("b0", other)]
+    # the filter the report names finds the documents of that import alone
+    where = line.split("--where ", 1)[1].rsplit(" finds", 1)[0].strip("'")
+    assert json.loads(where) == {"import.batch": other}
+    capsys.readouterr()
+    code = run_cli("search", "text", "-c", "fmt-batch", "--mode", "fulltext", "--where", where)
+    code_json = run_cli(
+        "search", "text", "-c", "fmt-batch", "--mode", "fulltext", "--where", where, "--json"
+    )
+    out = capsys.readouterr().out
+    assert code == code_json == 0
+    hits = json.loads(out[out.index("[") :])
+    assert [h["source"] for h in hits] == ["b0"]
+
+
 def test_npy_matrix_with_csv_sidecar(
     cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

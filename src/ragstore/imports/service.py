@@ -197,6 +197,9 @@ class ImportReport:
     verification: Verification
     seconds: dict[str, float]
     model_check: str = ""
+    # the id every document of this import carries as its metadata ``import.batch``: how
+    # its documents are found again (a filter ``{"import.batch": ...}``, or SQL)
+    batch: str = ""
 
 
 # records whose texts are embedded again at most (one small encode), spread evenly from
@@ -968,4 +971,5 @@ def run_import(
         verification=verification,
         seconds=seconds,
         model_check=plan.model_check,
+        batch=writer.batch,
     )
