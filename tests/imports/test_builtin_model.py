@@ -138,3 +138,22 @@ def test_an_http_model_that_cannot_embed_for_the_check_says_nothing_was_written(
         assert "served-down" not in _collections(cli_env["RAGSTORE_DATABASE_URL"])
     finally:
         server.stop()
+
+
+def test_the_model_check_samples_the_last_records_of_the_source(
+    rt: Runtime, cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a half-migrated store: its last records hold a new model's vectors. The check took
+    # records at n * len / 8 (n = 0..7) and never looked past 7/8 of the source, so these
+    # 4 records of 40 were stored as MiniLM's unchecked
+    spec = resolve_spec("all-MiniLM-L6-v2")
+    texts = [f"{TEXTS[i % len(TEXTS)]} (note {i})" for i in range(40)]
+    vecs = rt.embedder(spec).embed(texts)
+    vecs[36:] = vecs[36:, np.random.default_rng(2).permutation(384)]  # another space
+    ids = [f"half-{i}" for i in range(40)]
+    src = write_jsonl(tmp_path / "half.jsonl", ids, vecs, texts=texts)
+    args = ["import", str(src), "-c", "half", "--model", "all-MiniLM-L6-v2", "--no-backup"]
+    capsys.readouterr()
+    assert run_cli(*args, "--dry-run") == 78
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the vectors do not look like all-MiniLM-L6-v2" in err and "half-39 (cosine " in err

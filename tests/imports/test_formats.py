@@ -67,6 +67,44 @@ def test_jsonl_file_is_imported_with_text_and_metadata(
     assert row == ("text of doc-7", {"n": 7, "source": "wiki"})
 
 
+def test_the_import_report_names_its_batch_and_a_filter_finds_its_documents(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # every imported document carries metadata import.batch, but neither report said it,
+    # so an import's documents could not be told from another's
+    args = ["--model", "legacy@v1", "--dimension", str(DIM), "--no-backup"]
+    first = write_jsonl(tmp_path / "a.jsonl", ["a0", "a1"], vectors(2, DIM, seed=1))
+    report = _import(capsys, str(first), "-c", "fmt-batch", *args[:-1])
+    batch = report["batch"]
+    assert len(batch) == 16
+    later = write_jsonl(tmp_path / "b.jsonl", ["b0"], vectors(1, DIM, seed=2))
+    capsys.readouterr()
+    assert run_cli("import", str(later), "-c", "fmt-batch", *args) == 0
+    printed = capsys.readouterr().out
+    line = next(ln for ln in printed.splitlines() if ln.startswith("batch:"))
+    other = line.split()[1]
+    assert other != batch and len(other) == 16
+    with psycopg.connect(cli_env["RAGSTORE_DATABASE_URL"]) as conn:
+        found = conn.execute(
+            "SELECT d.source, d.metadata #>> '{import,batch}' FROM documents d"
+            " JOIN collections c ON c.id = d.collection_id WHERE c.name = 'fmt-batch'"
+            " ORDER BY d.source"
+        ).fetchall()
+    assert found == [("a0", batch), ("a1", batch), ("b0", other)]
+    # the filter the report names finds the documents of that import alone
+    where = line.split("--where ", 1)[1].rsplit(" finds", 1)[0].strip("'")
+    assert json.loads(where) == {"import.batch": other}
+    capsys.readouterr()
+    code = run_cli("search", "text", "-c", "fmt-batch", "--mode", "fulltext", "--where", where)
+    code_json = run_cli(
+        "search", "text", "-c", "fmt-batch", "--mode", "fulltext", "--where", where, "--json"
+    )
+    out = capsys.readouterr().out
+    assert code == code_json == 0
+    hits = json.loads(out[out.index("[") :])
+    assert [h["source"] for h in hits] == ["b0"]
+
+
 def test_npy_matrix_with_csv_sidecar(
     cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -925,9 +963,24 @@ def test_a_csv_sidecar_row_with_more_fields_than_the_header_is_named(
     assert not collection_state(cli_env["RAGSTORE_DATABASE_URL"], "fmt-wide")["exists"]
 
 
-@pytest.mark.parametrize("space", ["ip", "l2"])
+@pytest.mark.parametrize(
+    ("space", "made"),
+    [
+        ("ip", {"metadata": {"hnsw:space": "ip"}}),
+        ("l2", {"metadata": {"hnsw:space": "l2"}}),
+        ("l2", {}),  # Chroma's default
+        # Chroma 1.x's own way: the space in the configuration alone, the metadata None
+        # (read from the metadata only, imported as l2)
+        ("cosine", {"configuration": {"hnsw": {"space": "cosine"}}}),
+        ("ip", {"configuration": {"spann": {"space": "ip"}}}),
+    ],
+)
 def test_a_chroma_collection_is_searched_by_the_distance_chroma_searched_it_by(
-    space: str, cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    space: str,
+    made: dict[str, Any],
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Chroma's ``hnsw:space`` was read and dropped: a collection that Chroma searched by
     inner product or l2 (its default) was imported as cosine, ranking the same vectors
@@ -938,18 +991,44 @@ def test_a_chroma_collection_is_searched_by_the_distance_chroma_searched_it_by(
     client = chromadb.PersistentClient(
         path=str(tmp_path / "chroma"), settings=ChromaSettings(anonymized_telemetry=False)
     )
-    coll = client.get_or_create_collection(
-        "notes", embedding_function=None, metadata={"hnsw:space": space}
-    )
+    coll = client.get_or_create_collection("notes", embedding_function=None, **made)
     ids = [f"s{i}" for i in range(20)]
     coll.add(ids=ids, embeddings=vectors(20, DIM).tolist(), documents=ids)
     del coll, client
     report = _import(
-        capsys, str(tmp_path / "chroma"), "-c", f"fmt-space-{space}", "--model",
-        f"spaced-{space}@v1", "--dimension", str(DIM),
+        capsys, str(tmp_path / "chroma"), "-c", f"fmt-space-{space}-{len(str(made))}",
+        "--model", f"spaced-{space}-{len(str(made))}@v1", "--dimension", str(DIM),
     )  # fmt: skip
     assert report["distance"] == space
     assert report["verification"]["ok"]
+
+
+def test_a_chroma_directory_without_a_collection_says_so(
+    cli_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # it said "holds 0 Chroma collections (none); choose one with --chroma-collection",
+    # sending the user to choose among none
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    client = chromadb.PersistentClient(
+        path=str(tmp_path / "chroma"), settings=ChromaSettings(anonymized_telemetry=False)
+    )
+    client.get_or_create_collection("gone", embedding_function=None)
+    client.delete_collection("gone")
+    del client
+    assert (tmp_path / "chroma" / "chroma.sqlite3").exists()
+    args = ["import", str(tmp_path / "chroma"), "-c", "fmt-chroma-empty", "--model"]
+    args += ["legacy@v1", "--dimension", str(DIM), "--no-backup"]
+    for extra in ([], ["--chroma-collection", "gone"]):
+        code = run_cli(*args, *extra)
+        err = " ".join(capsys.readouterr().err.split())
+        assert code == 65, err
+        assert (
+            f"{tmp_path / 'chroma'} holds no Chroma collection: there is nothing to import" in err
+        )
+        assert "choose one" not in err
+    assert not collection_state(cli_env["RAGSTORE_DATABASE_URL"], "fmt-chroma-empty")["exists"]
 
 
 def test_a_postgres_bytea_id_is_named_not_stored_as_its_repr(
@@ -1140,6 +1219,40 @@ def test_a_npy_file_cut_while_it_is_read_is_named_not_a_bus_error(
                 f"{path} changed while it was read (it is shorter than its header says, or "
                 "was written to); import it once it is written whole. Nothing was written\n"
             )
+
+
+@pytest.mark.parametrize("sidecar", ["", ".jsonl", ".csv"])
+def test_a_jsonl_file_or_sidecar_written_to_while_it_is_read_is_refused(
+    sidecar: str, tmp_path: Path
+) -> None:
+    """A JSONL file (or a NumPy matrix's JSONL or CSV sidecar) appended to while the
+    import read it was imported as whatever part of it the read met, unlike a .npy
+    matrix or a Chroma directory: its size and modification time are now compared."""
+    from ragstore.errors import ImportSourceError
+    from ragstore.imports.files import JsonlSource, NumpySource
+
+    ids = [f"w{i}" for i in range(4)]
+    if sidecar:
+        written = write_npy_csv(tmp_path / "m.npy", ids, vectors(4, DIM))
+        path = written.with_suffix(sidecar)
+        if sidecar == ".jsonl":
+            path.with_suffix(".csv").unlink()
+            path.write_text("".join(json.dumps({"id": i, "text": "t"}) + "\n" for i in ids))
+        source: JsonlSource | NumpySource = NumpySource(written, path)
+        added = json.dumps({"id": "late"}) + "\n" if sidecar == ".jsonl" else "late,t,en\n"
+    else:
+        path = write_jsonl(tmp_path / "w.jsonl", ids, vectors(4, DIM))
+        source = JsonlSource(path)
+        added = json.dumps({"id": "late", "vector": [0.5] * DIM}) + "\n"
+    assert [r.id for r in source.records()] == ids  # unchanged: read whole
+    rows = source.records()
+    assert next(rows).id == "w0"
+    with path.open("a") as fh:  # an export appending to it meanwhile
+        fh.write(added)
+    with pytest.raises(ImportSourceError) as caught:
+        list(rows)
+    assert str(caught.value).startswith(f"{path} changed while it was read")
+    assert "Nothing was written" in str(caught.value)
 
 
 def test_a_pipe_or_a_looping_link_as_the_source_is_named_without_waiting(tmp_path: Path) -> None:

@@ -225,3 +225,37 @@ def test_a_llamaindex_pgvectorstore_table_is_imported_and_checked_with_its_metad
     err = " ".join(capsys.readouterr().err.split())
     assert "has no column node_id, text, metadata_, embedding" in err
     assert "not LlamaIndex PGVectorStore's layout" in err
+
+
+def test_a_llamaindex_node_added_again_keeps_its_newest_row(
+    pg_admin_uri: str,
+    rt: Runtime,
+    cli_env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # PGVectorStore appends a row when a node is added again (node_id is not unique, id a
+    # bigserial). Read unordered, --policy duplicate_id=skip kept the row the scan met
+    # first: here the stale one, stored first
+    url = create_database(pg_admin_uri, None)
+    embed = rt.embedder(resolve_spec(MODEL)).embed
+    rows = [("node-0", "stale"), ("node-1", NOTES[1]), ("node-0", NOTES[0])]
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE EXTENSION vector")
+        conn.execute(
+            "CREATE TABLE data_re (id bigserial PRIMARY KEY, text varchar NOT NULL,"
+            " metadata_ json, node_id varchar, embedding vector(384))"
+        )
+        for (node, text), vec in zip(rows, embed([t for _, t in rows]), strict=True):
+            conn.execute(
+                "INSERT INTO data_re (text, metadata_, node_id, embedding)"
+                " VALUES (%s, %s, %s, %s::vector)",
+                (text, json.dumps({"v": text}), node, _vec(vec)),
+            )
+    args = [url, "--format", "llamaindex-pgvector", "--model", MODEL, "--table", "re"]
+    report = _import(capsys, *args, "-c", "li-re", "--policy", "duplicate_id=skip")
+    assert report["written"] == 2
+    stored = _stored(cli_env["RAGSTORE_DATABASE_URL"], "li-re")
+    assert stored == {
+        "node-0": (NOTES[0], {"v": NOTES[0]}),
+        "node-1": (NOTES[1], {"v": NOTES[1]}),
+    }

@@ -161,3 +161,34 @@ def test_postgres_nan_metadata_is_refused_as_unstorable(
     assert code == 0, err
     assert stored_metadata(db, "pg-nan-meta") == {"a": {"f": 0.25, "n": 1.1}}
     assert report["verification"]["source_checksum"] == checksum(["a"], vecs[:1])
+
+
+def test_a_jsonb_integer_beyond_64_bits_is_refused_not_rounded(
+    pg_admin_uri: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # read as ragstore reads its own database, a foreign jsonb integer beyond 64 bits was
+    # taken for a float: {"order_id": 12345678901234567890} was stored as
+    # 1.2345678901234567e19 and the import reported success. A float jsonb wrote back as
+    # an integer (1e20) is still the float.
+    url = create_database(pg_admin_uri, None)
+    vecs = vectors(3, DIM, seed=36)
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE orders (id text, text text, embedding real[], metadata jsonb)")
+        for rid, meta, vec in zip(
+            ["a", "b", "c"],
+            ['{"order_id": 7}', '{"order_id": 12345678901234567890}', '{"order_id": 1e20}'],
+            vecs,
+            strict=True,
+        ):
+            conn.execute("INSERT INTO orders VALUES (%s, 't', %s, %s)", (rid, vec.tolist(), meta))
+    args = [url, "--table", "orders", "-c", "pg-big-int", "--model", "legacy@v1"]
+    args += ["--dimension", str(DIM)]
+    code, _, err = import_json(capsys, *args)
+    assert code == 65, err
+    assert "1 unstorable (first: b (metadata: " in err
+    db = cli_env["RAGSTORE_DATABASE_URL"]
+    assert not collection_state(db, "pg-big-int")["exists"]
+    code, report, err = import_json(capsys, *args, "--policy", "unstorable=skip")
+    assert code == 0, err
+    assert stored_metadata(db, "pg-big-int") == {"a": {"order_id": 7}, "c": {"order_id": 1e20}}
+    assert report["verification"]["source_checksum"] == checksum(["a", "c"], vecs[[0, 2]])

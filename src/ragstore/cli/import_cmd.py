@@ -69,6 +69,10 @@ def print_report(report: ImportReport) -> None:
         f"{escape(report.collection)!r}{' (new collection)' if report.created else ''}"
         f" in {s.get('write', 0):.1f}s; index {s.get('index', 0):.1f}s"
     )
+    console().print(
+        f"batch:       {report.batch} (each document's metadata import.batch: "
+        f'--where \'{{"import.batch": "{report.batch}"}}\' finds them)'
+    )
     v = report.verification
     console().print("verify:")
     console().print(

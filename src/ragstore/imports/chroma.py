@@ -223,6 +223,22 @@ def _private_copy(path: Path) -> Path:
     )
 
 
+def chroma_space(coll: Any) -> str:
+    """The distance Chroma searches ``coll`` by: its configuration's ``hnsw`` space, then
+    its ``spann`` space, then the older ``hnsw:space`` metadata key, then Chroma's l2.
+
+    Chroma 1.x keeps the space of a collection made with ``configuration={"hnsw":
+    {"space": "cosine"}}`` in its configuration alone (its metadata None): read from the
+    metadata only, such a collection was imported as l2 and ranked otherwise, unsaid."""
+    config = getattr(coll, "configuration", None)
+    if isinstance(config, dict):
+        for index in ("hnsw", "spann"):
+            space = (config.get(index) or {}).get("space")
+            if isinstance(space, str) and space:
+                return space
+    return str((coll.metadata or {}).get("hnsw:space", "l2"))
+
+
 class ChromaSource:
     """One collection of a Chroma persistent directory."""
 
@@ -243,21 +259,27 @@ class ChromaSource:
 
     def _open_collection(self, client: Any) -> Any:
         names = [c if isinstance(c, str) else c.name for c in client.list_collections()]
+        if not names:
+            # "choose one with --chroma-collection" sent the user to pick among none
+            raise ImportSourceError(
+                f"{self.path} holds no Chroma collection: there is nothing to import "
+                "(is it the directory the application's PersistentClient writes to?)"
+            )
         if self.collection is None:
             if len(names) != 1:
                 raise ImportSourceError(
                     f"{self.path} holds {len(names)} Chroma collections "
-                    f"({', '.join(sorted(names)) or 'none'}); choose one with "
+                    f"({', '.join(sorted(names))}); choose one with "
                     "--chroma-collection NAME"
                 )
             self.collection = names[0]
         elif self.collection not in names:
             raise ImportSourceError(
                 f"{self.path} has no Chroma collection {self.collection!r} "
-                f"(collections: {', '.join(sorted(names)) or 'none'})"
+                f"(collections: {', '.join(sorted(names))})"
             )
         coll = client.get_collection(self.collection, embedding_function=None)
-        self.space = str((coll.metadata or {}).get("hnsw:space", "l2"))
+        self.space = chroma_space(coll)
         return coll
 
     def records(self) -> Iterator[Record]:

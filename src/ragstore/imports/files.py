@@ -142,29 +142,46 @@ def _too_long(
 
 
 def _decoded_lines(path: Path, *, csv_file: bool = False) -> Iterator[str]:
+    """The lines of ``path``; ImportSourceError where its size or modification time
+    changed by the end of the read (as a ``.npy`` matrix's, :func:`_mapped_rows`): a
+    JSONL file or sidecar written to meanwhile (an export appending to it, re-run over
+    it) was imported as whatever part of it the read met, and called verified."""
     with path.open("rb") as fh:
-        offset = 0
-        for lineno, raw in enumerate(_bounded_lines(fh, path, csv_file=csv_file), 1):
-            if lineno == 1:
-                _compressed(path, raw[:16])
-            declared = declared_encoding(raw) if lineno == 1 else None
-            if declared is not None:
-                encoding, offset = declared
-                if encoding != "utf-8":
-                    family = encoding.removesuffix("-le").removesuffix("-be")  # utf-16
-                    raise ImportSourceError(
-                        f"{path}: the file is {family.upper()}, not UTF-8; re-save it as "
-                        f"UTF-8 (e.g. iconv -f {family} -t utf-8)"
-                    )
-                raw = raw[offset:]
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
+        before = os.fstat(fh.fileno())
+        yield from _checked_lines(fh, path, csv_file=csv_file)
+        after = os.fstat(fh.fileno())
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise ImportSourceError(
+            f"{path} changed while it was read (its size or modification time is not what "
+            "it was when the read began); import it once whatever writes it is done. "
+            "Nothing was written"
+        )
+
+
+def _checked_lines(fh: BinaryIO, path: Path, *, csv_file: bool) -> Iterator[str]:
+    """The lines of the open file ``fh``, decoded and checked (:func:`_decoded_lines`)."""
+    offset = 0
+    for lineno, raw in enumerate(_bounded_lines(fh, path, csv_file=csv_file), 1):
+        if lineno == 1:
+            _compressed(path, raw[:16])
+        declared = declared_encoding(raw) if lineno == 1 else None
+        if declared is not None:
+            encoding, offset = declared
+            if encoding != "utf-8":
+                family = encoding.removesuffix("-le").removesuffix("-be")  # utf-16
                 raise ImportSourceError(
-                    f"{path} line {lineno}: invalid UTF-8 at byte {offset + exc.start}; "
-                    "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
-                ) from None
-            offset += len(raw)
+                    f"{path}: the file is {family.upper()}, not UTF-8; re-save it as "
+                    f"UTF-8 (e.g. iconv -f {family} -t utf-8)"
+                )
+            raw = raw[offset:]
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ImportSourceError(
+                f"{path} line {lineno}: invalid UTF-8 at byte {offset + exc.start}; "
+                "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+            ) from None
+        offset += len(raw)
 
 
 class _DuplicateKeyError(Exception):

@@ -23,14 +23,50 @@ from psycopg import sql
 from psycopg.types.json import set_json_loads
 
 from ragstore.config import conninfo_problem
-from ragstore.db.database import describe, stored_json
+from ragstore.db.database import describe
 from ragstore.errors import DatabaseUnavailableError, ImportSourceError
 from ragstore.imports.records import Record, json_safe, to_id, to_text, to_vector
+from ragstore.validation import INT64_MAX, INT64_MIN
 
 TEXT_COLUMNS = ("text", "content", "document", "chunk", "body")
 VECTOR_COLUMNS = ("embedding", "vector", "vec", "embeddings")
 ARRAY_TYPES = ("double precision[]", "real[]", "numeric[]", "integer[]", "bigint[]")
 BYTEA_DTYPES = {"float32": "<f4", "float64": "<f8"}
+
+
+# every digit a 0, every other byte a space: 19 digits in a row is the shortest run that
+# can be an integer beyond 64 bits (as :func:`ragstore.db.database.stored_json` finds them)
+DIGITS_ONLY = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+LONG_RUN = b"0" * 19
+
+
+def _source_int(text: str) -> int | float:
+    """An integer of a source's JSON: a float only where it is the float the text spells.
+
+    jsonb keeps a number as ``numeric`` and writes a float's ``1e20`` back as
+    100000000000000000000, which validation refused as beyond 64 bits; such a number is
+    the float whose shortest text reads back as it (as :func:`ragstore.imports.records.
+    _decimal` does for numeric). Any other integer beyond 64 bits is kept exact, for
+    validation to refuse as ``unstorable``: read as ragstore reads its own database
+    (:func:`ragstore.db.database.stored_json`, whose writes hold no such integer),
+    ``{"order_id": 12345678901234567890}`` was stored rounded, as 1.2345678901234567e19,
+    and the import said it succeeded."""
+    value = int(text)  # over 4,300 digits: ValueError, reported where the row is read
+    if INT64_MIN <= value <= INT64_MAX:
+        return value
+    try:
+        as_float = float(value)
+    except OverflowError:  # beyond any float
+        return value
+    return as_float if Decimal(repr(as_float)) == value else value
+
+
+def source_json(data: str | bytes | memoryview) -> Any:
+    """A source's ``json``/``jsonb`` value, its integers as :func:`_source_int` reads them."""
+    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    if LONG_RUN not in raw.translate(DIGITS_ONLY):  # no integer beyond 64 bits: plain read
+        return json.loads(raw)
+    return json.loads(raw, parse_int=_source_int)
 
 
 def _kind(type_name: str) -> str | None:
@@ -223,10 +259,9 @@ class PostgresTableSource:
                 f"connecting to the source {describe(self.url)}: {first}"
             ) from None
         conn.read_only = True
-        # its json/jsonb read as ragstore's own connections read them: jsonb keeps a
-        # number as numeric and writes ``1e20`` back as 100000000000000000000, which was
-        # read as that integer and then refused by validation as beyond 64 bits
-        set_json_loads(stored_json, conn)
+        # its json/jsonb read with :func:`source_json`'s integers: jsonb keeps a number
+        # as numeric and writes ``1e20`` back as 100000000000000000000
+        set_json_loads(source_json, conn)
         return conn
 
     def _relation(
@@ -365,7 +400,9 @@ class PostgresTableSource:
                     *[expr for expr, _ in meta_reads],
                 ]
             )
-            stmt = sql.SQL("SELECT {} FROM {}").format(fields, qualified)
+            stmt = sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
+                fields, qualified, self._order(conn, id_col, columns[id_col])
+            )
             single_meta = len(meta_cols) == 1 and meta_cols[0] in (self.metadata_column, "metadata")
             for row in self._rows(conn, stmt):
                 where = f"{self.table} row id={row[0]}"
@@ -381,6 +418,33 @@ class PostgresTableSource:
                 else:
                     meta = {c: v for c, v in zip(meta_cols, values, strict=True) if v is not None}
                 yield Record(to_id(row[0], where), to_text(row[1], where), vector, json_safe(meta))
+
+    def _order(
+        self, conn: psycopg.Connection[tuple[Any, ...]], id_col: str, type_name: str
+    ) -> sql.Composable:
+        """The rows' order: by id (as its text, which every type has), and rows of one id
+        in the table's physical order (``ctid``: the one stored first, unless it was
+        updated since), so that ``--policy duplicate_id=skip`` keeps the same row each
+        time; read unordered, the one kept was whichever the scan met first (PostgreSQL's
+        synchronized scans start a large table's scan where another scan is). A view or
+        foreign table has no ``ctid``: its rows of one id come in the order it gives."""
+        by_id = sql.SQL('({})::text COLLATE "C"').format(_id_expr(id_col, type_name))
+        try:
+            relation = self._relation(conn)
+            kind = (
+                None
+                if relation is None
+                else conn.execute(
+                    "SELECT relkind::text FROM pg_class WHERE oid = %s::oid", (relation[0],)
+                ).fetchone()
+            )
+        except psycopg.Error as exc:
+            if conn.broken:
+                raise _lost(self.description, "before the first row", exc) from None
+            raise ImportSourceError(f"{self.description}: {exc}") from None
+        if kind is not None and kind[0] in ("r", "m", "p"):  # a table, matview, partitioned
+            return sql.SQL("{}, ctid").format(by_id)
+        return by_id
 
     def _rows(
         self,
@@ -554,7 +618,7 @@ def _as_metadata(raw: Any, column: str) -> dict[str, Any]:
     (a list, a number) kept under the column's name."""
     if isinstance(raw, str):
         try:
-            raw = stored_json(raw)
+            raw = source_json(raw)
         except json.JSONDecodeError:
             return {column: raw}
     if raw is None:
@@ -631,8 +695,17 @@ class LlamaIndexPGVectorSource(PostgresTableSource):
                 self.table,
                 "LlamaIndex PGVectorStore",
             )
-            stmt = sql.SQL("SELECT node_id, text, {}, metadata_ FROM {}").format(
-                _vector_expr("embedding", columns["embedding"], self.table), table
+            # PGVectorStore appends a row when a node is added again (node_id is not
+            # unique; id is a bigserial): each node's newest row (the largest id) comes
+            # first, in the order of the ids, and the older ones after it, for
+            # --policy duplicate_id=skip to leave out. Unordered, the stale one could win
+            order = (
+                sql.SQL("(id = max(id) OVER (PARTITION BY node_id)) DESC, id")
+                if "id" in columns
+                else sql.SQL("node_id")
+            )
+            stmt = sql.SQL("SELECT node_id, text, {}, metadata_ FROM {} ORDER BY {}").format(
+                _vector_expr("embedding", columns["embedding"], self.table), table, order
             )
             for rid, text, vec, raw in self._rows(conn, stmt):
                 where = f"{self.description} row node_id={rid}"

@@ -197,9 +197,14 @@ class ImportReport:
     verification: Verification
     seconds: dict[str, float]
     model_check: str = ""
+    # the id every document of this import carries as its metadata ``import.batch``: how
+    # its documents are found again (a filter ``{"import.batch": ...}``, or SQL)
+    batch: str = ""
 
 
-MODEL_CHECK_SAMPLE = 8  # records whose texts are embedded again at most (one small encode)
+# records whose texts are embedded again at most (one small encode), spread evenly from
+# the first record with a text to the last
+MODEL_CHECK_SAMPLE = 16
 # The least cosine between a record's vector and its text embedded again by the declared
 # model. The same model agrees far above it (all-MiniLM-L6-v2: 1.000 between batches,
 # after a float16 round trip and against its 256-dimension truncation); another model of
@@ -216,10 +221,12 @@ def check_declared_model(
     A model ragstore can load was trusted unchecked: vectors of another model of the
     same dimension were stored as that model's, and every later text search (which
     embeds the query with the real model) silently returned garbage. Up to
-    ``MODEL_CHECK_SAMPLE`` kept records with a text, spread over the source, are
-    embedded again in one call and each must agree with its own vector to
-    ``MODEL_CHECK_MIN_COSINE``. Records without a text cannot be checked, and an
-    ``imported`` model cannot be loaded: both are said in the result."""
+    ``MODEL_CHECK_SAMPLE`` kept records with a text, spread evenly from the source's first
+    to its last (8 at ``n * len / 8`` never sampled the last eighth, where a half-migrated
+    store keeps its new model's vectors), are embedded again in one call and each must
+    agree with its own vector to ``MODEL_CHECK_MIN_COSINE``. Records without a text
+    cannot be checked, and an ``imported`` model cannot be loaded: both are said in the
+    result."""
     if spec.provider == VECTOR_ONLY_PROVIDER:
         return "not checked: ragstore cannot load this model"
     if trust:
@@ -231,8 +238,8 @@ def check_declared_model(
     ]
     if not with_text:
         return "not checked: no record has a text to embed again"
-    step = len(with_text) / min(MODEL_CHECK_SAMPLE, len(with_text))
-    sample = [with_text[int(n * step)] for n in range(min(MODEL_CHECK_SAMPLE, len(with_text)))]
+    spread = np.linspace(0, len(with_text) - 1, min(MODEL_CHECK_SAMPLE, len(with_text)))
+    sample = [with_text[int(p)] for p in np.unique(np.rint(spread))]
     texts = [str(records[i].embedded_text or records[i].text) for i in sample]
     try:
         fresh = np.asarray(rt.embedder(spec).embed(texts), dtype=np.float64)
@@ -964,4 +971,5 @@ def run_import(
         verification=verification,
         seconds=seconds,
         model_check=plan.model_check,
+        batch=writer.batch,
     )

@@ -45,7 +45,7 @@ SHOWN_ID_CHARS = 60
 
 DESCRIPTIONS = {
     "missing_id": "records without an id",
-    "duplicate_id": "ids seen more than once in the source (the first is kept)",
+    "duplicate_id": "ids seen more than once in the source (the first read is kept)",
     "existing_id": "ids already in the target collection",
     "missing_vector": "records without a vector (NULL, or null: an embedding still to be made)",
     "dimension_mismatch": "vectors whose length is not the model's dimension",
