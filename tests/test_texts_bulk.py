@@ -125,6 +125,7 @@ def test_a_text_with_no_words_fails_alone_and_names_what_was_stored(bulk_rt: Run
     assert members["not_stored_ids"] == ["doc-5"]
     assert members["stored_ids"] == [i for i in ids if i != "doc-5"]
     assert "11 of the 12 texts were stored" in str(caught.value)
+    assert "texts[5] (id 'doc-5') has no words" in str(caught.value), "named as a text"
     docs, _ = _stored(bulk_rt, "one-bad")
     assert [d[0] for d in docs] == sorted(i for i in ids if i != "doc-5")
 

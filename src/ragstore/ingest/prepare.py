@@ -196,7 +196,10 @@ def chunk_text(
     caller's own passage) and chunked for the model; every chunk carries the caller's
     metadata so hits and filters see it. With what they were cut from
     (:mod:`ragstore.chunking.recipe`), for a model migration that re-cuts them."""
-    parsed = parse_bytes(text.encode("utf-8"), doc_id, "plain")
+    try:
+        parsed = parse_bytes(text.encode("utf-8"), doc_id, "plain")
+    except EmptyDocumentError:  # its words said as a file's ("the file holds only ...")
+        raise EmptyDocumentError(f"{label} has no words to index; give it some text") from None
     chunks = chunk_document(parsed, counter, max_tokens)
     if not chunks:
         raise EmptyDocumentError(f"{label} has no words to index; give it some text")
