@@ -464,7 +464,8 @@ def evaluate_sections(
             f"first: {first.error}"
         )
     # questions are prose, searched as plain text as `ragstore eval` searches: parsed as
-    # query syntax, a question naming `--inspect` excluded every chunk with "inspect"
+    # query syntax, a question naming `-inspect` excluded every chunk with "inspect" (and
+    # `--inspect` kept only those)
     params = {
         m: SearchParams(
             k=SEARCH_K, mode=m, fusion=fusion or FusionParams(), sections=sections, plain=True
