@@ -249,17 +249,20 @@ Fulltext = list[tuple[tuple[str, int], tuple[str, ...]]]
 
 
 def fulltext_lists(
-    collection: str, questions: Sequence[S.Question], depth: int
+    collection: str, questions: Sequence[S.Question], depth: int, docs: Path | None = None
 ) -> dict[int, Fulltext]:
     """Each question's full-text list from the stored collection (``ragstore eval-sections``
-    ingests it), chunks alone: ((file, ordinal), heading path), best first."""
+    ingests it), chunks alone: ((file, ordinal), heading path), best first; files named
+    relative to ``docs`` (the set's ``docs/``, as :func:`S.read_docs` names them), or by
+    name without it. Questions are plain text, as ``eval-sections`` searches them."""
     out: dict[int, Fulltext] = {}
     with Runtime() as rt:
         for q in questions:
-            params = SearchParams(k=depth, mode="fulltext", sections=False)
+            params = SearchParams(k=depth, mode="fulltext", sections=False, plain=True)
             hits = run(rt, q.text, collection, params)
             out[q.number] = [
-                ((Path(h.source).name, h.ordinal), S.hit_passage(h).headings) for h in hits
+                ((p.file, h.ordinal), p.headings)
+                for h, p in ((h, S.hit_passage(h, docs)) for h in hits)
             ]
     return out
 
@@ -340,7 +343,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument(
         "--collection",
         help="stored collection of the same documents (ragstore eval-sections makes "
-        "sections-<set>): also score hybrid with its full-text lists",
+        "sections-<set>-<path hash>, see its stderr line): also score hybrid with its "
+        "full-text lists",
     )
     ap.add_argument(
         "--feedback",
@@ -361,7 +365,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     docs = {name: parse_bytes(text.encode(), name) for name, text in raw.items()}
     qvecs = cache.get([q.text for q in questions])
     fulltext = (
-        fulltext_lists(args.collection, questions, MIN_CANDIDATES) if args.collection else None
+        fulltext_lists(args.collection, questions, MIN_CANDIDATES, args.set_dir / "docs")
+        if args.collection
+        else None
     )
     report: dict[str, object] = {}
     for v in variants:

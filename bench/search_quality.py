@@ -56,7 +56,9 @@ def tune(rt: Runtime, data: Path, collection: str, n: int) -> tuple[float, float
     for q in qids:
         got = []
         for mode in ("vector", "fulltext"):
-            hits = run(rt, train.queries[q], collection, SearchParams(k=depth, mode=mode))
+            # plain, as the scored runs (evaluate): prose, not query syntax
+            params = SearchParams(k=depth, mode=mode, plain=True)
+            hits = run(rt, train.queries[q], collection, params)
             source.update((h.chunk_id, h.source) for h in hits)
             got.append([h.chunk_id for h in hits])
         lists[q] = (got[0], got[1])

@@ -16,13 +16,16 @@ import pytest
 from ragstore.errors import InputError, PathNotFoundError
 from ragstore.runtime import Runtime
 from ragstore.search.eval import (
+    CHUNKS_PER_QUERY,
     Qrels,
     Run,
     evaluate,
     ingest_records,
     load_beir,
+    run_queries,
     score_run,
 )
+from ragstore.search.service import SearchParams
 from tests.conftest import run_cli
 from tests.test_search_hybrid import CORPUS, QUERIES
 
@@ -136,12 +139,34 @@ def test_metrics_match_ranx_on_the_runs_of_every_mode(
     ingest_records(rt, "eval-tiny", [(i, t, x) for i, (t, x) in ds.corpus.items()])
     results = evaluate(rt, ds, "eval-tiny")
     assert [r.mode for r in results] == ["vector", "fulltext", "hybrid"]
-    expected = ranx.scores(*((r.run, ds.qrels) for r in results))
-    for r, theirs in zip(results, expected, strict=True):
-        assert set(r.run) == set(ds.qrels)
+    expected = ranx.scores(*((run, ds.qrels) for r in results for run in (r.run, r.deep)))
+    for i, r in enumerate(results):
+        top, deep = expected[2 * i], expected[2 * i + 1]
+        assert set(r.run) == set(ds.qrels) == set(r.deep)
+        theirs = {"ndcg@10": top["ndcg@10"], "mrr@10": top["mrr@10"]}
+        theirs["recall@100"] = deep["recall@100"]
         assert r.metrics == pytest.approx(theirs, abs=1e-9), r.mode
     by_mode = {r.mode: r.metrics["ndcg@10"] for r in results}
     assert by_mode["hybrid"] >= max(by_mode["vector"], by_mode["fulltext"])
+
+
+def test_the_at_10_figures_come_from_the_k10_search_a_user_runs(rt: Runtime, dataset: Path) -> None:
+    """nDCG@10 and MRR@10 were read off k=200 searches, whose HNSW ef_search, hybrid
+    list depths and section pools are not those of the k=10 search a user runs; they come
+    from k=10 searches now, Recall@100 from the k=200 ones."""
+    ds = load_beir(dataset)
+    ingest_records(rt, "eval-tiny", [(i, t, x) for i, (t, x) in ds.corpus.items()])
+    assert len(CORPUS) > 10
+    for r in evaluate(rt, ds, "eval-tiny"):
+        mode = r.mode
+        top = SearchParams(k=10, mode=mode, plain=True)  # type: ignore[arg-type]
+        deep = SearchParams(k=CHUNKS_PER_QUERY, mode=mode, plain=True)  # type: ignore[arg-type]
+        assert r.run == run_queries(rt, "eval-tiny", ds.queries, top), mode
+        assert r.deep == run_queries(rt, "eval-tiny", ds.queries, deep), mode
+        assert all(len(docs) <= 10 for docs in r.run.values()), mode
+        if mode == "vector":  # every document is a neighbour: deeper than 10
+            assert any(len(docs) > 10 for docs in r.deep.values())
+        assert r.metrics == score_run(r.run, ds.qrels, r.deep)
 
 
 def test_metrics_match_ranx_on_random_graded_runs(ranx: Ranx) -> None:
@@ -194,6 +219,16 @@ def test_ingest_records_skips_unchanged_and_replaces_changed(rt: Runtime) -> Non
             " WHERE k.name = 'eval-cache' ORDER BY 1"
         ).fetchall()
     assert rows == [("a", "Alpha\nchanged text"), ("b", "Beta\nsecond text")]
+    # a record the corpus no longer holds was kept, and ranked (as a miss) in every run
+    removed: list[list[str]] = []
+    assert ingest_records(rt, "eval-cache", [records[1]], removed=removed.append) == 0
+    assert removed == [["a"]]
+    with rt.db.connection() as conn:
+        left = conn.execute(
+            "SELECT d.source FROM documents d JOIN collections k ON k.id = d.collection_id"
+            " WHERE k.name = 'eval-cache'"
+        ).fetchall()
+    assert left == [("b",)]
 
 
 def test_eval_cli_reports_each_mode_and_reuses_the_collection(

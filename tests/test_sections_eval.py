@@ -12,12 +12,17 @@ from bench import longdoc_variants
 from ragstore.config import Settings
 from ragstore.embedding.registry import load_embedder, resolve_spec
 from ragstore.errors import InputError, PathNotFoundError
+from ragstore.models import Hit
 from ragstore.parsing import parse_bytes
+from ragstore.runtime import Runtime
 from ragstore.search.sections import (
     Passage,
     WindowBM25,
+    collection_name,
+    evaluate_sections,
     first_hit,
     heading_lines,
+    hit_passage,
     load_questions,
     read_docs,
     select,
@@ -121,15 +126,36 @@ def test_heading_paths_skip_fenced_code_and_follow_the_scoring_rule(tmp_path: Pa
 
 
 def test_window_bm25_prefers_the_window_with_the_rare_terms() -> None:
-    texts = [
-        "the kettle boils water",
-        "vinegar removes lime from the kettle",
-        "the warranty covers two years",
+    docs = [
+        {"kettl": 1, "boil": 1, "water": 1},
+        {"vinegar": 1, "remov": 1, "lime": 1, "kettl": 1},
+        {"warranti": 1, "cover": 1, "two": 1, "year": 1},
     ]
-    bm25 = WindowBM25(texts)
-    assert bm25.rank("lime vinegar kettle", 3)[0] == 1
-    assert bm25.rank("warranty", 3) == [2]
-    assert bm25.rank("the of", 3) == [], "stop words alone match nothing"
+    bm25 = WindowBM25(docs)
+    assert bm25.rank({"lime": 1, "vinegar": 1, "kettl": 1}, 3)[0] == 1
+    assert bm25.rank({"warranti": 1}, 3) == [2]
+    assert bm25.rank({}, 3) == [], "a question of stop words alone matches nothing"
+    # a lexeme the question holds twice weighs twice, as in the database's BM25
+    assert bm25.rank({"kettl": 1, "boil": 1}, 3)[0] == 0
+    assert bm25.rank({"kettl": 1, "boil": 1, "remov": 3}, 3)[0] == 1
+
+
+def _hit(text: str, chunk_type: str, section: list[str], source: str, **meta: object) -> Hit:
+    return Hit(1, 1, source, None, text, chunk_type, section, 0, None, 1.0, dict(meta))
+
+
+def test_a_hit_takes_its_headings_from_its_section_not_from_comment_lines(
+    tmp_path: Path,
+) -> None:
+    """A ``# comment`` line of a code chunk was read as a heading: a question whose regex
+    matched the comment scored a hit in whatever section held the code."""
+    root = tmp_path / "docs"
+    code = _hit("# Warranty\necho rinse", "code", ["Kettle", "Descaling"], f"{root}/kettle.md")
+    assert hit_passage(code, root) == Passage("kettle.md", ("Descaling",))
+    merged = _hit("text", "paragraph", ["Garden"], f"{root}/sub/garden.md", headings=["Roses"])
+    assert hit_passage(merged, root) == Passage("sub/garden.md", ("Garden", "Roses"))
+    heading = _hit("Tomatoes", "heading", ["Garden"], "/elsewhere/garden.md")
+    assert hit_passage(heading, root).file == "/elsewhere/garden.md", "outside docs/: no match"
 
 
 def test_eval_sections_cli_scores_every_mode_and_the_baselines(
@@ -250,3 +276,77 @@ def test_eval_sections_refuses_a_collection_it_did_not_create(
     with Runtime() as rt:
         after = Store.from_runtime(rt).list_documents("my-manuals")["data"]
     assert [(d["id"], d["source"]) for d in after] == [(d["id"], d["source"]) for d in before]
+
+
+def test_eval_sections_searches_plain_text_and_stems_the_bm25_baseline(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    """Questions were parsed as query syntax (``-warranty`` excluded every chunk holding
+    "warranty", so its own section could not be found; ``--word`` required the word), and
+    the BM25 baseline split raw words: "pruning" did not meet "Prune", which ragstore's
+    full-text search stems alike."""
+    root = _question_set(tmp_path / "set")
+    (root / "questions.tsv").write_text(
+        "what does the -warranty clause cover for the heating element?\tkettle.md\twarranty\n"
+        "when is pruning done?\tgarden.md\t^Roses$\n"
+    )
+    result = evaluate_sections(rt, root, modes=["fulltext"])
+    ranks = {s.mode: s.ranks for s in result.scores}
+    assert ranks["fulltext"][1] == 1, "-warranty is a word of the question"
+    assert ranks["windows-bm25"][2] == 1, "pruning and Prune are one lexeme"
+
+
+def test_eval_sections_covers_subfolders_and_prunes_deleted_files(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    """Both sides read docs/ as the ingest walks it (the baselines read its top level
+    only), a hit counts for the file at the question's path, not any file of that name,
+    documents of files deleted since the last run are removed, and two copies of a set
+    get collections of their own (named after the folder alone, they shared one)."""
+    root = _question_set(tmp_path / "set")
+    (root / "docs" / "old").mkdir()
+    # the rose question's words, under the same file name and heading in a subfolder:
+    # ranked first, it is no hit for the question on docs/garden.md
+    (root / "docs" / "old" / "garden.md").write_text(
+        "# Garden\n\n## Roses\n\nCut back rose bushes hard: cut back every rose bush "
+        "to three buds.\n"
+    )
+    (root / "docs" / "deep").mkdir()
+    (root / "docs" / "deep" / "clock.md").write_text(
+        "# Clock\n\n## Chimes\n\nThe grandfather clock chimes every quarter hour.\n"
+    )
+    (root / "questions.tsv").write_text(
+        QUESTIONS + "how often does the grandfather clock chime?\tdeep/clock.md\t^Chimes$\n"
+    )
+    assert set(read_docs(root / "docs")) == {
+        "kettle.md",
+        "garden.md",
+        "old/garden.md",
+        "deep/clock.md",
+    }
+    result = evaluate_sections(rt, root, modes=["fulltext"], questions="3-4")
+    assert result.collection == collection_name(root)
+    ranks = {s.mode: s.ranks for s in result.scores}
+    assert ranks["fulltext"] == {3: 2, 4: 1}
+    assert ranks["windows-bm25"] == {3: 2, 4: 1}
+
+    def stored() -> list[str]:
+        with rt.db.connection() as conn:
+            rows = conn.execute(
+                "SELECT d.source FROM documents d JOIN collections k"
+                " ON k.id = d.collection_id WHERE k.name = %s ORDER BY 1",
+                (result.collection,),
+            ).fetchall()
+        return [Path(r[0]).relative_to((root / "docs").resolve()).as_posix() for r in rows]
+
+    assert stored() == ["deep/clock.md", "garden.md", "kettle.md", "old/garden.md"]
+    (root / "docs" / "old" / "garden.md").unlink()
+    again = evaluate_sections(rt, root, modes=["fulltext"], questions="3-4", baselines=False)
+    assert stored() == ["deep/clock.md", "garden.md", "kettle.md"], "its document is pruned"
+    assert again.scores[0].ranks == {3: 1, 4: 1}
+    copy = _question_set(tmp_path / "copy" / "set")
+    assert collection_name(copy) != collection_name(root), "same folder name, another set"
+    # named for the other copy, the collection is refused, not scored with both sets' files
+    with pytest.raises(InputError, match="holds documents from outside"):
+        evaluate_sections(rt, copy, collection=result.collection, baselines=False)
+    assert stored() == ["deep/clock.md", "garden.md", "kettle.md"]

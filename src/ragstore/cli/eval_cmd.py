@@ -46,7 +46,11 @@ def register(app: typer.Typer) -> None:
         fulltext_weight: float = typer.Option(FULLTEXT_WEIGHT, "--fulltext-weight"),
         as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     ) -> None:
-        """Ingest a BEIR dataset into a cached scratch collection and score each search mode."""
+        """Ingest a BEIR dataset into a cached scratch collection and score each search mode.
+
+        nDCG@10 and MRR@10 come from k=10 searches (the search a user runs), Recall@100
+        from k=200 ones; ms/query is the k=10 searches'. Stored documents that are no
+        record of the corpus are removed from the scratch collection first."""
         from rich.table import Table
 
         from ragstore.cli.remote import refuse_remote
@@ -80,6 +84,9 @@ def register(app: typer.Typer) -> None:
                 name,
                 records,
                 progress=lambda done, total: err.print(f"ingested {done}/{total} documents"),
+                removed=lambda gone: err.print(
+                    f"removed {len(gone)} stored documents that are no record of the corpus"
+                ),
             )
             err.print(
                 f"collection {name!r}: {len(records)} documents ({added} newly ingested), "

@@ -30,10 +30,17 @@ def register(app: typer.Typer) -> None:
             None, "--questions", "-q", help="Only questions FIRST-LAST (1-based), e.g. 21-40."
         ),
         collection: str | None = typer.Option(
-            None, "--collection", "-c", help="Scratch collection (default sections-<set>)."
+            None,
+            "--collection",
+            "-c",
+            help="Scratch collection (default sections-<set>-<8 hex digits of its path>).",
         ),
         baselines: bool = typer.Option(
-            True, "--baselines/--no-baselines", help="Also score the 150-word window baselines."
+            True,
+            "--baselines/--no-baselines",
+            help="Also score the 150-word window baselines: cosine with the collection's "
+            "model, BM25 over the windows' PostgreSQL lexemes (the collection's text search "
+            "configuration, stemmed as full-text search is) and their RRF.",
         ),
         sections: bool = typer.Option(
             True,
@@ -46,7 +53,13 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
     ) -> None:
         """Top-1 and top-3 section hit rates per search mode on a long-document question
-        set, with the naive 150-word window baselines (dense, BM25, RRF) from the same run."""
+        set, with the naive 150-word window baselines (dense, BM25, RRF) from the same run.
+
+        docs/ is ingested as `ragstore ingest --sync --prune` would (subfolders too; the
+        documents of deleted files removed) and read the same way for the baselines; the
+        questions' files are paths relative to docs/. Questions are searched as plain text
+        (as `ragstore eval`). The BM25 baseline analyses windows and questions with the
+        database's to_tsvector under the collection's text search configuration."""
         from rich.table import Table
 
         from ragstore.cli.remote import refuse_remote

@@ -305,6 +305,27 @@ def text_search_vectors(conn: Conn, config: str, texts: Sequence[str]) -> Lexeme
     return Lexemes(config, [bytes(r[0]) for r in rows], [int(r[1]) for r in rows])
 
 
+def lexeme_counts(conn: Conn, config: str, texts: Sequence[str]) -> list[dict[str, int]]:
+    """Each text's lexemes under configuration ``config`` with their term frequencies, in
+    order: ``to_tsvector`` as the chunk trigger and a full-text query compute it, a
+    lexeme's frequency the number of its positions (at least 1), as BM25 counts it
+    (``ragstore_tsv_length`` sums the same numbers). Reads no table: a pure function of
+    the texts, for a BM25 outside the database that analyses text as the database does
+    (``ragstore eval-sections``' window baseline)."""
+    out: list[dict[str, int]] = [{} for _ in texts]
+    if not texts:
+        return out
+    rows = conn.execute(
+        "SELECT u.o, l.lexeme, greatest(cardinality(l.positions), 1)"
+        " FROM unnest(%s::text[]) WITH ORDINALITY AS u(t, o)"
+        " CROSS JOIN LATERAL unnest(to_tsvector(%s::regconfig, u.t)) AS l",
+        (list(texts), config),
+    ).fetchall()
+    for o, lexeme, tf in rows:
+        out[int(o) - 1][str(lexeme)] = int(tf)
+    return out
+
+
 # A bulk load's vectors of the active space, kept back for its staging table: (chunk ids,
 # their vectors) per COPY that would have written them (see ``write_documents``).
 StagedRows = list[tuple[list[int], np.ndarray]]
