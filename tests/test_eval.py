@@ -167,6 +167,7 @@ def test_the_at_10_figures_come_from_the_k10_search_a_user_runs(rt: Runtime, dat
         if mode == "vector":  # every document is a neighbour: deeper than 10
             assert any(len(docs) > 10 for docs in r.deep.values())
         assert r.metrics == score_run(r.run, ds.qrels, r.deep)
+        assert r.deep_ndcg == score_run(r.deep, ds.qrels)["ndcg@10"]  # BEIR's reading, beside
 
 
 def test_metrics_match_ranx_on_random_graded_runs(ranx: Ranx) -> None:

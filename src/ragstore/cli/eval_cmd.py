@@ -94,10 +94,19 @@ def register(app: typer.Typer) -> None:
             )
             results = evaluate(rt, ds, name, modes, fusion=fusion)
         if as_json:
-            echo_json({r.mode: {**r.metrics, "ms_per_query": r.ms_per_query} for r in results})
+            echo_json(
+                {
+                    r.mode: {
+                        **r.metrics,
+                        "ndcg@10_k200": r.deep_ndcg,
+                        "ms_per_query": r.ms_per_query,
+                    }
+                    for r in results
+                }
+            )
             return
         table = Table(title=f"{ds.name} ({split}, {len(ds.qrels)} queries)")
-        for col in ("mode", "nDCG@10", "Recall@100", "MRR@10", "ms/query"):
+        for col in ("mode", "nDCG@10", "Recall@100", "MRR@10", "nDCG@10 k=200", "ms/query"):
             table.add_column(col, justify="left" if col == "mode" else "right")
         for r in results:
             table.add_row(
@@ -105,6 +114,7 @@ def register(app: typer.Typer) -> None:
                 f"{r.metrics['ndcg@10']:.4f}",
                 f"{r.metrics['recall@100']:.4f}",
                 f"{r.metrics['mrr@10']:.4f}",
+                f"{r.deep_ndcg:.4f}",
                 f"{r.ms_per_query:.1f}",
             )
         console().print(table)
