@@ -360,14 +360,14 @@ def test_readyz_answers_while_bad_metrics_keys_are_being_checked(
     burst = probes.PROBE_THREADS
     with running_server(settings, app) as url:
         store = app.state.ragstore.keys
-        real = store.authenticate
+        real = store.authenticate_scraper  # /metrics' own key check (no pool)
 
         def held(presented: str | None, address: str = "") -> Any:
             checking.append("key")  # a slow hash, till the test lets it end
             release.wait(3 * WAIT_S)  # past the wait for /readyz: it fails first
             return real(presented, address)
 
-        monkeypatch.setattr(store, "authenticate", held)
+        monkeypatch.setattr(store, "authenticate_scraper", held)
         bad = {"Authorization": "Bearer rsk_0123456789ab_wrongwrongwrongwrong"}
         scrapes: list[httpx.Response] = []
         scrapers = [
@@ -389,8 +389,11 @@ def test_readyz_answers_while_bad_metrics_keys_are_being_checked(
         try:
             for scraper in scrapers:
                 scraper.start()
-            # every scrape is in its key check or waiting for a thread to make it on
+            # every scrape is in its key check or waiting for a thread to make it on (a
+            # deadline: a check the patch does not reach left this loop waiting for good)
+            deadline = time.monotonic() + 4 * WAIT_S
             while len(checking) + int(httpx.get(f"{url}/probe-waiting").text) < burst:
+                assert time.monotonic() < deadline, f"{len(checking)} key checks held"
                 time.sleep(0.05)
             prober.start()
             assert answered.wait(WAIT_S), "/readyz waited behind the metrics' key checks"
