@@ -183,14 +183,16 @@ def save(url: str, position: str, *, loaded: str | None = None, replace: bool = 
             newest = sorted(servers.items(), key=lambda kv: kv[1]["at"], reverse=True)
             body = json.dumps({"version": _VERSION, "servers": dict(newest[:MAX_SERVERS])})
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=".positions-", suffix=".tmp")
+            replaced = False
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as f:
                     f.write(body)
                 os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+                replaced = True
+            finally:  # a write cut short leaves no temporary file behind
+                if not replaced:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
     except _CACHE_ERRORS as exc:  # a cache: never a command's failure
         log.debug("read-your-writes position for %s not kept: %s", url, exc)
 

@@ -33,6 +33,16 @@ __all__ = ["CancelOnDisconnect", "ReadableReplies", "SessionCap"]
 
 log = logging.getLogger("ragstore.mcp")
 
+# What posting a cancellation for a disconnected client can meet: the session's streams
+# closed or broken under it (the session ended meanwhile), or the transport gone. Any other
+# error is a defect and surfaces.
+_CANCEL_ERRORS = (
+    anyio.ClosedResourceError,
+    anyio.BrokenResourceError,
+    anyio.EndOfStream,
+    ConnectionError,
+)
+
 SESSION_HEADER = b"mcp-session-id"
 
 
@@ -150,7 +160,7 @@ class CancelOnDisconnect:
 
         try:
             await self.app({**scope, "headers": headers}, receive, send)
-        except Exception:  # the client's request is over either way: not its error
+        except _CANCEL_ERRORS:  # the client's request is over either way: not its error
             log.exception("MCP: cancelling request %r of a client that disconnected", rid)
             return
         if status != [202]:

@@ -287,11 +287,11 @@ def search(
     return run(rt, query or "", name, params, vector=vector)
 
 
-def _refused(exc: BaseException) -> bool:
+def _refused(exc: RagstoreError) -> bool:
     """Whether ``exc`` refuses the request as its own error (an HTTP 4xx: an unknown
     collection, bad input, a conflict), not a search that ran and failed (a timeout, the
     database or the model: 5xx)."""
-    return isinstance(exc, RagstoreError) and 400 <= exc.http_status < 500
+    return 400 <= exc.http_status < 500
 
 
 def run(
@@ -299,16 +299,20 @@ def run(
 ) -> list[Hit]:
     """:func:`search` with its parameters gathered (used by eval to reuse one object)."""
     t0 = time.perf_counter()
+    hits: list[Hit] | None = None
+    refused = False
     try:
         hits = (
             _run_mmr(rt, query, collection, p, vector)
             if p.mmr
             else (_run_current(rt, query, collection, p, vector))
         )
-    except Exception as exc:
-        # a refusal of the request itself (4xx) ran nothing: kept out of the latency
-        metrics.observe_search(p.mode, time.perf_counter() - t0, None, ran=not _refused(exc))
+    except RagstoreError as exc:
+        refused = _refused(exc)  # the request's own refusal (4xx) ran nothing
         raise
+    finally:
+        if hits is None:  # failed: a refusal kept out of the latency
+            metrics.observe_search(p.mode, time.perf_counter() - t0, None, ran=not refused)
     metrics.observe_search(p.mode, time.perf_counter() - t0, len(hits))
     name_uploads(rt, collection, hits)
     return hits
