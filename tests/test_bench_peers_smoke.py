@@ -165,6 +165,34 @@ def test_targets_are_judged_from_the_figures() -> None:
     assert "(peer/ragstore 2.00×, paired) — **met**" in lines
 
 
+def test_targets_compare_the_indexed_peers_apart() -> None:
+    """The issue's line takes the fastest of all peers; a second line, for information,
+    the fastest of those whose load builds an ANN index as ragstore's does."""
+    report = _fake_report()
+    s = report["summary"]
+    s["langchain-postgres"] = {"median": {**s["chroma"]["median"]}, "ratio_to_ragstore": {}}
+    s["langchain-postgres"]["ratio_to_ragstore"] = {"chunks_per_s": 4.0}
+    s["langchain-postgres"]["median"]["chunks_per_s"] = 4.0
+    s["llama-index-hnsw"] = {"median": {**s["chroma"]["median"]}, "ratio_to_ragstore": {}}
+    s["llama-index-hnsw"]["ratio_to_ragstore"] = {"chunks_per_s": 0.5}
+    s["llama-index-hnsw"]["median"]["chunks_per_s"] = 0.5
+    lines = "\n".join(targets(report))
+    assert "fastest peer (langchain-postgres): ragstore at 0.25×" in lines
+    assert "index as ragstore does (chroma, llama-index-hnsw): 0.50× the fastest of them " in lines
+    assert "(chroma)" in lines
+    assert "ANN index" not in "\n".join(targets(_fake_report()))  # chroma alone: no second line
+
+
+def test_an_unknown_system_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.peers.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--systems", "chroma,llama-index-hsnw", "--peer-python", sys.executable])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown llama-index-hsnw" in err and "llama-index-hnsw" in err
+
+
 def test_cached_vectors_look_up_chunk_texts_and_encode_the_rest(tmp_path: Path) -> None:
     chunks = [{"key": "1:0", "doc": "1", "text": "alpha"}, {"key": "2:0", "doc": "2", "text": "b"}]
     chunks_file = tmp_path / "chunks.jsonl"

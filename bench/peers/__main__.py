@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench.peers.encoders import ENCODERS
 from bench.peers.report import markdown
-from bench.peers.runner import QUICK_DOCS, REPO, SYSTEMS, run
+from bench.peers.runner import INDEXED_PEERS, QUICK_DOCS, REPO, SYSTEMS, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--batch-size", type=int, default=64, help="encode batch (default 64)")
     parser.add_argument(
-        "--systems", default=",".join(SYSTEMS), help="comma-separated; ragstore is always included"
+        "--systems",
+        default=",".join(SYSTEMS),
+        help="comma-separated; ragstore is always included; also "
+        f"{', '.join(INDEXED_PEERS)} (two peers with the HNSW index their documentation "
+        "shows, asked for by name)",
     )
     args = parser.parse_args(argv)
     if not Path(args.peer_python).exists():
@@ -100,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.delay_ms < 0:
         parser.error(f"--delay-ms {args.delay_ms:g}: give 0 or more milliseconds")
     systems = tuple(dict.fromkeys(["ragstore", *args.systems.split(",")]))
+    unknown = [s for s in systems if s not in (*SYSTEMS, *INDEXED_PEERS)]
+    if unknown:
+        parser.error(
+            f"--systems: unknown {', '.join(unknown)}; choose from "
+            f"{', '.join((*SYSTEMS, *INDEXED_PEERS))}"
+        )
     report = run(
         quick=args.quick,
         docs=args.docs,

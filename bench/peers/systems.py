@@ -14,6 +14,14 @@ ragstore adapter runs in the project environment, the peers in the bench environ
   ``add_texts`` then ``similarity_search`` (its defaults: cosine, no ANN index).
 - LlamaIndex: ``PGVectorStore`` + ``HuggingFaceEmbedding``; ``VectorStoreIndex`` over
   ``TextNode``s then ``as_retriever(similarity_top_k=k)`` (its defaults: no ANN index).
+- ``langchain-postgres-hnsw`` and ``llama-index-hnsw``: the same two with an HNSW index, as
+  their documentation shows for a collection that must search fast (pgvector's own defaults,
+  m 16, ef_construction 64, ef_search 40, the index ragstore builds): LlamaIndex through its
+  ``hnsw_kwargs``, which creates the index with the table; LangChain, whose ``PGVector`` has
+  no index option, with ``embedding_length`` set and the index created by SQL on its
+  embedding table before the load (pgvector's README). Neither is in the default set: their
+  rows answer "against peers that also build an ANN index", where the plain rows compare
+  ragstore's load, which builds HNSW and BM25 indexes, with loads that build none.
 - Chroma: ``PersistentClient`` + ``SentenceTransformerEmbeddingFunction`` with the batch
   size set; ``add`` in batches of ``get_max_batch_size()`` then ``query`` (its defaults:
   HNSW, l2 on unit vectors), with its default ``include`` (documents, metadatas and
@@ -40,6 +48,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench.peers.encoders import CachedVectors, HttpVectors
+
+DIMENSION = 384  # all-MiniLM-L6-v2's, and the instant server's
+# the HNSW index of the -hnsw peers: pgvector's defaults, which ragstore's index takes too
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 16, 64, 40
+HNSW_WITH = f"m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION}"
 
 
 class EncodeClock:
@@ -240,10 +253,15 @@ class Ragstore:
 class LangChainPGVector:
     name = "langchain-postgres"
 
-    def __init__(self, spec: dict[str, Any], chunks: list[dict[str, str]]) -> None:
+    def __init__(
+        self, spec: dict[str, Any], chunks: list[dict[str, str]], hnsw: bool = False
+    ) -> None:
         self.spec = spec
         self.chunks = chunks
         self.url: str = spec["database_url"]
+        self.hnsw = hnsw
+        if hnsw:
+            self.name = "langchain-postgres-hnsw"
 
     def open(self) -> None:
         from langchain_core.embeddings import Embeddings
@@ -293,7 +311,16 @@ class LangChainPGVector:
             connection=_sqlalchemy_url(self.url, "psycopg"),
             use_jsonb=True,
             engine_args={"pool_size": 10},
+            **({"embedding_length": DIMENSION} if self.hnsw else {}),
         )
+        if self.hnsw:  # the table exists now (PGVector creates it); indexed before the load
+            import psycopg
+
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                conn.execute(
+                    "CREATE INDEX IF NOT EXISTS bench_embedding_hnsw ON langchain_pg_embedding"
+                    f" USING hnsw (embedding vector_cosine_ops) WITH ({HNSW_WITH})"
+                )
 
     def _add(self) -> int:
         ids = self.store.add_texts(
@@ -325,10 +352,15 @@ class LangChainPGVector:
 class LlamaIndexPG:
     name = "llama-index"
 
-    def __init__(self, spec: dict[str, Any], chunks: list[dict[str, str]]) -> None:
+    def __init__(
+        self, spec: dict[str, Any], chunks: list[dict[str, str]], hnsw: bool = False
+    ) -> None:
         self.spec = spec
         self.chunks = chunks
         self.url: str = spec["database_url"]
+        self.hnsw = hnsw
+        if hnsw:
+            self.name = "llama-index-hnsw"
 
     def _nodes(self) -> list[Any]:
         from llama_index.core.schema import TextNode
@@ -391,7 +423,15 @@ class LlamaIndexPG:
             connection_string=_sqlalchemy_url(self.url, "psycopg2"),
             async_connection_string=_sqlalchemy_url(self.url, "asyncpg"),
             table_name="bench",
-            embed_dim=384,
+            embed_dim=DIMENSION,
+            hnsw_kwargs={
+                "hnsw_m": HNSW_M,
+                "hnsw_ef_construction": HNSW_EF_CONSTRUCTION,
+                "hnsw_ef_search": HNSW_EF_SEARCH,
+                "hnsw_dist_method": "vector_cosine_ops",
+            }
+            if self.hnsw
+            else None,
         )
         self.storage = StorageContext.from_defaults(vector_store=self.store)
         self.index = VectorStoreIndex(
@@ -548,8 +588,12 @@ def make(name: str, spec: dict[str, Any], chunks: list[dict[str, str]]) -> Any:
         return Ragstore(spec, chunks)
     if name == "langchain-postgres":
         return LangChainPGVector(spec, chunks)
+    if name == "langchain-postgres-hnsw":
+        return LangChainPGVector(spec, chunks, hnsw=True)
     if name == "llama-index":
         return LlamaIndexPG(spec, chunks)
+    if name == "llama-index-hnsw":
+        return LlamaIndexPG(spec, chunks, hnsw=True)
     if name == "chroma":
         return Chroma(spec, chunks)
     raise ValueError(f"unknown system {name!r}")
