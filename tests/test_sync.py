@@ -367,3 +367,33 @@ def test_a_sync_with_another_data_dir_keeps_uploads_and_texts(
         ("t.md", "text"),
         ("up.md", "upload"),
     ]
+
+
+def test_prune_of_a_folder_left_empty_keeps_its_documents_and_fails_saying_why(
+    cli_env: dict[str, str],
+    settings: Settings,
+    folder: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A folder given to ``--sync --prune`` that holds no file (a share not mounted leaves
+    its mount point empty) removed every document stored from it, exiting 0: the prune
+    keeps them, says why, and exits 1; a folder beside it with files is pruned as ever."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "o.md").write_text("Oranges are citrus fruit.\n")
+    (other / "p.md").write_text("Pears ripen off the tree.\n")
+    assert run_cli("ingest", str(folder), str(other), "-c", "sync_empty", "--sync") == 0
+    for entry in [folder / "a.md", folder / "b.txt", folder / "sub" / "c.py"]:
+        entry.unlink()
+    (folder / "sub").rmdir()
+    (other / "p.md").unlink()
+    capsys.readouterr()
+    args = ("ingest", str(folder), str(other), "-c", "sync_empty", "--sync", "--prune")
+    assert run_cli(*args) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{folder}: the folder holds no file to ingest, and --prune would remove all 3" in err
+    assert "they were kept" in err and "3 vanished" in err and "1 removed" in err
+    assert "run again with --sync --prune" not in err
+    with Runtime(settings) as rt:
+        assert set(_stored(rt, "sync_empty")) == {"a.md", "b.txt", "c.py", "o.md"}

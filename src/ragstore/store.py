@@ -418,7 +418,7 @@ class Store:
         batches, one failing halfway left the collection part emptied. A text changed
         by another writer while this call waited for it is deleted only if it still
         matches (:func:`ragstore.db.texts.delete_matching`)."""
-        coll, selection = _text_selection(self._rt, collection, where, ids)
+        coll, selection = _text_selection(self._rt, collection, where, ids, deleting=True)
         with self._rt.db.connection() as conn, translated(f"deleting texts of {collection!r}"):
             documents.hold_live(conn, coll)  # not the chunk set a model switch just retired
             return texts.delete_matching(conn, coll.id, selection)
@@ -747,14 +747,26 @@ def _text_selection(
     collection: str,
     where: Mapping[str, Any] | None,
     ids: Sequence[str] | None,
+    *,
+    deleting: bool = False,
 ) -> tuple[repository.Collection, texts.TextSelection]:
     """The collection and the texts of it that ``where`` and ``ids`` select, as listing
     and deleting texts check them: the filter, then the ids, then the collection (which
-    must exist), each refused with its own error before any statement runs."""
+    must exist), each refused with its own error before any statement runs.
+
+    ``deleting``: a ``where`` that restricts nothing (``{}``: a filter built from
+    conditions that all dropped out) with no ``ids`` is refused, not read as "every
+    text": it emptied the collection. Leaving ``where`` out says that, on purpose."""
     from ragstore.search.filters import compile_filter
 
     compiled = None if where is None else compile_filter(where)
     among = None if ids is None else id_list(ids, "ids")
+    if deleting and compiled is not None and compiled.restricts_nothing and among is None:
+        raise InvalidFilterError(
+            f"the where filter restricts nothing (it keeps every text), and a delete by it "
+            f"would empty collection {collection!r}: give a filter that selects the "
+            "texts to delete, or leave out where (and ids) to delete every text"
+        )
     coll = rt.collection(collection)
     if compiled is None:
         return coll, texts.TextSelection(ids=among)

@@ -181,6 +181,28 @@ def test_a_bad_filter_is_400_invalid_filter_and_deletes_nothing(
     assert filled.get_collection("where-read")["documents"] == len(IDS)
 
 
+def test_a_delete_by_a_filter_that_restricts_nothing_is_refused_and_deletes_nothing(
+    client: Client, store: Store, open_url: str
+) -> None:
+    """``where={}`` (a filter whose conditions all dropped out) deleted every text of the
+    collection, as leaving ``where`` out does on purpose: it is refused, on every surface;
+    with ``ids`` it restricts nothing beyond them, and only they go."""
+    _fill(client, "where-empty")
+    url = f"{open_url}/v1/collections/where-empty/texts/delete-where"
+    r = httpx.post(url, json={"where": {}})
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] == "invalid_filter"
+    assert "restricts nothing" in r.json()["detail"] and "leave out where" in r.json()["detail"]
+    with pytest.raises(InvalidFilterError, match="would empty collection 'where-empty'"):
+        client.delete_texts_where("where-empty", where={})
+    with pytest.raises(InvalidFilterError, match="restricts nothing"):
+        store.delete_texts_where("where-empty", where={})
+    assert client.text_ids("where-empty", where={}) == IDS  # listing by it is harmless
+    assert client.get_collection("where-empty")["documents"] == len(IDS)
+    assert client.delete_texts_where("where-empty", where={}, ids=["d-pets"]) == ["d-pets"]
+    assert client.get_collection("where-empty")["documents"] == len(IDS) - 1
+
+
 def test_an_unknown_collection_is_404(client: Client, open_url: str) -> None:
     for route in ("query", "delete-where"):
         r = httpx.post(f"{open_url}/v1/collections/no-such/texts/{route}", json={"where": OPS})

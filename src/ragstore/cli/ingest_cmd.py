@@ -92,7 +92,7 @@ def _failed_status(paths: list[Path], failed: Sequence[tuple[str | None, str | N
     return 1
 
 
-def _print_report(report: IngestReport) -> None:
+def _print_report(report: IngestReport, *, prune: bool = False) -> None:
     synced = ""
     if report.count("removed") or report.count("vanished"):
         synced = f", {report.count('removed')} removed, {report.count('vanished')} vanished"
@@ -126,10 +126,9 @@ def _print_report(report: IngestReport) -> None:
         )
     vanished = [o.source for o in report.outcomes if o.status == "vanished"]
     if vanished:
-        err.print(
-            f"  {len(vanished)} stored document(s) no longer on disk were kept; "
-            "run again with --sync --prune to remove them"
-        )
+        # with --prune, those under a folder left empty (failed above, saying why)
+        how = "" if prune else "; run again with --sync --prune to remove them"
+        err.print(f"  {len(vanished)} stored document(s) no longer on disk were kept{how}")
     if report.stopped_by is not None:
         from ragstore.ingest.service import stops_reading
 
@@ -367,7 +366,7 @@ def register(app: typer.Typer) -> None:
             sys.exit(_print_interrupted(exc))
         if as_json:
             echo_json(asdict(report))
-        _print_report(report)
+        _print_report(report, prune=prune)
         if report.stopped_by is not None:  # its own exit status, as through a server
             raise report.stopped_by
         if report.failed:

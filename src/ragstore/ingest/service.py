@@ -811,6 +811,42 @@ def _vanished(rt: Runtime, name: str, paths: Sequence[Path], files: Sequence[Pat
     return sorted(s for s in stored if s not in present and gone_from_disk(s))
 
 
+def _hold_empty_folders(
+    paths: Sequence[Path], files: Sequence[Path], gone: Sequence[str], report: IngestReport
+) -> tuple[list[str], list[str]]:
+    """Split the vanished documents ``--prune`` would remove into those it may (the
+    first list) and those it keeps (the second): every one under a folder given that
+    now holds no file to ingest. Such a folder is far more often a network share or disk
+    that is not mounted (its mount point left empty), or a checkout half made, than a
+    folder emptied on purpose, and a prune of it removed every document ever stored
+    from it. The kept ones are reported ``vanished``, and the folder failed with how to
+    remove them when that was meant."""
+    keep: set[str] = set()
+    present = [str(f) for f in files]
+    for path in paths:
+        folder, _ = sync_scopes([path])  # as _vanished scopes it
+        if not folder:
+            continue  # a file named
+        prefix = folder[0]
+        if any(f.startswith(prefix) for f in present):
+            continue
+        under = [s for s in gone if s.startswith(prefix)]
+        if not under:
+            continue
+        keep.update(under)
+        shown = printable(str(path))
+        err = InputError(
+            f"{shown}: the folder holds no file to ingest, and --prune would remove all "
+            f"{len(under)} document(s) stored from it; they were kept (a share or disk "
+            "not mounted leaves an empty folder). Mount or fill the folder and sync "
+            "again; if it was emptied on purpose, delete those documents "
+            "(`ragstore documents delete`) or the collection"
+        )
+        report.outcomes.append(FileOutcome(shown, "failed", error=str(err), code=err.code))
+    report.outcomes.extend(FileOutcome(s, "vanished") for s in gone if s in keep)
+    return [s for s in gone if s not in keep], [s for s in gone if s in keep]
+
+
 def _prune(rt: Runtime, name: str, sources: Sequence[str]) -> list[str]:
     """Remove the vanished documents still gone from disk; the ones removed are returned.
 
@@ -883,9 +919,12 @@ def _ingest_paths(
             )
         )
     gone = _vanished(rt, name, paths, files) if sync or prune else []
+    held: list[str] = []
+    if prune:
+        gone, held = _hold_empty_folders(paths, files, gone, report)
     if gone and on_vanished is not None:
         on_vanished(gone)
-    gone_set = set(gone)
+    gone_set = set(gone) | set(held)
     for path in missing:
         if str(resolved(path)) in gone_set:
             continue  # a synced file that was deleted: reported as vanished below

@@ -147,6 +147,12 @@ class CompiledFilter:
     # stores its metadata on both)
     candidate_repeats: int = 1
 
+    @property
+    def restricts_nothing(self) -> bool:
+        """Whether the filter keeps everything (``{}``, an ``$and`` of empty objects): a
+        delete by it empties the collection."""
+        return self.condition == _TRUE
+
 
 def compile_filter(
     spec: Mapping[str, Any] | None,
