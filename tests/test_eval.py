@@ -356,3 +356,16 @@ def test_repeated_ids_in_a_dataset_are_one_clear_error(tmp_path: Path) -> None:
         load_beir(tmp_path)
     (tmp_path / "qrels" / "test.tsv").write_text("q\t1\t1\nq\t1\t1\n")  # the same grade
     assert load_beir(tmp_path).qrels == {"q": {"1": 1}}
+
+
+def test_eval_help_names_the_k200_ndcg_printed_beside_the_k10_figures(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # the help said where nDCG@10, MRR@10 and Recall@100 come from, not that a fourth
+    # figure, nDCG@10 of the k=200 lists, is printed beside them (README and CHANGELOG say)
+    capsys.readouterr()
+    assert run_cli("eval", "--help") == 0
+    out = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "k=10 searches" in out
+    assert 'nDCG@10 of the k=200 lists\' top 10 is printed too (column "nDCG@10 k=200"' in out
+    assert '"ndcg@10_k200" in --json' in out

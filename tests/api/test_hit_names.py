@@ -74,9 +74,9 @@ def _names(hits: list[dict[str, Any]], local_file: Path) -> dict[str, str | None
 def test_a_hit_of_an_upload_is_named_as_documents_list_names_it(
     both: Client, store: Store, local_file: Path, options: dict[str, Any]
 ) -> None:
-    listed = {d["source"]: d["name"] for d in both.list_documents(COLLECTION)["data"]}
-    upload_source = next(s for s, n in listed.items() if n == UPLOAD)
-    assert "/uploads/" in upload_source  # the server's path, kept as it was
+    stored = {d["name"]: d["source"] for d in store.list_documents(COLLECTION)["data"]}
+    upload_source = stored[UPLOAD]
+    assert "/uploads/" in upload_source  # the server's path, as the Store reads it
     for answer in (
         both.search(COLLECTION, "roll back", **options),
         store.search(COLLECTION, "roll back", **options),
@@ -84,6 +84,32 @@ def test_a_hit_of_an_upload_is_named_as_documents_list_names_it(
         hits = answer["data"]
         assert _names(hits, local_file) == {"upload": UPLOAD, "local": None}
         assert {h["source"] for h in hits} == {upload_source, str(local_file)}
+
+
+def test_documents_answer_an_uploads_name_as_its_source_not_the_servers_path(
+    both: Client, open_url: str, local_file: Path, settings: Settings
+) -> None:
+    """Every documents answer (list, get, the ``source`` filter, an upload's own) named
+    an upload's source by the server's ``<data dir>/uploads/...`` path, shown to any read
+    key (the console's document page showed it as Source); it is the upload's name now,
+    and a file ingested from disk keeps its own path."""
+    data_dir = str(settings.data_dir.resolve())
+    with httpx.Client(base_url=open_url, timeout=120) as http:
+        base = f"/v1/collections/{COLLECTION}/documents"
+        listed = http.get(base)
+        upload = next(d for d in listed.json()["data"] if d["name"] == UPLOAD)
+        local = next(d for d in listed.json()["data"] if d["name"] != UPLOAD)
+        one = http.get(f"{base}/{upload['id']}")
+        found = http.get(base, params={"source": upload["source"]})
+        added = http.post(base, json={"name": UPLOAD, "text": UPLOADED})
+        for answer in (listed, one, found, added):
+            assert answer.is_success, answer.text
+            assert data_dir not in answer.text and "/uploads/" not in answer.text
+    assert upload["source"] == UPLOAD
+    assert one.json()["source"] == one.json()["name"] == one.json()["metadata"]["path"] == UPLOAD
+    assert [d["id"] for d in found.json()["data"]] == [upload["id"]]
+    assert (added.json()["source"], added.json()["status"]) == (UPLOAD, "unchanged")
+    assert local["source"] == local["name"] == local["metadata"]["path"] == str(local_file)
 
 
 def test_the_openapi_schema_lists_a_hits_name(open_url: str) -> None:

@@ -81,7 +81,7 @@ def test_names_in_any_script_are_stored_listed_read_and_found(http: httpx.Client
         got = http.get(f"/v1/collections/{COLL}/documents/{docs[name]['id']}")
         assert got.status_code == 200, got.text[:300]
         assert got.json()["name"] == name
-        assert got.json()["source"].endswith("/" + name)
+        assert got.json()["source"] == name  # not the server's path of it
     # a name's start finds it, typed decomposed too
     r = http.get(f"/v1/collections/{COLL}/documents", params={"source_prefix": nfd("café")})
     assert [d["name"] for d in r.json()["data"]] == ["café.md"]

@@ -397,6 +397,21 @@ def test_a_document_with_script_and_img_is_shown_as_text(
     shot(page, "document")
 
 
+def test_a_read_key_sees_an_uploads_name_not_the_servers_path(
+    page: Page, server: Server, handbook: str, settings: Settings
+) -> None:
+    """The document page showed an upload's source, the server's own
+    ``<data dir>/uploads/...`` path, to any read key (as Source and in Metadata)."""
+    sign_in(page, server, server.read_key)
+    open_page(page, server, f"/ui/collections/{handbook}")
+    page.click("#documents-body a:text('markup.txt')")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    facts = page.locator("#document-facts")
+    expect(facts.locator("dt:text('Source') + dd")).to_have_text("markup.txt")
+    shown = facts.inner_text()
+    assert str(settings.data_dir.resolve()) not in shown and "/uploads/" not in shown
+
+
 # where a glyph of ``word`` (in some text node of ``selector``'s first match) is drawn
 _GLYPHS_OF = """([selector, word]) => {
   const root = document.querySelector(selector);

@@ -155,6 +155,43 @@ def test_the_older_langchain_community_layout_reads_custom_id(
     assert "has 2 collections named 'twin'" in err and str(twins[0]) in err
 
 
+def test_of_langchain_community_rows_of_one_id_skip_keeps_the_one_stored_first(
+    pg_admin_uri: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # langchain-community appends a row when a document is added again (custom_id is not
+    # unique). Its rows were read unordered, so --policy duplicate_id=skip kept whichever
+    # the plan met first: here an index scan (the source's planner told to prefer one)
+    # met the later row first. The generic reader's order is kept: by id, then physical.
+    url = create_database(pg_admin_uri, None)
+    vecs = vectors(3, 8, seed=12)
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE EXTENSION vector")
+        conn.execute("CREATE TABLE langchain_pg_collection (uuid uuid PRIMARY KEY, name varchar)")
+        conn.execute(
+            "CREATE TABLE langchain_pg_embedding (uuid uuid PRIMARY KEY, collection_id uuid,"
+            " embedding vector(8), document varchar, cmetadata json, custom_id varchar)"
+        )
+        conn.execute(
+            "CREATE INDEX later_first ON langchain_pg_embedding"
+            " ((collection_id::text), document DESC)"
+        )
+        cid = uuid.uuid4()
+        conn.execute("INSERT INTO langchain_pg_collection VALUES (%s, 'only')", (cid,))
+        for i, (rid, text) in enumerate([("a", "a first"), ("b", "b"), ("a", "a second")]):
+            conn.execute(
+                "INSERT INTO langchain_pg_embedding VALUES (%s, %s, %s::vector, %s, '{}', %s)",
+                (uuid.uuid4(), cid, _vec(vecs[i]), text, rid),
+            )
+        dbname = conn.info.dbname
+        for setting in ("enable_seqscan", "enable_bitmapscan"):
+            conn.execute(f'ALTER DATABASE "{dbname}" SET {setting} = off')
+    args = [url, "--format", "langchain-pgvector", "--model", "old@v1", "--dimension", "8"]
+    for collection in ("lc-dup-1", "lc-dup-2"):
+        _import(capsys, *args, "-c", collection, "--policy", "duplicate_id=skip")
+        stored = _stored(cli_env["RAGSTORE_DATABASE_URL"], collection)
+        assert {k: text for k, (text, _) in stored.items()} == {"a": "a first", "b": "b"}
+
+
 def _node_content(meta: dict[str, Any], excluded: list[str]) -> str:
     """LlamaIndex's ``_node_content``: the TextNode without its text (remove_text=True)."""
     return json.dumps(

@@ -192,3 +192,30 @@ def test_a_jsonb_integer_beyond_64_bits_is_refused_not_rounded(
     assert code == 0, err
     assert stored_metadata(db, "pg-big-int") == {"a": {"order_id": 7}, "c": {"order_id": 1e20}}
     assert report["verification"]["source_checksum"] == checksum(["a", "c"], vecs[[0, 2]])
+
+
+def test_a_numeric_integer_beyond_64_bits_is_refused_not_stored_as_text(
+    pg_admin_uri: str, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a numeric column's integer beyond 64 bits became its string form: 12345678901234567890
+    # was stored as "12345678901234567890" and the import reported success (a jsonb one is
+    # refused, above). One a float holds exactly (1e20) is that float.
+    url = create_database(pg_admin_uri, None)
+    vecs = vectors(3, DIM, seed=37)
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE sums (id text, text text, embedding real[], total numeric)")
+        for rid, total, vec in zip(
+            ["a", "b", "c"], ["7", "12345678901234567890", "1e20"], vecs, strict=True
+        ):
+            conn.execute("INSERT INTO sums VALUES (%s, 't', %s, %s)", (rid, vec.tolist(), total))
+    args = [url, "--table", "sums", "-c", "pg-big-numeric", "--model", "legacy@v1"]
+    args += ["--dimension", str(DIM)]
+    code, _, err = import_json(capsys, *args)
+    assert code == 65, err
+    assert "1 unstorable (first: b (metadata: " in err
+    db = cli_env["RAGSTORE_DATABASE_URL"]
+    assert not collection_state(db, "pg-big-numeric")["exists"]
+    code, report, err = import_json(capsys, *args, "--policy", "unstorable=skip")
+    assert code == 0, err
+    assert stored_metadata(db, "pg-big-numeric") == {"a": {"total": 7}, "c": {"total": 1e20}}
+    assert report["verification"]["source_checksum"] == checksum(["a", "c"], vecs[[0, 2]])

@@ -49,8 +49,10 @@ def register(app: typer.Typer) -> None:
         """Ingest a BEIR dataset into a cached scratch collection and score each search mode.
 
         nDCG@10 and MRR@10 come from k=10 searches (the search a user runs), Recall@100
-        from k=200 ones; ms/query is the k=10 searches'. Stored documents that are no
-        record of the corpus are removed from the scratch collection first."""
+        from k=200 ones; ms/query is the k=10 searches'. Beside them, the nDCG@10 of the
+        k=200 lists' top 10 is printed too (column "nDCG@10 k=200", "ndcg@10_k200" in
+        --json: BEIR's reading). Stored documents that are no record of the corpus are
+        removed from the scratch collection first."""
         from rich.table import Table
 
         from ragstore.cli.remote import refuse_remote

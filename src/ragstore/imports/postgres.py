@@ -428,7 +428,13 @@ class PostgresTableSource:
         time; read unordered, the one kept was whichever the scan met first (PostgreSQL's
         synchronized scans start a large table's scan where another scan is). A view or
         foreign table has no ``ctid``: its rows of one id come in the order it gives."""
-        by_id = sql.SQL('({})::text COLLATE "C"').format(_id_expr(id_col, type_name))
+        return self._in_order(conn, _id_expr(id_col, type_name))
+
+    def _in_order(
+        self, conn: psycopg.Connection[tuple[Any, ...]], id_expr: sql.Composable
+    ) -> sql.Composable:
+        """:meth:`_order` for rows whose id is ``id_expr``."""
+        by_id = sql.SQL('({})::text COLLATE "C"').format(id_expr)
         try:
             relation = self._relation(conn)
             kind = (
@@ -600,9 +606,20 @@ class LangChainPGVectorSource(PostgresTableSource):
             else:
                 _need(columns, ("id",), self.table, "LangChain PGVector")
                 id_expr = sql.SQL("id::text")
+            # ordered as the generic reader orders (:meth:`_order`): by id, and rows of one
+            # id (langchain-community's custom_id is not unique: adding a document again
+            # appended a row) in the table's physical order, so that --policy
+            # duplicate_id=skip keeps the same one, the one stored first, each time; read
+            # unordered, the one kept was whichever the scan met first
             stmt = sql.SQL(
                 "SELECT {}, document, {}, cmetadata FROM {} WHERE collection_id::text = %s"
-            ).format(id_expr, _vector_expr("embedding", columns["embedding"], self.table), table)
+                " ORDER BY {}"
+            ).format(
+                id_expr,
+                _vector_expr("embedding", columns["embedding"], self.table),
+                table,
+                self._in_order(conn, id_expr),
+            )
             for rid, text, vec, meta in self._rows(conn, stmt, (uuid,)):
                 where = f"{self.description} row id={rid}"
                 yield Record(

@@ -171,6 +171,11 @@ def _clip(value: Any) -> str:
     return shown if len(shown) <= 60 else shown[:60] + "..."
 
 
+# the most digits an integer of a numeric is kept exact with (Python's int-to-text limit
+# is 4,300 digits: one longer could not be written, even in an error)
+_MOST_DIGITS = 4000
+
+
 def _decimal(value: Decimal) -> int | float | str:
     """A PostgreSQL ``numeric`` (psycopg's Decimal) as the JSON number it is, where one
     holds it exactly: an integer, or a float that reads back as the same decimal. It
@@ -179,12 +184,21 @@ def _decimal(value: Decimal) -> int | float | str:
     the exact text. NaN and infinities stay so, as floats, for validation to refuse
     (``unstorable``, like a float's): JSON has no form of them. An integer beyond 64 bits
     is a float where one holds it exactly (``1e20``), as ragstore reads stored JSON
-    (:func:`ragstore.db.database.stored_json`): as an integer, validation refused it."""
+    (:func:`ragstore.db.database.stored_json`): as an integer, validation refused it.
+    Any other integer beyond 64 bits stays the exact integer, for validation to refuse as
+    ``unstorable`` (as a jsonb one is, :func:`ragstore.imports.postgres._source_int`, and
+    a JSONL one): it became its string form, ``"12345678901234567890"``, stored and called
+    imported, a number no numeric filter matches. One of over 4,000 digits (Python writes
+    no integer past 4,300) is the float it rounds to, infinite: refused all the same."""
     if not value.is_finite():
         return float(value)
-    if value == value.to_integral_value() and INT64_MIN <= value <= INT64_MAX:
-        return int(value)
     as_float = float(value)
+    if value == value.to_integral_value():
+        if INT64_MIN <= value <= INT64_MAX:
+            return int(value)
+        if Decimal(repr(as_float)) == value or value.adjusted() >= _MOST_DIGITS:
+            return as_float
+        return int(value)
     return as_float if Decimal(repr(as_float)) == value else str(value)
 
 

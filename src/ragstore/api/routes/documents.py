@@ -72,12 +72,25 @@ _ADD_RESPONSES: dict[int | str, dict[str, Any]] = {
 def _public(
     rt: Runtime, collection: str, doc: dict[str, Any], outcome: str | None = None
 ) -> DocumentPublic:
+    """A document as the API answers it: an upload's ``source`` and its metadata's
+    ``path`` are its name, as ``name`` is. Stored, they are the server's own
+    ``<data dir>/uploads/...`` path, which every read key was shown (the console's
+    document page showed it as Source and in Metadata): a path the uploader never chose,
+    telling each reader where the server keeps its data. The name finds the same document
+    (``?source=`` and ``source_prefix`` read a relative one as an upload's name); a file
+    ingested from disk and a text keep their own."""
+    name = names.source_name(rt.settings, collection, doc["source"])
+    meta = doc["metadata"]
+    if name != doc["source"] and isinstance(meta, dict) and meta.get("path") == doc["source"]:
+        meta = {**meta, "path": name}
     return DocumentPublic.model_validate(
         {
             **doc,
             "collection": collection,
             "status": outcome,
-            "name": names.source_name(rt.settings, collection, doc["source"]),
+            "name": name,
+            "source": name,
+            "metadata": meta,
         }
     )
 
