@@ -360,14 +360,14 @@ def test_readyz_answers_while_bad_metrics_keys_are_being_checked(
     burst = probes.PROBE_THREADS
     with running_server(settings, app) as url:
         store = app.state.ragstore.keys
-        real = store.authenticate_scraper  # /metrics' own key check (no pool)
+        real = store.authenticate_probe  # /metrics' own key check (no pool)
 
         def held(presented: str | None, address: str = "") -> Any:
             checking.append("key")  # a slow hash, till the test lets it end
             release.wait(3 * WAIT_S)  # past the wait for /readyz: it fails first
             return real(presented, address)
 
-        monkeypatch.setattr(store, "authenticate_scraper", held)
+        monkeypatch.setattr(store, "authenticate_probe", held)
         bad = {"Authorization": "Bearer rsk_0123456789ab_wrongwrongwrongwrong"}
         scrapes: list[httpx.Response] = []
         scrapers = [

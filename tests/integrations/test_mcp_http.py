@@ -184,3 +184,55 @@ def test_a_body_the_sdk_cannot_read_is_answered_in_one_line_as_over_stdio(
             assert "line" not in message, message  # stdio's words, said of a body
         ping = client.post(url, json={"jsonrpc": "2.0", "id": 9, "method": "ping"}, headers=headers)
         assert _events(ping)[-1] == {"jsonrpc": "2.0", "id": 9, "result": {}}
+
+
+def test_a_request_reusing_the_id_of_one_still_running_is_refused(
+    handbook: Store, locked_chunks: str
+) -> None:
+    """The SDK keys a session's running requests, their answers and their cancellation
+    by the JSON-RPC id alone: a second request reusing the id of one still running took
+    the first's place, so the first's client disconnecting cancelled the second (and the
+    first's search ran on in PostgreSQL). A request reusing a running request's id is
+    refused at once with a JSON-RPC error naming it; the first is cancelled by its own
+    disconnect, and the id serves again once it is free."""
+    app = http_app(build_server(handbook), handbook, None)
+    with _serving(app) as url, httpx.Client(timeout=30) as client:
+        headers = _open_session(client, url)
+        call = {
+            "jsonrpc": "2.0",
+            "id": 7,
+            "method": "tools/call",
+            "params": {"name": "search", "arguments": {"collection": "handbook", "query": "x"}},
+        }
+        body = json.dumps(call).encode()
+        port = int(url.split(":")[2].split("/")[0])
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        raw = socket.create_connection(("127.0.0.1", port))
+        try:
+            raw.sendall(
+                f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{head}"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            _until(
+                lambda: waiting_searches(locked_chunks) >= 2,
+                20,
+                "the search's two lists never started",
+            )
+            again = {**call, "id": "7"}  # the SDK's one id: "7" and 7 correlate alike
+            reused = client.post(url, json=again, headers=headers)
+            assert reused.status_code == 400, reused.text
+            error = reused.json()
+            assert error["id"] == "7"
+            assert error["error"]["code"] == -32600
+            assert "already running" in error["error"]["message"]
+            assert waiting_searches(locked_chunks) == 2  # the second never started
+        finally:
+            raw.close()  # the first's client goes away mid-call
+        _until(
+            lambda: waiting_searches(locked_chunks) == 0,
+            10,
+            "the first search ran on in PostgreSQL after its client disconnected",
+        )
+        ping = client.post(url, json={"jsonrpc": "2.0", "id": 7, "method": "ping"}, headers=headers)
+        assert _events(ping)[-1] == {"jsonrpc": "2.0", "id": 7, "result": {}}

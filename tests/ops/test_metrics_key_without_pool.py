@@ -157,7 +157,7 @@ def test_a_key_revoked_elsewhere_is_refused_once_its_recheck_window_passes(
     settings: Settings,
 ) -> None:
     """A scraper's key verified by this server is taken without SQL for
-    ``SCRAPER_RECHECK_S``; revoked by another process (``ragstore keys revoke``), it is
+    ``PROBE_RECHECK_S``; revoked by another process (``ragstore keys revoke``), it is
     refused at the first scrape past that window, and not taken again unread."""
     assert settings.database_url is not None
     db = Database(settings.database_url.get_secret_value())
@@ -173,12 +173,12 @@ def test_a_key_revoked_elsewhere_is_refused_once_its_recheck_window_passes(
             assert h.get("/metrics", headers=_bearer(key)).status_code == 200
             store.revoke(key)
             assert h.get("/metrics", headers=_bearer(key)).status_code == 200  # within it
-            clock.now += served.scraper_recheck_s
+            clock.now += served.probe_recheck_s
             refused = h.get("/metrics", headers=_bearer(key))
             assert refused.status_code == 401, refused.text[:300]
             assert refused.json()["code"] == "unauthorized"
             assert "revoked" in refused.json()["detail"]
-            clock.now -= served.scraper_recheck_s  # as if the window had not passed
+            clock.now -= served.probe_recheck_s  # as if the window had not passed
             assert h.get("/metrics", headers=_bearer(key)).status_code == 401
     finally:
         db.close()

@@ -6,9 +6,10 @@ stored. scrypt is slow on purpose, so a secret that verified once is remembered 
 SHA-256, in this process only) and later requests only re-read the row: a revoked key is
 refused on its very next request.
 
-A scraper's key (``/metrics``: :meth:`KeyStore.authenticate_scraper`) is checked apart:
-the scrape reports the database, so its key check must not need the database's pool,
-nor the database at all for a key this process verified already.
+A probe's key (a scrape of ``/metrics``, the details of ``/readyz``:
+:meth:`KeyStore.authenticate_probe`) is checked apart: a probe reports the database and
+the pool, so its key check must not need the database's pool, nor the database at all
+for a key this process verified already.
 """
 
 from __future__ import annotations
@@ -51,15 +52,15 @@ _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32, "maxmem": 64 * 1024 * 1024}
 
 Conn = psycopg.Connection[Any]
 
-SCRAPER_RECHECK_S = 30.0
-"""How long a scraper's key verified in this process is taken without reading its row
-again (:meth:`KeyStore.authenticate_scraper`): a revocation made elsewhere (``ragstore
+PROBE_RECHECK_S = 30.0
+"""How long a probe's key verified in this process is taken without reading its row
+again (:meth:`KeyStore.authenticate_probe`): a revocation made elsewhere (``ragstore
 keys revoke`` in another process) refuses it within this time; made by this process, at
 once. Two Prometheus scrapes at its default 15 s interval: one key check in two reads
 the database."""
 
-SCRAPER_CONNECT_S = 2.0
-"""The longest a scraper's key check waits to connect to the database before it takes
+PROBE_CONNECT_S = 2.0
+"""The longest a probe's key check waits to connect to the database before it takes
 the key this process verified last (a database silent on the network, not refusing)."""
 
 
@@ -142,7 +143,7 @@ class KeyStore:
         self._verified: dict[str, _Verified] = {}  # key_id -> its secret that verified
         self._lock = threading.Lock()
         self.clock: Callable[[], float] = time.monotonic  # (a test moves it on)
-        self.scraper_recheck_s = SCRAPER_RECHECK_S
+        self.probe_recheck_s = PROBE_RECHECK_S
 
     def create(self, scope: str, collection: str | None = None, name: str = "") -> NewKey:
         if scope not in SCOPES:
@@ -200,26 +201,34 @@ class KeyStore:
         key_id, secret, digest = self._parsed(presented, address)
         return self._authenticate(key_id, secret, digest, address, self.db.connection)
 
-    def authenticate_scraper(self, presented: str | None, address: str = "") -> ApiKey:
-        """:meth:`authenticate` for a scrape of ``/metrics``, which must answer whatever
-        the database's state: it is what reports that state.
+    def authenticate_probe(self, presented: str | None, address: str = "") -> ApiKey:
+        """:meth:`authenticate` for a probe: a scrape of ``/metrics`` and the details of
+        ``/readyz``, which must answer whatever the database's and the pool's state: they
+        are what report it.
 
         Checked on a pooled connection, a scraper's key was refused 503 while the database
         was down (the scrape failed whole: ``up == 0``, every metric blank, and
         ``ragstore_db_up 0``, whose alert names the right runbook, never read), and waited
         out the pool timeout while every pooled connection was busy (the pool's own
         figures unread). Now a key whose secret verified in this process within
-        :data:`SCRAPER_RECHECK_S` is taken without SQL; an older or new one is checked on
+        :data:`PROBE_RECHECK_S` is taken without SQL; an older or new one is checked on
         a fresh connection (:meth:`Database.checking`, as the scrape's database figures
         are read), never the pool's; and when that cannot reach the database, a key
         verified in this process before is taken as it was last read (its revocation
-        cannot be read either), while one never verified here is refused 503."""
+        cannot be read either), while one never verified here is refused 503.
+
+        /readyz's key (who may read each collection's details) was read on a pooled
+        connection too: with the pool held, a balancer's probe carrying a key waited out
+        the pool timeout, past its own, and took a busy but healthy server out of
+        rotation. A revocation made by another process shows on /readyz within
+        :data:`PROBE_RECHECK_S`, as on /metrics: the details it shows are names, no
+        document."""
         key_id, secret, digest = self._parsed(presented, address)
         with self._lock:
             seen = self._verified.get(key_id)
         if seen is not None and not hmac.compare_digest(seen.digest, digest):
             seen = None
-        if seen is not None and self.clock() - seen.at < self.scraper_recheck_s:
+        if seen is not None and self.clock() - seen.at < self.probe_recheck_s:
             return seen.key
         try:
             return self._authenticate(key_id, secret, digest, address, self._fresh_connection)
@@ -244,9 +253,9 @@ class KeyStore:
 
     @contextmanager
     def _fresh_connection(self) -> Iterator[Conn]:
-        """A connection outside the pool for a scraper's key check (see
-        :meth:`authenticate_scraper`)."""
-        with self.db.checking(connect_s=SCRAPER_CONNECT_S) as got:
+        """A connection outside the pool for a probe's key check (see
+        :meth:`authenticate_probe`)."""
+        with self.db.checking(connect_s=PROBE_CONNECT_S) as got:
             yield got.conn
 
     def _parsed(self, presented: str | None, address: str) -> tuple[str, str, bytes]:
@@ -315,8 +324,8 @@ class KeyStore:
         revoked. Only a caller whose secret verified is told its key was revoked. The
         server's log keeps the reason.
 
-        A key found gone or revoked is forgotten (a scraper's key is then never taken
-        again unread, :meth:`authenticate_scraper`); a live one is remembered with the
+        A key found gone or revoked is forgotten (a probe's key is then never taken
+        again unread, :meth:`authenticate_probe`); a live one is remembered with the
         time its row was read."""
         with connect() as conn, translated("checking an API key"):
             row = conn.execute(

@@ -15,6 +15,7 @@ import json
 import logging
 
 import anyio
+from mcp.shared.dispatcher import coerce_request_id
 from mcp.types import (
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -50,10 +51,10 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return next((v for k, v in scope.get("headers", ()) if k.lower() == name), None)
 
 
-def _cancellable_id(body: bytes) -> int | str | None:
-    """The JSON-RPC id of the request ``body`` is, where one can be cancelled: not an
-    ``initialize`` (JSON-RPC forbids cancelling it), not a notification, a batch or a
-    body that is no JSON-RPC request at all (the SDK refused those before running any)."""
+def _request_id(body: bytes) -> tuple[int | str, str] | None:
+    """The JSON-RPC id and method of the request ``body`` is; None for a notification, a
+    response, a batch or a body that is no JSON-RPC request at all (the SDK refuses those
+    before running any)."""
     try:
         message = json.loads(body)
     except (ValueError, RecursionError):
@@ -61,11 +62,21 @@ def _cancellable_id(body: bytes) -> int | str | None:
     if not isinstance(message, dict):
         return None
     rid, method = message.get("id"), message.get("method")
-    if not isinstance(method, str) or method == "initialize":
+    if not isinstance(method, str):
         return None
     if isinstance(rid, bool) or not isinstance(rid, int | str):
         return None
-    return rid
+    return rid, method
+
+
+def _duplicate(rid: int | str) -> JSONRPCError:
+    """The answer to a request whose id a request of its session still running holds."""
+    text = (
+        f"request id {rid!r} is already running in this session: give each request an id "
+        "no other request of the session still running has (JSON-RPC), or wait for its "
+        "answer"
+    )
+    return JSONRPCError(jsonrpc="2.0", id=rid, error=ErrorData(code=INVALID_REQUEST, message=text))
 
 
 class CancelOnDisconnect:
@@ -82,11 +93,22 @@ class CancelOnDisconnect:
     The SDK has no public hook from a POST to the call it runs, so the cancellation goes
     in as the client would send it: a ``notifications/cancelled`` POSTed to the session
     (the disconnected request's own headers, so the SDK checks it as it checked that
-    one) naming the request's id. The request's body is kept as the SDK reads it (it is
-    held to ``RAGSTORE_MAX_REQUEST_BYTES`` outside) and read only when it is needed."""
+    one) naming the request's id. The request's body is read whole first (it is held to
+    ``RAGSTORE_MAX_REQUEST_BYTES`` outside) and handed on to the SDK as it came.
+
+    A request whose id a request of its session still running holds is refused (400, a
+    JSON-RPC -32600 under its id), which JSON-RPC and MCP allow: ids must be unique among
+    a session's requests. The SDK keys a running request, the stream its answer goes
+    out on and its cancellation by the id alone (``7`` and ``"7"`` alike), so a second
+    request took the first's place: the first's client disconnecting cancelled the
+    second, and the first's search ran on. Keying the cancellation by the request itself
+    cannot mend that here (the SDK's ``notifications/cancelled`` names an id, and its
+    answers are routed by id too); refusing the reuse keeps each id naming one request."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # (session, the id as the SDK correlates it) of each request running now
+        self._running: set[tuple[bytes, int | str]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST":
@@ -97,14 +119,23 @@ class CancelOnDisconnect:
             await self.app(scope, receive, send)
             return
         body: list[bytes] = []
-        gone = answered = False
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # gone before its request was whole: nothing ran
+            body.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        whole = b"".join(body)
+        gone = answered = handed = False
 
         async def watched_receive() -> Message:
-            nonlocal gone
+            nonlocal gone, handed
+            if not handed:
+                handed = True
+                return {"type": "http.request", "body": whole, "more_body": False}
             message = await receive()
-            if message["type"] == "http.request":
-                body.append(message.get("body", b""))
-            elif message["type"] == "http.disconnect":
+            if message["type"] == "http.disconnect":
                 gone = True
             return message
 
@@ -118,14 +149,27 @@ class CancelOnDisconnect:
                 gone = True
                 raise
 
+        request = _request_id(whole)
+        if request is None:
+            await self.app(scope, watched_receive, watched_send)
+            return
+        rid, method = request
+        key = (session, coerce_request_id(rid))
+        if key in self._running:
+            log.info("MCP: request id %r refused: one of its session still runs", rid)
+            await _send_json(send, _duplicate(rid))
+            return
+        self._running.add(key)
         try:
             await self.app(scope, watched_receive, watched_send)
         finally:
-            if gone and not answered:
-                rid = _cancellable_id(b"".join(body))
-                if rid is not None:
+            try:
+                # not an initialize: JSON-RPC forbids cancelling it
+                if gone and not answered and method != "initialize":
                     with anyio.CancelScope(shield=True):
                         await self._cancel(scope, rid)
+            finally:
+                self._running.discard(key)
 
     async def _cancel(self, scope: Scope, rid: int | str) -> None:
         """Post ``notifications/cancelled`` for ``rid`` to the session of ``scope``."""
@@ -169,6 +213,17 @@ class CancelOnDisconnect:
                 rid,
                 status[0] if status else "none",
             )
+
+
+async def _send_json(send: Send, reply: JSONRPCError) -> None:
+    """Answer 400 with the JSON-RPC error ``reply``."""
+    content = reply.model_dump_json(by_alias=True, exclude_unset=True).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(content)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": 400, "headers": headers})
+    await send({"type": "http.response.body", "body": content})
 
 
 class SessionCap:

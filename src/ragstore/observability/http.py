@@ -30,6 +30,13 @@ from ragstore.observability import metrics
 from ragstore.observability.logging import bind_request, configure_logging, get_logger
 
 _PROBLEM_TYPE = PROBLEM_JSON.encode()
+
+SCRAPE_CONNECT_S = 2.0
+"""The longest a scrape waits to connect to the database for its figures (a database
+silent on the network, not refusing); with the key check's own bound
+(:data:`ragstore.auth.keys.PROBE_CONNECT_S`) a scrape of a silent database answers
+``ragstore_db_up 0`` in about four seconds, within Prometheus' default 10 s scrape
+timeout, whatever ``RAGSTORE_CONNECT_TIMEOUT_S`` says."""
 _MAX_PROBLEM_BYTES = 64 * 1024
 log = get_logger("ragstore.http")
 
@@ -174,11 +181,16 @@ def _render(app: Any) -> bytes:
         # scrape for the pool timeout and then reported ragstore_db_up 0, paging
         # RagstoreDatabaseDown for a busy server whose database answered; a database at
         # its connection limit, which refuses the fresh one, is read on a pooled one
-        # (``ragstore_db_full``), never reported down
+        # (``ragstore_db_full``), never reported down. Its connect is bounded as the key
+        # check's is (SCRAPE_CONNECT_S): a database silent on the network held the scrape
+        # for all of RAGSTORE_CONNECT_TIMEOUT_S, past Prometheus' scrape timeout, so the
+        # target read as down and ragstore_db_up 0 (the database's alert) was never seen
         from ragstore.db.database import is_full
 
         collector = metrics.DatabaseCollector(
-            lambda: rt.db.checking(), full=is_full, data_dir=rt.settings.data_dir
+            lambda: rt.db.checking(connect_s=SCRAPE_CONNECT_S),
+            full=is_full,
+            data_dir=rt.settings.data_dir,
         )
         app.state.ragstore_db_collector = collector
     return metrics.render(collector, *getattr(app.state, "ragstore_extra_metrics", ()))
@@ -200,7 +212,7 @@ async def _require_key(request: Request) -> None:
     on_key_check_thread`): never behind the load, nor holding the threads /readyz's checks
     and the rendering (:func:`_rendering`) run on.
 
-    Nor on a pooled connection (:meth:`~ragstore.auth.keys.KeyStore.authenticate_scraper`):
+    Nor on a pooled connection (:meth:`~ragstore.auth.keys.KeyStore.authenticate_probe`):
     with the database down every keyed scrape was refused 503, so the scrape that reports
     ``ragstore_db_up 0`` never happened, and with the pool held it waited out the pool
     timeout."""
@@ -222,7 +234,7 @@ async def _require_key(request: Request) -> None:
     ):
         return
     client = request.client.host if request.client else ""
-    key = await on_key_check_thread(lambda: keys.authenticate_scraper(token, client))
+    key = await on_key_check_thread(lambda: keys.authenticate_probe(token, client))
     key.require("metrics")
 
 

@@ -351,11 +351,24 @@ REPLICA_POOL_WAITING = Gauge(
     registry=REGISTRY,
     multiprocess_mode="livesum",
 )
+# 1 in a process where a replica's pool is exhausted now (every connection lent out,
+# requests waiting), summed over the live processes, as ragstore_db_pool_exhausted_processes
+# is for the primary: the summed gauges above met "in use >= max and waiting" only while
+# every process's pool of that replica was exhausted at once
+REPLICA_POOL_EXHAUSTED = Gauge(
+    "ragstore_db_replica_pool_exhausted_processes",
+    "Processes whose pool of each read replica is exhausted now: every connection lent "
+    "out and requests waiting.",
+    ["replica"],
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
 _REPLICA_POOL_GAUGES = (
     REPLICA_POOL_MAX,
     REPLICA_POOL_SIZE,
     REPLICA_POOL_IN_USE,
     REPLICA_POOL_WAITING,
+    REPLICA_POOL_EXHAUSTED,
 )
 
 REPLICA_LAG = Gauge(
@@ -533,6 +546,14 @@ def pool_stats(pool: Any) -> dict[str, int]:
     return dict(pool.get_stats())
 
 
+def _exhausted(stats: dict[str, int]) -> bool:
+    """Whether a pool of ``stats`` (:func:`pool_stats`) is exhausted: every connection it
+    may hold lent out, and requests waiting for one."""
+    in_use = max(0, stats.get("pool_size", 0) - stats.get("pool_available", 0))
+    most = stats.get("pool_max", 0)
+    return most > 0 and in_use >= most and stats.get("requests_waiting", 0) > 0
+
+
 def sync_pool(pool: Any) -> None:
     """Copy a psycopg pool's ``get_stats()`` into the pool metrics (None: no pool yet)."""
     stats = pool_stats(pool)
@@ -541,9 +562,7 @@ def sync_pool(pool: Any) -> None:
     POOL_SIZE.set(size)
     POOL_IN_USE.set(max(0, size - stats.get("pool_available", 0)))
     POOL_WAITING.set(stats.get("requests_waiting", 0))
-    in_use, most = max(0, size - stats.get("pool_available", 0)), stats.get("pool_max", 0)
-    exhausted = most > 0 and in_use >= most and stats.get("requests_waiting", 0) > 0
-    POOL_EXHAUSTED.set(1 if exhausted else 0)
+    POOL_EXHAUSTED.set(1 if _exhausted(stats) else 0)
     # by the pool's name (unique in the process: psycopg_pool numbers them), not its id(),
     # which a later pool may reuse, its totals then taken for the old one's going down
     key = f"pool:{getattr(pool, 'name', '')}"
@@ -560,9 +579,10 @@ def sync_replica_pools(pools: Iterable[tuple[str, Any]]) -> None:
     """Copy each read replica's pool figures into the ``ragstore_db_replica_pool_*``
     gauges, from ``(name, pool)`` pairs (:meth:`ragstore.db.routing.ReadRouter.
     opened_pools`; pool None: not open). Two replicas of one name (one URL listed twice)
-    add up. A replica whose pool is not open is dropped from the series (its figures would
-    read as an open pool of no connections); in multiprocess mode, where a labelled series
-    cannot be removed, it reads 0 instead."""
+    add up (and the process reads exhausted for it when either pool is). A replica whose
+    pool is not open is dropped from the series (its figures would read as an open pool of
+    no connections); in multiprocess mode, where a labelled series cannot be removed, it
+    reads 0 instead."""
     figures: dict[str, list[int]] = {}
     for name, pool in pools:
         if pool is None:
@@ -575,9 +595,10 @@ def sync_replica_pools(pools: Iterable[tuple[str, Any]]) -> None:
             max(0, size - stats.get("pool_available", 0)),
             stats.get("requests_waiting", 0),
         )
-        total = figures.setdefault(name, [0, 0, 0, 0])
+        total = figures.setdefault(name, [0, 0, 0, 0, 0])
         for i, figure in enumerate(mine):
             total[i] += figure
+        total[4] = max(total[4], 1 if _exhausted(stats) else 0)  # one process: 0 or 1
     with _replica_pool_lock:
         for name, values in figures.items():
             for gauge, value in zip(_REPLICA_POOL_GAUGES, values, strict=True):

@@ -62,7 +62,15 @@ def _viewer(state: ApiState, request: Request) -> Principal | None:
     The key is read as every other route reads it (:func:`~ragstore.api.deps.
     bearer_token`): only the first of two ``Authorization`` headers was read here, so a
     valid key beside junk was shown every collection where every other route refuses
-    the request; two headers now get the anonymous answer."""
+    the request; two headers now get the anonymous answer.
+
+    The key is checked as a scraper's is (:meth:`~ragstore.auth.keys.KeyStore.
+    authenticate_probe`), never on a pooled connection: read on one, a probe carrying a
+    key waited out the pool timeout while requests held every connection, and a load
+    balancer's probe timed out and took a busy but healthy server out of rotation (and
+    its load onto the others), which :func:`_check` was made to prevent. A key never
+    verified by this process that the database cannot check now (down, or full with every
+    pooled connection in use) gets the anonymous answer."""
     if state.keys is None:
         return Principal(None)
     client = request.client.host if request.client else ""
@@ -70,7 +78,7 @@ def _viewer(state: ApiState, request: Request) -> Principal | None:
         token = bearer_token(request.scope.get("headers", ()))
         if token is None:
             return None
-        return Principal(state.keys.authenticate(token, client))
+        return Principal(state.keys.authenticate_probe(token, client))
     except RagstoreError:
         return None
 
