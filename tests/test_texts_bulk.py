@@ -4,6 +4,7 @@ batch path stores: the same documents, chunks, metadata and search results."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +21,7 @@ from ragstore.errors import (
     InputError,
     RagstoreError,
 )
+from ragstore.ingest import prepare
 from ragstore.ingest.texts import add_texts
 from ragstore.modelops import add_http_model
 from ragstore.modelops.specs import find_model
@@ -300,3 +302,37 @@ def test_bad_vectors_in_a_large_call_are_refused_as_the_batches_refuse_them(
         with pytest.raises(CollectionNotFoundError):
             r.collection(name)  # refused before anything was made or written
     assert says in errors[1] and errors[0] == errors[1]
+
+
+def test_a_worker_dying_while_chunking_texts_says_so(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A parse worker that dies (the OOM killer) under a large ``add_texts`` call: the
+    error said "a worker process parsing files for this ingest died" of a call that sent
+    texts, not files."""
+    real = prepare.chunk_text
+    here = os.getpid()
+
+    def dies_on_the_marker(text: str, *args: Any) -> Any:
+        if "zq-die-here" in text:
+            assert os.getpid() != here, "the marked text must be chunked in a worker"
+            os._exit(1)  # as SIGKILL: no cleanup, the pool sees its worker gone
+        return real(text, *args)
+
+    # patched before the pool forks: the workers inherit it
+    monkeypatch.setattr(prepare, "chunk_text", dies_on_the_marker)
+    rt = Runtime(settings.model_copy(update={"bulk_load_bytes": 2048, "ingest_workers": 2}))
+    try:
+        word = "sediment layers record the climate of the basin. "
+        texts = [f"text {i}: " + word * 160 for i in range(300)]  # 2.4 MB: workers fork
+        assert sum(map(len, texts)) >= prepare.MIN_POOL_BYTES
+        texts[150] += " zq-die-here"  # in a full round (32 texts): chunked by the workers
+        with pytest.raises(RagstoreError) as caught:
+            add_texts(rt, "worker-dies", texts, ids=[f"w-{i}" for i in range(300)])
+        said = str(caught.value)
+        assert "a worker process chunking texts for this add_texts call died" in said, said
+        assert "parsing files" not in said
+        with pytest.raises(CollectionNotFoundError):
+            rt.collection("worker-dies")  # nothing stored: the collection made is gone
+    finally:
+        rt.close()

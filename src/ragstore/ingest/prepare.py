@@ -313,14 +313,27 @@ class Preparer:
             for t in tasks:
                 yield from t.result()
         except BrokenProcessPool as exc:
-            raise RagstoreError(
-                f"a worker process parsing files for this ingest died ({exc}; out of "
-                "memory?); run it again, or with RAGSTORE_INGEST_WORKERS=1 to parse the "
-                "files in the ingesting process"
-            ) from None
+            raise _worker_died(items, exc) from None
         finally:  # closed early: the tasks not started are not run
             for t in tasks:
                 t.cancel()
+
+
+def _worker_died(items: Sequence[Item], exc: BrokenProcessPool) -> RagstoreError:
+    """A worker process died (killed, out of memory), in the words of what it was doing:
+    a large ``add_texts`` call's texts are chunked, not files parsed, and were told
+    "parsing files for this ingest"."""
+    if any(i.text is not None for i in items):
+        return RagstoreError(
+            f"a worker process chunking texts for this add_texts call died ({exc}; out of "
+            "memory?); send the texts again, or set RAGSTORE_INGEST_WORKERS=1 to chunk "
+            "them in the calling process"
+        )
+    return RagstoreError(
+        f"a worker process parsing files for this ingest died ({exc}; out of "
+        "memory?); run it again, or with RAGSTORE_INGEST_WORKERS=1 to parse the "
+        "files in the ingesting process"
+    )
 
 
 AUTO_MIN_CORES = 4  # with 0 (auto) and a model on the CPU, fewer cores prepare in-process
