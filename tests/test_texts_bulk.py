@@ -25,6 +25,7 @@ from ragstore.ingest import prepare
 from ragstore.ingest.texts import add_texts
 from ragstore.modelops import add_http_model
 from ragstore.modelops.specs import find_model
+from ragstore.observability.metrics import REGISTRY
 from ragstore.runtime import Runtime
 from ragstore.search import search
 from tests.models.embedding_server import EmbeddingServer
@@ -336,3 +337,23 @@ def test_a_worker_dying_while_chunking_texts_says_so(
             rt.collection("worker-dies")  # nothing stored: the collection made is gone
     finally:
         rt.close()
+
+
+def _ingested(outcome: str) -> float:
+    return REGISTRY.get_sample_value("ragstore_ingest_documents_total", {"outcome": outcome}) or 0.0
+
+
+def test_texts_that_fail_are_counted_failed_in_the_ingest_metrics(
+    rt: Runtime, bulk_rt: Runtime
+) -> None:
+    """``ragstore_ingest_documents_total{outcome="failed"}`` counted no text: the call's
+    report had no failed count. A batch's texts fail together (its one transaction rolls
+    back); the pipeline's text with no words fails alone, the rest stored."""
+    texts, ids, metas = _corpus()
+    texts[5] = "\u200b"
+    for r, name, failed, added in ((rt, "count-batch", 12, 0), (bulk_rt, "count-load", 1, 11)):
+        before = {o: _ingested(o) for o in ("failed", "added")}
+        with pytest.raises(EmptyDocumentError):
+            add_texts(r, name, texts, metas, ids)
+        assert _ingested("failed") - before["failed"] == failed, name
+        assert _ingested("added") - before["added"] == added, name

@@ -71,13 +71,21 @@ class AddReport:
     embedded: int = 0  # chunk texts sent to the model
     reused: int = 0  # chunks whose stored vector was reused
     seconds: float = 0.0  # how long the call took (the ingest metrics)
+    # texts not stored for an error (the call raises it): for the ingest metrics' "failed",
+    # never in an answer (a call with any raises). A batch's texts fail together (one
+    # transaction); the pipeline's each alone, or all with a bulk load that failed
+    failed: int = 0
 
     def count(self, outcome: str) -> int:
-        """Texts with ``outcome`` (``added``, ``updated``, ``unchanged``; others: 0), as
-        ``IngestReport.count`` reads, so the ingest metrics record both alike."""
-        return {"added": self.added, "updated": self.updated, "unchanged": self.unchanged}.get(
-            outcome, 0
-        )
+        """Texts with ``outcome`` (``added``, ``updated``, ``unchanged``, ``failed``;
+        others: 0), as ``IngestReport.count`` reads, so the ingest metrics record both
+        alike: without ``failed``, texts that failed were counted nowhere."""
+        return {
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "failed": self.failed,
+        }.get(outcome, 0)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -285,6 +293,7 @@ def add_texts(
                 return report
             for start in range(0, len(texts), BATCH):
                 end = min(start + BATCH, len(texts))
+                before = report.added + report.updated + report.unchanged
                 try:
                     _add_batch(
                         rt,
@@ -296,6 +305,10 @@ def add_texts(
                         None if matrix is None else matrix[start:end],
                     )
                 except RagstoreError as exc:
+                    # the batch's transaction rolled back: its texts not found unchanged
+                    # before the write failed (the batches after it: not attempted)
+                    counted = report.added + report.updated + report.unchanged - before
+                    report.failed += end - start - counted
                     if start:
                         _say_what_was_stored(exc, out_ids, start)
                     raise
@@ -400,6 +413,8 @@ def _count(
             setattr(report, o.status, getattr(report, o.status) + 1)
             stored.append(doc_id)
         elif o is not None:
+            if o.status == "failed":  # not_attempted is not counted, as for files
+                report.failed += 1
             lost.append(o)
     return stored, _cause(lost)
 
