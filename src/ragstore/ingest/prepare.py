@@ -10,6 +10,7 @@ and their results come back pickled in input order.
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 from collections.abc import Generator, Iterator, Sequence
@@ -21,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ragstore.chunking import chunk_document, document_hash, recipe
 from ragstore.chunking.chunker import TokenCounter
 from ragstore.db import documents
@@ -29,7 +32,7 @@ from ragstore.errors import (
     RagstoreError,
 )
 from ragstore.files import not_the_file, read_with_stat, unreadable
-from ragstore.models import Chunk, ParsedDocument
+from ragstore.models import Chunk, ChunkType, ParsedDocument
 from ragstore.parsing import detect_format, parse_bytes
 from ragstore.parsing.language import detect_language
 from ragstore.parsing.limits import text_too_large
@@ -56,9 +59,10 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Job:
-    """What preparing needs besides the files: the same for every file of an ingest."""
+    """What preparing needs besides the files: the same for every file of an ingest.
+    ``counter`` is None where nothing is chunked: texts that each bring their vector."""
 
-    counter: TokenCounter
+    counter: TokenCounter | None
     max_tokens: int
     max_file_bytes: int
     user_meta: dict[str, Any]
@@ -137,6 +141,7 @@ def _prepare(job: Job, item: Item, stored_hash: str | None) -> Prepared:
     fmt = detect_format(item.label, data)
     parsed = parse_file(data, item.label, fmt, job.parse_timeout_s, job.max_file_bytes)
     _check_text_size(parsed, item.label, job.max_file_bytes)
+    assert job.counter is not None  # a file is always chunked
     chunks = chunk_document(parsed, job.counter, job.max_tokens)
     if not chunks:
         raise EmptyDocumentError(f"{item.label}: no text found in the file; nothing to ingest")
@@ -163,14 +168,20 @@ def _prepare(job: Job, item: Item, stored_hash: str | None) -> Prepared:
 
 def _prepare_text(job: Job, item: Item, stored_hash: str | None) -> Prepared:
     """A text added by id: unchanged when its hash (the caller's digest) is the stored one,
-    else chunked as :func:`chunk_text` does and stored under its id with exactly the
-    caller's metadata, as ``add_texts`` stores one batch by batch."""
+    else chunked as :func:`chunk_text` does (or, with the caller's vector, one chunk:
+    :func:`whole_text`) and stored under its id with exactly the caller's metadata, as
+    ``add_texts`` stores one batch by batch."""
     assert item.text is not None and item.content_hash is not None
     if stored_hash == item.content_hash:
         return Prepared(item.source, unchanged=True)
-    chunks, cut_from = chunk_text(
-        item.text, item.source, item.metadata, job.counter, job.max_tokens, item.label
-    )
+    cut_from: bytes | None = None
+    if item.vector is not None:
+        chunks = whole_text(item.text, item.metadata, item.vector)
+    else:
+        assert job.counter is not None  # None only where every text brings its vector
+        chunks, cut_from = chunk_text(
+            item.text, item.source, item.metadata, job.counter, job.max_tokens, item.label
+        )
     record = documents.DocumentRecord(
         source=item.source,
         title=None,
@@ -206,6 +217,39 @@ def chunk_text(
     for ch in chunks:
         ch.metadata = {**ch.metadata, **metadata}
     return chunks, recipe.encode(parsed, metadata, text)
+
+
+def vector_bytes(vector: np.ndarray) -> bytes:
+    """A caller's vector as the bytes its hashes are taken over (float32, little-endian)."""
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def whole_text(text: str, metadata: dict[str, Any], vector: np.ndarray) -> list[Chunk]:
+    """The text as one chunk, for a caller-given vector that stands for all of it: a
+    text the chunker would cut in several cannot share one vector among them, so it is
+    stored whole, however long (``add_texts`` refuses one too large for the full-text
+    index before anything is written).
+
+    Its content hash is not the text's: stored vectors are reused by chunk content hash
+    (:func:`ragstore.db.documents.stored_embeddings`), so under the text's hash a caller's
+    vector was handed to the same text wherever the model was to embed it (another id, this
+    id sent again without a vector, a file's chunk)."""
+    given = hashlib.sha256(b"ragstore-given-vector\0" + vector_bytes(vector))
+    given.update(text.encode("utf-8"))
+    return [
+        Chunk(
+            ordinal=0,
+            chunk_type=ChunkType.PARAGRAPH,
+            text=text,
+            section_path=(),
+            parent_ordinal=None,
+            char_start=0,
+            char_end=len(text),
+            token_count=len(text.split()),
+            content_hash=given.hexdigest(),
+            metadata=dict(metadata),
+        )
+    ]
 
 
 def _check_text_size(parsed: ParsedDocument, name: str, limit: int) -> None:
@@ -269,14 +313,27 @@ class Preparer:
             for t in tasks:
                 yield from t.result()
         except BrokenProcessPool as exc:
-            raise RagstoreError(
-                f"a worker process parsing files for this ingest died ({exc}; out of "
-                "memory?); run it again, or with RAGSTORE_INGEST_WORKERS=1 to parse the "
-                "files in the ingesting process"
-            ) from None
+            raise _worker_died(items, exc) from None
         finally:  # closed early: the tasks not started are not run
             for t in tasks:
                 t.cancel()
+
+
+def _worker_died(items: Sequence[Item], exc: BrokenProcessPool) -> RagstoreError:
+    """A worker process died (killed, out of memory), in the words of what it was doing:
+    a large ``add_texts`` call's texts are chunked, not files parsed, and were told
+    "parsing files for this ingest"."""
+    if any(i.text is not None for i in items):
+        return RagstoreError(
+            f"a worker process chunking texts for this add_texts call died ({exc}; out of "
+            "memory?); send the texts again, or set RAGSTORE_INGEST_WORKERS=1 to chunk "
+            "them in the calling process"
+        )
+    return RagstoreError(
+        f"a worker process parsing files for this ingest died ({exc}; out of "
+        "memory?); run it again, or with RAGSTORE_INGEST_WORKERS=1 to parse the "
+        "files in the ingesting process"
+    )
 
 
 AUTO_MIN_CORES = 4  # with 0 (auto) and a model on the CPU, fewer cores prepare in-process

@@ -137,6 +137,9 @@ class Item:
     # place of a file to read. A large call takes this pipeline, bulk load included.
     text: str | None = None
     content_hash: str | None = None
+    # The caller's vector for ``text`` (an outside model's): the text is stored whole as
+    # one chunk with it, nothing encoded (``prepare.whole_text``)
+    vector: np.ndarray | None = field(default=None, compare=False)
 
     @property
     def size(self) -> int:
@@ -286,7 +289,7 @@ class _Ingestor:
         self,
         rt: Runtime,
         coll: repository.Collection,
-        embedder: Embedder,
+        embedder: Embedder | None,
         report: IngestReport,
         user_meta: dict[str, Any],
         progress: Progress | None,
@@ -357,6 +360,14 @@ class _Ingestor:
         Not in a stopped ingest (the round is not written): its ``vectors`` stay None."""
         if self.stopped:
             return
+        for p in pending:
+            if p.item.vector is not None:  # the caller's: nothing looked up or encoded
+                p.vectors = p.item.vector[None, :]
+        # (a model migration's new space gets no vector of a caller's, as batch by batch)
+        pending = [p for p in pending if p.item.vector is None]
+        if not pending:
+            return
+        assert self.embedder is not None  # None only where every text brings its vector
         hashes = [c.content_hash for p in pending for c in p.chunks if c.embeddable]
         with self._lock:  # encoded by an earlier round of this ingest, maybe not committed
             stored = {h: self._encoded[h] for h in hashes if h in self._encoded}
@@ -564,8 +575,14 @@ class _Ingestor:
             self.rt.settings.parse_timeout_s,
             str(self.coll.model.options.get("passage_prefix", "")),
         )
-        workers = prepare.pool_size(
-            self.rt.settings.ingest_workers, total_bytes, model_on_cpu=self.embedder.encodes_on_cpu
+        workers = (
+            0  # texts with their vectors: nothing to chunk
+            if self.embedder is None
+            else prepare.pool_size(
+                self.rt.settings.ingest_workers,
+                total_bytes,
+                model_on_cpu=self.embedder.encodes_on_cpu,
+            )
         )
         with prepare.preparer(job, workers) as self._preparer:
             self._run(files, total_bytes)
@@ -699,7 +716,7 @@ class _Ingestor:
         path then waited on the wire (docs/benchmarks.md). Rounds are still written one
         by one, in order."""
         groups = self._groups(files, self.rt.settings.ingest_batch_chunks)
-        ahead = 2 if self.embedder.overlaps_rounds else 1
+        ahead = 2 if self.embedder is not None and self.embedder.overlaps_rounds else 1
         writing: Future[None] | None = None
         # rounds not yet written, with their encoding (None: encoded on this thread)
         encoding: deque[tuple[list[_Pending], Future[None] | None]] = deque()
@@ -1035,7 +1052,9 @@ def _ingest_into(
     progress: Progress | None,
     guard: WriteGuard | None,
 ) -> None:
-    embedder = rt.embedder_for(coll)
+    # texts that all bring their vectors load no model: one ragstore cannot run (vectors
+    # of an outside model) has none, and the batches never loaded one for them
+    embedder = None if all(i.vector is not None for i in items) else rt.embedder_for(coll)
     sizes = _sizes(items)  # every file's size, read once
     total = sum(sizes.values())
     bulk = _bulk_load(rt, coll, sizes, total)

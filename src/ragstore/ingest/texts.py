@@ -10,9 +10,9 @@ as one chunk with that vector. Re-adding an id with the same text and metadata (
 same vector, when one is given) changes nothing; new metadata on the same text rewrites
 the rows but reuses the stored vectors, so unchanged text is never embedded twice. Rows
 go through the one write path, :func:`ragstore.db.documents.write_documents`, a
-transaction per batch; a call large enough for a bulk load (:func:`may_load_in_bulk`) of texts for
-the model goes through the ingest's pipeline instead (:func:`_add_through_pipeline`), bulk
-load included.
+transaction per batch; a call large enough for a bulk load (:func:`may_load_in_bulk`), with
+or without the caller's vectors, goes through the ingest's pipeline instead
+(:func:`_add_through_pipeline`), bulk load included.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from ragstore.ingest.service import (
 )
 from ragstore.modelops.fanout import building_vectors
 from ragstore.modelops.specs import find_model
-from ragstore.models import VECTOR_ONLY_PROVIDER, Chunk, ChunkType
+from ragstore.models import VECTOR_ONLY_PROVIDER, Chunk
 from ragstore.observability import metrics
 from ragstore.runtime import Runtime
 from ragstore.validation import (
@@ -71,13 +71,21 @@ class AddReport:
     embedded: int = 0  # chunk texts sent to the model
     reused: int = 0  # chunks whose stored vector was reused
     seconds: float = 0.0  # how long the call took (the ingest metrics)
+    # texts not stored for an error (the call raises it): for the ingest metrics' "failed",
+    # never in an answer (a call with any raises). A batch's texts fail together (one
+    # transaction); the pipeline's each alone, or all with a bulk load that failed
+    failed: int = 0
 
     def count(self, outcome: str) -> int:
-        """Texts with ``outcome`` (``added``, ``updated``, ``unchanged``; others: 0), as
-        ``IngestReport.count`` reads, so the ingest metrics record both alike."""
-        return {"added": self.added, "updated": self.updated, "unchanged": self.unchanged}.get(
-            outcome, 0
-        )
+        """Texts with ``outcome`` (``added``, ``updated``, ``unchanged``, ``failed``;
+        others: 0), as ``IngestReport.count`` reads, so the ingest metrics record both
+        alike: without ``failed``, texts that failed were counted nowhere."""
+        return {
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "failed": self.failed,
+        }.get(outcome, 0)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -228,39 +236,10 @@ def _digest(
     blob = json.dumps([text, metadata], sort_keys=True, ensure_ascii=False)
     digest = hashlib.sha256(blob.encode("utf-8"))
     if vector is not None:
-        digest.update(b"\0vector\0" + _vector_bytes(vector))
+        digest.update(b"\0vector\0" + prepare.vector_bytes(vector))
     elif passage_prefix:
         digest.update(b"\0passage-prefix\0" + passage_prefix.encode("utf-8", "surrogatepass"))
     return digest.hexdigest()
-
-
-def _vector_bytes(vector: np.ndarray) -> bytes:
-    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
-
-
-def _whole(text: str, metadata: dict[str, Any], vector: np.ndarray) -> list[Chunk]:
-    """The text as one chunk, for a caller-given vector that stands for all of it.
-
-    Its content hash is not the text's: stored vectors are reused by chunk content hash
-    (:func:`ragstore.db.documents.stored_embeddings`), so under the text's hash a caller's
-    vector was handed to the same text wherever the model was to embed it (another id, this
-    id sent again without a vector, a file's chunk)."""
-    given = hashlib.sha256(b"ragstore-given-vector\0" + _vector_bytes(vector))
-    given.update(text.encode("utf-8"))
-    return [
-        Chunk(
-            ordinal=0,
-            chunk_type=ChunkType.PARAGRAPH,
-            text=text,
-            section_path=(),
-            parent_ordinal=None,
-            char_start=0,
-            char_end=len(text),
-            token_count=len(text.split()),
-            content_hash=given.hexdigest(),
-            metadata=dict(metadata),
-        )
-    ]
 
 
 def add_texts(
@@ -309,11 +288,12 @@ def add_texts(
         report = AddReport(collection=coll.name, ids=out_ids)
         t0 = time.perf_counter()
         try:
-            if matrix is None and _in_bulk(rt, coll, texts):
-                _add_through_pipeline(rt, coll, report, texts, out_ids, metas)
+            if _in_bulk(rt, coll, texts):
+                _add_through_pipeline(rt, coll, report, texts, out_ids, metas, matrix)
                 return report
             for start in range(0, len(texts), BATCH):
                 end = min(start + BATCH, len(texts))
+                before = report.added + report.updated + report.unchanged
                 try:
                     _add_batch(
                         rt,
@@ -325,6 +305,10 @@ def add_texts(
                         None if matrix is None else matrix[start:end],
                     )
                 except RagstoreError as exc:
+                    # the batch's transaction rolled back: its texts not found unchanged
+                    # before the write failed (the batches after it: not attempted)
+                    counted = report.added + report.updated + report.unchanged - before
+                    report.failed += end - start - counted
                     if start:
                         _say_what_was_stored(exc, out_ids, start)
                     raise
@@ -337,7 +321,7 @@ def add_texts(
 
 
 def _in_bulk(rt: Runtime, coll: repository.Collection, texts: Sequence[str]) -> bool:
-    """Whether a call's texts (the model embedding them) may be a bulk load: more than
+    """Whether a call's texts (with their vectors or not) may be a bulk load: more than
     ``RAGSTORE_BULK_LOAD_BYTES``, or into an empty collection large enough for a first one
     (:func:`may_load_in_bulk`). Such a call takes the ingest's pipeline; a smaller one into
     a collection with rows, which would be written round by round there too, keeps the
@@ -358,6 +342,7 @@ def _add_through_pipeline(
     texts: list[str],
     ids: list[str],
     metas: list[dict[str, Any]],
+    matrix: np.ndarray | None,
 ) -> None:
     """A large call's texts through the ingest's pipeline (:func:`ingest_items`): chunked
     (in worker processes where the ingest would use them) while the round before is
@@ -366,7 +351,9 @@ def _add_through_pipeline(
     end, all in one transaction. Batch by batch, each a transaction with its triggers and
     index inserts, 9,632 SciFact chunks took 42 s with an instant encoder where the same
     chunks as files loaded in 9 (docs/benchmarks.md). The texts are stored as the batches
-    store them: each under its id, the caller's metadata exactly, ``format`` text.
+    store them: each under its id, the caller's metadata exactly, ``format`` text. With
+    the caller's vectors (``matrix``) each text is one chunk with its vector, nothing
+    encoded and no model loaded: 10k such texts went at ~250 a second batch by batch.
 
     A text that fails (no words to index) fails alone and the call raises its error after
     the rest are stored, naming which ids are stored and which are not."""
@@ -379,7 +366,8 @@ def _add_through_pipeline(
             metas[i],
             origin="text",
             text=texts[i],
-            content_hash=_digest(texts[i], metas[i], None, prefix),
+            content_hash=_digest(texts[i], metas[i], None if matrix is None else matrix[i], prefix),
+            vector=None if matrix is None else matrix[i],
         )
         for i in range(len(texts))
     ]
@@ -425,6 +413,8 @@ def _count(
             setattr(report, o.status, getattr(report, o.status) + 1)
             stored.append(doc_id)
         elif o is not None:
+            if o.status == "failed":  # not_attempted is not counted, as for files
+                report.failed += 1
             lost.append(o)
     return stored, _cause(lost)
 
@@ -515,7 +505,7 @@ def _add_batch(
     if not todo:
         return
     cut = [
-        (_whole(texts[i], metas[i], matrix[i]), None)
+        (prepare.whole_text(texts[i], metas[i], matrix[i]), None)
         if matrix is not None
         else _chunked(rt, coll, texts[i], ids[i], metas[i], f"texts[{i}] (id {ids[i]!r})")
         for i in todo
