@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psycopg
@@ -599,7 +598,12 @@ def test_documents_list_show_delete(
     assert run_cli("documents", "show", "notes/tea.md", "-c", "remote", "--json") == 0
     tea = json.loads(capsys.readouterr().out)
     assert tea["id"] == docs[1]["id"] and tea["title"] == "Tea"
-    assert run_cli("documents", "delete", str(tea["id"]), "-c", "remote", "--yes") == 0
+    capsys.readouterr()
+    args = ["documents", "delete", str(tea["id"]), "-c", "remote", "--yes", "--json"]
+    assert run_cli(*args) == 0
+    # the upload's name, as through a server (it printed the server's own path here)
+    deleted = {"deleted": tea["id"], "source": "notes/tea.md", "collection": "remote"}
+    assert json.loads(capsys.readouterr().out) == deleted
     assert run_cli("documents", "list", "-c", "remote") == 0
     out = capsys.readouterr().out
     assert "cats.md" in out and "tea.md" not in out
@@ -741,19 +745,6 @@ def test_documents_named_oddly_are_one_line(
     assert "error[usage]: Invalid value for '--after'" in capsys.readouterr().err
 
 
-def _as_served(printed: Any) -> Any:
-    """Documents printed on the database itself as the server answers them: an upload's
-    ``source`` and metadata ``path`` are its name."""
-    if isinstance(printed, list):
-        return [_as_served(d) for d in printed]
-    if printed["name"] == printed["source"]:
-        return printed
-    meta = dict(printed["metadata"])
-    if meta.get("path") == printed["source"]:
-        meta["path"] = printed["name"]
-    return {**printed, "source": printed["name"], "metadata": meta}
-
-
 def test_documents_and_collections_print_the_same_json_here_and_through_the_server(
     ingested: dict[str, object],
     remote_env: dict[str, str],
@@ -778,15 +769,11 @@ def test_documents_and_collections_print_the_same_json_here_and_through_the_serv
     through_server(monkeypatch, remote_env)
     for args, printed in zip(commands, here, strict=True):
         assert run_cli(*args) == 0
-        out = capsys.readouterr().out
-        if "--json" in args and args[0] == "documents":
-            # the one difference: the server answers an upload's source (and metadata
-            # path) by its name, not by the server's own path (the Store, on the
-            # database itself, keeps the stored one)
-            assert json.loads(out) == _as_served(json.loads(printed)), args
-        else:
-            assert out == printed, args
-    assert json.loads(here[1])["name"] == "notes/cats.md"
+        assert capsys.readouterr().out == printed, args
+    # an upload's source and metadata path are its name on both (the Store answered the
+    # server's own <data dir>/uploads/... path, the server the name)
+    shown = json.loads(here[1])
+    assert shown["name"] == shown["source"] == shown["metadata"]["path"] == "notes/cats.md"
     assert "notes/cats.md" in here[3]
 
 
@@ -1542,4 +1529,5 @@ def test_ingest_through_the_server_takes_names_in_any_script(
     monkeypatch.delenv("RAGSTORE_URL")
     for spelt in ("Ärger.txt", unicodedata.normalize("NFD", "Ärger.txt")):
         assert run_cli("documents", "show", spelt, "-c", "remote-unicode", "--json") == 0
-        assert json.loads(capsys.readouterr().out)["source"].endswith("/Ärger.txt")
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["source"] == shown["name"] == "Ärger.txt"  # composed (NFC), as stored

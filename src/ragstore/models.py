@@ -158,5 +158,7 @@ class Hit:
     # the name an uploaded document was given (``notes/a.md``), as documents list shows it;
     # None for a file ingested from disk, whose ``source`` is its owner's own path. An
     # upload's source is the server's path (``<data dir>/uploads/...``), which the
-    # uploader never chose: hits showed only it (search.service.run sets this)
+    # uploader never chose: hits showed only it (search.service.run sets this). ``source``
+    # here stays the stored path (eval and sections read it); every answer gives the name
+    # as the source (store.hit_public, uploads.names.answered)
     name: str | None = None

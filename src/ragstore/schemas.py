@@ -194,7 +194,11 @@ class DocumentPublic(BaseModel):
     id: int
     collection: str
     name: str = Field(description="The name it was uploaded under (or its source path).")
-    source: str
+    source: str = Field(
+        description="Where it came from: an upload's name (as `name`; its metadata `path` "
+        "too), the path of a file ingested from the server's disk, or a text's id.",
+        examples=["notes/a.md"],
+    )
     title: str | None
     format: str = Field(examples=["markdown"])
     content_hash: str
@@ -398,12 +402,17 @@ class SearchRequest(Strict):
 class HitPublic(BaseModel):
     chunk_id: int
     document_id: int
-    source: str
+    source: str = Field(
+        description="The document's source, as the documents list answers it: an upload's "
+        "name (as `name`; its metadata `path` too), the path of a file ingested from the "
+        "server's disk, or a text's id.",
+        examples=["notes/a.md"],
+    )
     name: str | None = Field(
         None,
         description="The name the document was uploaded under, as the documents list "
-        "shows it (`source` is then the server's path of the upload); null for a file "
-        "ingested from disk or a text, whose `source` is its own.",
+        "shows it (`source` is the same); null for a file ingested from disk or a text, "
+        "whose `source` is its own.",
         examples=["notes/a.md"],
     )
     title: str | None

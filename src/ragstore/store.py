@@ -638,13 +638,16 @@ class Store:
     ) -> dict[str, Any]:
         from ragstore.uploads import names
 
+        # as the HTTP API answers it (api.routes.documents._public): an upload's source
+        # and metadata path are its name, so the CLI prints the same JSON either way
         name = names.source_name(self._rt.settings, collection, doc["source"])
+        source, meta = names.answered(doc["source"], name, doc["metadata"])
         return _dump(
             DocumentPublic(
                 collection=collection,
                 name=name,
                 status=status,  # type: ignore[arg-type]
-                **doc,
+                **{**doc, "source": source, "metadata": meta},
             )
         )
 
@@ -867,8 +870,13 @@ def search_response(
 
 
 def hit_public(hit: Any) -> HitPublic:
-    """A hit (with or without context) as the API's schema."""
+    """A hit (with or without context) as the API's schema: an upload's ``source`` and
+    metadata ``path`` are its name (:func:`ragstore.uploads.names.answered`), as in the
+    documents answers; the hit keeps the stored source (eval, sections read it)."""
+    from ragstore.uploads import names
+
     data = dataclasses.asdict(hit)
+    data["source"], data["metadata"] = names.answered(hit.source, hit.name, data["metadata"])
     known = set(HitPublic.model_fields)
     return HitPublic(**{k: v for k, v in data.items() if k in known})
 

@@ -5,6 +5,8 @@ server's own path: documents list answered the upload's ``name`` beside it, but 
 hits (the HTTP answer, the Client's and Store's, ``ragstore search``, MCP) showed only the
 source, a path the uploader never chose, which told every reader where the server keeps
 its data. A hit of a file ingested from disk has no name: its source is its owner's path.
+Every answer now gives an upload's name as its ``source`` and metadata ``path`` too, as the
+documents answers do; the database keeps the stored path.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 
 from ragstore import Client, Store
 from ragstore.config import Settings
+from ragstore.uploads import names
 from tests.conftest import run_cli
 
 COLLECTION = "hitnames"
@@ -72,18 +75,39 @@ def _names(hits: list[dict[str, Any]], local_file: Path) -> dict[str, str | None
     ids=repr,
 )
 def test_a_hit_of_an_upload_is_named_as_documents_list_names_it(
-    both: Client, store: Store, local_file: Path, options: dict[str, Any]
+    both: Client,
+    store: Store,
+    open_url: str,
+    local_file: Path,
+    settings: Settings,
+    options: dict[str, Any],
 ) -> None:
-    stored = {d["name"]: d["source"] for d in store.list_documents(COLLECTION)["data"]}
-    upload_source = stored[UPLOAD]
-    assert "/uploads/" in upload_source  # the server's path, as the Store reads it
+    """A hit of an upload gives its name as ``name``, ``source`` and metadata ``path``,
+    as the documents answers do (the HTTP API's and the Store's alike): its ``source`` was
+    the server's own ``<data dir>/uploads/...`` path, which no answer shows now, with
+    context and explain too. A hit of a file from disk keeps its own path."""
+    data_dir = str(settings.data_dir.resolve())
+    assert not str(local_file).startswith(data_dir)  # else the local path would be it
+    stored = {d["name"]: d for d in store.list_documents(COLLECTION)["data"]}
+    assert stored[UPLOAD]["source"] == stored[UPLOAD]["metadata"]["path"] == UPLOAD
+    with httpx.Client(base_url=open_url, timeout=120) as http:
+        raw = http.post(
+            f"/v1/collections/{COLLECTION}/search", json={"query": "roll back", **options}
+        )
+    assert raw.is_success, raw.text
     for answer in (
+        raw.json(),
         both.search(COLLECTION, "roll back", **options),
         store.search(COLLECTION, "roll back", **options),
     ):
+        dumped = json.dumps(answer)
+        assert data_dir not in dumped and "/uploads/" not in dumped
         hits = answer["data"]
         assert _names(hits, local_file) == {"upload": UPLOAD, "local": None}
-        assert {h["source"] for h in hits} == {upload_source, str(local_file)}
+        assert {h["source"] for h in hits} == {UPLOAD, str(local_file)}
+        for h in hits:
+            assert h["metadata"].get("path", h["source"]) == h["source"], h
+        assert all(h["document_id"] == stored[UPLOAD]["id"] for h in hits if h["name"])
 
 
 def test_documents_answer_an_uploads_name_as_its_source_not_the_servers_path(
@@ -110,6 +134,12 @@ def test_documents_answer_an_uploads_name_as_its_source_not_the_servers_path(
     assert [d["id"] for d in found.json()["data"]] == [upload["id"]]
     assert (added.json()["source"], added.json()["status"]) == (UPLOAD, "unchanged")
     assert local["source"] == local["name"] == local["metadata"]["path"] == str(local_file)
+    # the database keeps the stored path: an absolute source finds the upload by it
+    stored = names.source_of(settings, COLLECTION, UPLOAD)
+    assert "/uploads/" in stored
+    with Store(settings=settings) as s:
+        assert s.find_document(COLLECTION, stored)["id"] == upload["id"]
+        assert s.find_document(COLLECTION, UPLOAD)["source"] == UPLOAD
 
 
 def test_the_openapi_schema_lists_a_hits_name(open_url: str) -> None:
@@ -142,6 +172,10 @@ def test_cli_search_prints_an_uploads_name_not_the_servers_path(
     out = capsys.readouterr().out
     assert f"  {UPLOAD}  " in out and "/uploads/" not in out
 
-    assert run_cli("search", "roll back", "-c", COLLECTION, "--json") == 0
-    hits = json.loads(capsys.readouterr().out)
-    assert _names(hits, local_file) == {"upload": UPLOAD, "local": None}
+    for extra in ((), ("--context", "section")):
+        assert run_cli("search", "roll back", "-c", COLLECTION, "--json", *extra) == 0
+        out = capsys.readouterr().out
+        assert "/uploads/" not in out
+        hits = json.loads(out)
+        assert _names(hits, local_file) == {"upload": UPLOAD, "local": None}
+        assert {h["source"] for h in hits} == {UPLOAD, str(local_file)}

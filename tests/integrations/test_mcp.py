@@ -1029,11 +1029,14 @@ async def test_search_hits_carry_an_uploads_name(handbook: Store) -> None:
     from mcp import Client as McpClient
 
     async with McpClient(build_server(handbook)) as session:
-        found = _data(
-            await session.call_tool("search", {"collection": "handbook", "query": "backups"})
-        )
-        assert {h["name"] for h in found["hits"]} == {"ops/guide.md"}
-        assert all("/uploads/" in h["source"] for h in found["hits"])
+        for extra in ({}, {"context": "section"}):
+            args = {"collection": "handbook", "query": "backups", **extra}
+            found = _data(await session.call_tool("search", args))
+            assert {h["name"] for h in found["hits"]} == {"ops/guide.md"}
+            # its source too, not the server's <data dir>/uploads/... path (nowhere in
+            # the answer)
+            assert {h["source"] for h in found["hits"]} == {"ops/guide.md"}
+            assert "/uploads/" not in json.dumps(found)
         other = _data(await session.call_tool("search", {"collection": "other", "query": "note"}))
         assert [(h["source"], h["name"]) for h in other["hits"]] == [("note", None)]
 

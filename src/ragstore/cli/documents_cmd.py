@@ -301,16 +301,16 @@ def delete_cmd(
             )
             client.delete_document(name, data["id"])
     else:
-        from ragstore.db import catalog
-        from ragstore.db.errors import translated
         from ragstore.runtime import Runtime
+        from ragstore.store import Store
 
-        with Runtime(settings) as rt:
-            data = _find(rt, name, document)
-            confirm(f"Delete {printable(data['source'])} from {name!r}?", yes=yes)
-            coll = rt.collection(name)
-            with rt.db.connection() as conn, translated(f"deleting document {document!r}"):
-                catalog.delete_document(conn, coll, data["id"])
+        with Runtime(settings) as rt:  # the API's answer, as through a server
+            store = Store.from_runtime(rt)
+            data = store.get_document(name, _find(rt, name, document)["id"])
+            confirm(
+                f"Delete {printable(data.get('name') or data['source'])} from {name!r}?", yes=yes
+            )
+            store.delete_document(name, data["id"])
     if as_json:
         echo_json({"deleted": data["id"], "source": data["source"], "collection": name})
         return

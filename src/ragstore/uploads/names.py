@@ -19,12 +19,14 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from ragstore.errors import InputError
 
 if TYPE_CHECKING:
     from ragstore.config import Settings
+
+M = TypeVar("M")
 
 # a part's limits: 128 characters, and 255 bytes in UTF-8 (what ext4, XFS, APFS and
 # most filesystems allow a file name: the stored source is a path, and a part of 128
@@ -267,6 +269,24 @@ def source_name(settings: Settings, collection: str, source: str) -> str:
     else:  # resolved against the working directory, which may change
         root = str(upload_root(settings, collection).resolve()) + os.sep
     return source[len(root) :] if source.startswith(root) else source
+
+
+def answered(source: str, name: str | None, metadata: M) -> tuple[str, M]:
+    """An upload's ``source`` and ``metadata`` as every answer gives them (documents and
+    search hits, from the Store, the HTTP API, MCP, the CLI and the console): its
+    ``name``, and the metadata's ``path`` (which ingest sets to the source) the name too.
+
+    Stored, both are the server's own ``<data dir>/uploads/...`` path: a path the uploader
+    never chose, which told every reader where the server keeps its data, and which the
+    Store answered where the server answered the name (the CLI's JSON differed on the
+    database and through a server). The database keeps the stored path; the name finds
+    the same document (:func:`exact_source`, :func:`source_prefix`). A file from disk or
+    a text (``name`` is ``None`` or the source itself) is returned as it is."""
+    if name is None or name == source:
+        return source, metadata
+    if isinstance(metadata, dict) and metadata.get("path") == source:
+        metadata = cast(M, {**metadata, "path": name})
+    return name, metadata
 
 
 @functools.lru_cache(maxsize=1024)

@@ -73,23 +73,18 @@ def _public(
     rt: Runtime, collection: str, doc: dict[str, Any], outcome: str | None = None
 ) -> DocumentPublic:
     """A document as the API answers it: an upload's ``source`` and its metadata's
-    ``path`` are its name, as ``name`` is. Stored, they are the server's own
-    ``<data dir>/uploads/...`` path, which every read key was shown (the console's
-    document page showed it as Source and in Metadata): a path the uploader never chose,
-    telling each reader where the server keeps its data. The name finds the same document
-    (``?source=`` and ``source_prefix`` read a relative one as an upload's name); a file
-    ingested from disk and a text keep their own."""
+    ``path`` are its name, as ``name`` is (:func:`ragstore.uploads.names.answered`, the
+    rule the Store and search hits follow too); a file ingested from disk and a text keep
+    their own."""
     name = names.source_name(rt.settings, collection, doc["source"])
-    meta = doc["metadata"]
-    if name != doc["source"] and isinstance(meta, dict) and meta.get("path") == doc["source"]:
-        meta = {**meta, "path": name}
+    source, meta = names.answered(doc["source"], name, doc["metadata"])
     return DocumentPublic.model_validate(
         {
             **doc,
             "collection": collection,
             "status": outcome,
             "name": name,
-            "source": name,
+            "source": source,
             "metadata": meta,
         }
     )
