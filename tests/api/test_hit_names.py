@@ -142,6 +142,39 @@ def test_documents_answer_an_uploads_name_as_its_source_not_the_servers_path(
         assert s.find_document(COLLECTION, UPLOAD)["source"] == UPLOAD
 
 
+def test_a_hits_source_as_a_filter_finds_its_upload(
+    both: Client, store: Store, local_file: Path, settings: Settings
+) -> None:
+    """A hit's ``source`` copied into ``where`` finds its document: an upload's is its
+    name while the database keeps the stored path, and the filter named no document (no
+    hits). ``$eq``, ``$in``, ``$ne`` and ``$nin`` read the name as the upload's, in
+    ``$and``/``$or``/``$not`` too, through the server and the Store alike; the stored
+    path and a file's own path still filter as before."""
+    stored = names.source_of(settings, COLLECTION, UPLOAD)
+    local = str(local_file)
+
+    def sources(where: dict[str, Any]) -> set[str]:
+        found = [
+            {h["source"] for h in c.search(COLLECTION, "roll back", where=where)["data"]}
+            for c in (both, store)
+        ]
+        assert found[0] == found[1], where
+        return found[0]
+
+    assert sources({"source": UPLOAD}) == {UPLOAD}
+    assert sources({"source": {"$eq": UPLOAD}}) == {UPLOAD}
+    assert sources({"source": {"$in": [UPLOAD, local]}}) == {UPLOAD, local}
+    assert sources({"source": {"$ne": UPLOAD}}) == {local}
+    assert sources({"source": {"$nin": [UPLOAD]}}) == {local}
+    assert sources({"$not": {"source": UPLOAD}}) == {local}
+    assert sources({"$or": [{"source": UPLOAD}, {"title": "no such title"}]}) == {UPLOAD}
+    assert sources({"source": {"$eq": UPLOAD, "$in": [UPLOAD, local]}}) == {UPLOAD}
+    assert sources({"source": {"$in": [UPLOAD], "$nin": [UPLOAD]}}) == set()
+    assert sources({"source": stored}) == {UPLOAD}  # the stored path, as before
+    assert sources({"source": local}) == {local}
+    assert sources({"source": "notes/other.md"}) == set()
+
+
 def test_the_openapi_schema_lists_a_hits_name(open_url: str) -> None:
     spec = httpx.get(f"{open_url}/openapi.json").json()
     hit = spec["components"]["schemas"]["HitPublic"]

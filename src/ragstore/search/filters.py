@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -655,6 +655,50 @@ class _Compiler:
                 self.bind(_builtin_value(field, builtin, op, operand), builtin.cast),
             )
         raise _unknown_operator(field, op)
+
+
+def widen_sources(spec: Any, alternative: Callable[[str], str | None], depth: int = 0) -> Any:
+    """``spec`` with each ``source`` value that ``alternative`` maps to another stored
+    source also matching that one (``$eq``/``$in`` widened, ``$ne``/``$nin`` too).
+
+    Every answer gives an upload's ``source`` as its name while the database keeps the
+    server's ``<data dir>/uploads/...`` path (``uploads.names.answered``): a hit's source
+    copied into ``where`` named no stored document and the search found nothing. The
+    search passes the upload path a name would have; a text of that id still matches.
+    Anything not understood is left for :func:`compile_filter` to refuse (nested deeper
+    than it takes too: unread here, it was a RecursionError)."""
+    if not isinstance(spec, Mapping) or depth > MAX_DEPTH:
+        return spec
+    out: dict[Any, Any] = {}
+    for key, value in spec.items():
+        if key in ("$and", "$or") and isinstance(value, list):
+            out[key] = [widen_sources(item, alternative, depth + 1) for item in value]
+        elif key == "$not":
+            out[key] = widen_sources(value, alternative, depth + 1)
+        elif key == "source":
+            out[key] = _widened_source(value, alternative)
+        else:
+            out[key] = value
+    return out
+
+
+def _widened_source(value: Any, alternative: Callable[[str], str | None]) -> Any:
+    def both(v: Any) -> list[Any]:
+        other = alternative(v) if isinstance(v, str) else None
+        return [v] if other is None or other == v else [v, other]
+
+    ops: dict[str, Any] = {}
+    for op, operand in _operators("source", value):
+        if op in ("$eq", "$ne") and len(both(operand)) > 1:
+            op, operand = ("$in" if op == "$eq" else "$nin"), both(operand)
+        elif op in ("$in", "$nin") and isinstance(operand, list):
+            operand = [w for v in operand for w in both(v)]
+        if op in ops and op == "$in":  # two ANDed: what both allow
+            operand = [v for v in ops[op] if v in operand]
+        elif op in ops and op == "$nin":  # two ANDed: what either refuses
+            operand = [*ops[op], *operand]
+        ops[op] = operand
+    return ops
 
 
 def _operators(field: str, value: Any) -> list[tuple[str, Any]]:

@@ -20,7 +20,13 @@ from ragstore.search import bm25
 from ragstore.search import mmr as mmr_params
 from ragstore.search.filters import compile_filter
 from ragstore.search.hybrid import FusionParams
-from ragstore.search.service import EXACT_FILTER_CHUNKS, Mode, SearchParams, indexed_fields
+from ragstore.search.service import (
+    EXACT_FILTER_CHUNKS,
+    Mode,
+    SearchParams,
+    indexed_fields,
+    upload_sources,
+)
 
 
 def search_plan(
@@ -103,7 +109,8 @@ def search_plan(
             "vector_weight": p.fusion.vector_weight,
             "fulltext_weight": p.fusion.fulltext_weight,
         }
-    compiled = compile_filter(where, indexed=indexed_fields(rt, where)) if where else None
+    wide = upload_sources(rt, collection, where)  # as the search compiles it
+    compiled = compile_filter(wide, indexed=indexed_fields(rt, wide)) if wide else None
     if compiled is not None and compiled.candidates is not None:
         for each in lists:  # a selective filter's chunks are ranked exactly (service.py)
             if each["list"] != "vector" or not compiled.by_document:

@@ -78,10 +78,10 @@ from ragstore.observability import metrics
 from ragstore.runtime import Runtime
 from ragstore.search import bm25, mmr, single
 from ragstore.search.aggregate import SECTION_CAP, SECTION_DECAY, SECTION_POOL, pool_size
-from ragstore.search.filters import compile_filter, ranges_metadata
+from ragstore.search.filters import compile_filter, ranges_metadata, widen_sources
 from ragstore.search.fused import fused_rows
 from ragstore.search.hybrid import FusionParams
-from ragstore.uploads.names import source_name
+from ragstore.uploads.names import exact_source, source_name
 from ragstore.validation import (
     MAX_QUERY_CHARS,
     finite_number,
@@ -318,6 +318,17 @@ def run(
     return hits
 
 
+def upload_sources(
+    rt: Runtime, collection: str, where: Mapping[str, Any] | None
+) -> Mapping[str, Any] | None:
+    """``where`` with a ``source`` that names an upload also matching its stored path:
+    answers give an upload's source as its name (:func:`ragstore.uploads.names.answered`),
+    and a filter on a hit's source must find it (:func:`filters.widen_sources`)."""
+    if not where:
+        return where
+    return widen_sources(where, lambda name: exact_source(rt.settings, collection, name))  # type: ignore[no-any-return]
+
+
 def name_uploads(rt: Runtime, collection: str, hits: Sequence[Hit]) -> None:
     """Each hit of an uploaded document given the name documents list shows for it
     (``Hit.name``, :func:`ragstore.uploads.names.source_name`); a hit of a file from disk
@@ -537,7 +548,8 @@ def _run(
             "'hybrid' to rank by it"
         )
     _check_query(query)
-    compiled = compile_filter(p.where, indexed=indexed_fields(rt, p.where))
+    where = upload_sources(rt, collection, p.where)
+    compiled = compile_filter(where, indexed=indexed_fields(rt, where))
     coll = cached if cached is not None else rt.cached_collection(collection)
     if used is not None:
         used.append(coll)
