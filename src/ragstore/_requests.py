@@ -548,7 +548,8 @@ def add_texts_plan(
     """
     whole = add_texts(collection, texts, metadatas, ids, vectors=vectors)
     body = cast(dict[str, Any], whole.json)
-    if "ids" not in body:
+    drawn = "ids" not in body  # the caller knows no ids: a call again would draw others
+    if drawn:
         body["ids"] = [uuid.uuid4().hex for _ in body["texts"]]
         whole = replace(whole, kind="upsert")  # its ids drawn once: sent again, the same
     all_ids: list[str] = body["ids"]
@@ -569,7 +570,13 @@ def add_texts_plan(
             if _halved(exc, start, end, pending):
                 continue
             if (start, end) != (0, n):
-                _say_what_was_added(exc, all_ids, start, end)
+                _say_what_was_added(exc, all_ids, start, end, drawn)
+            elif drawn and not _answered(exc):
+                _tell(
+                    exc,
+                    {"stored_ids": [], "unknown_ids": all_ids, "not_stored_ids": []},
+                    _DRAWN_IDS_NOTE,
+                )
             raise
     if len(answers) == 1:
         return answers[0]
@@ -580,8 +587,21 @@ def add_texts_plan(
     }
 
 
-def _say_what_was_added(exc: RagstoreError, ids: list[str], start: int, end: int) -> None:
-    """Request ``ids[start:end]`` failed; the requests before it stored theirs."""
+# said of texts that got no answer where the call gave no ids: "sending it again is safe"
+# held only under the same ids, and a second call without ids drew new ones and stored
+# each text that had arrived twice
+_DRAWN_IDS_NOTE = (
+    "; but this call gave no ids, so its texts were sent under ids drawn for them, in their "
+    "order: 'unknown_ids'. Send those texts again with ids= those ids; a call without ids "
+    "draws new ones and would store each text that arrived a second time"
+)
+
+
+def _say_what_was_added(
+    exc: RagstoreError, ids: list[str], start: int, end: int, drawn: bool = False
+) -> None:
+    """Request ``ids[start:end]`` failed; the requests before it stored theirs.
+    ``drawn``: the ids were drawn here, not given (see :data:`_DRAWN_IDS_NOTE`)."""
     if _answered(exc):
         # the server's own account of this request (its batches commit one at a time)
         # (a large one through the ingest's pipeline, where a text that fails fails
@@ -610,6 +630,8 @@ def _say_what_was_added(exc: RagstoreError, ids: list[str], start: int, end: int
             "not be: 'unknown_ids' (adding them again is safe); the rest were not: "
             "'not_stored_ids')"
         )
+        if drawn:
+            note += _DRAWN_IDS_NOTE
     _tell(exc, members, note)
 
 

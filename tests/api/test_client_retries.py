@@ -210,6 +210,37 @@ def test_a_write_whose_answer_is_lost_says_its_outcome_is_unknown(settings: Sett
             proxy.close()
 
 
+def test_texts_added_without_ids_whose_answer_is_lost_name_the_ids_they_were_sent_under(
+    settings: Settings,
+) -> None:
+    # the error said "Sending it again is safe" and named no id: a caller who called
+    # add_texts(texts) again had new ids drawn, and each text the first call stored was
+    # stored twice
+    port = _free_port()
+    with _serve_on(with_(settings, auth="off"), port):
+        proxy = _Proxy(port)
+        try:
+            url = f"http://127.0.0.1:{proxy.port}"
+            with Client(url, retries=0) as once, Client(f"http://127.0.0.1:{port}") as direct:
+                direct.create_collection("drawn", model="their-model@1", dimension=2)
+                proxy.drop = 1
+                with pytest.raises(OutcomeUnknownError) as lost:
+                    once.add_texts("drawn", ["a", "b", "c"], vectors=_vectors(3))
+                members = lost.value.problem_members
+                sent = members["unknown_ids"]
+                assert len(sent) == 3 and members["stored_ids"] == []
+                assert "with ids= those ids" in str(lost.value)
+                # the server stored them (the answer alone was lost), under those ids
+                held = direct.get_texts("drawn", sent)
+                assert [t["text"] for t in held] == ["a", "b", "c"]
+                # sent again as the error says: stored once
+                again = once.add_texts("drawn", ["a", "b", "c"], ids=sent, vectors=_vectors(3))
+                assert again["unchanged"] == 3 and again["added"] == 0
+                assert direct.get_collection("drawn")["documents"] == 3
+        finally:
+            proxy.close()
+
+
 def test_an_upload_queued_as_a_job_whose_answer_is_lost_queues_one_job(
     settings: Settings, keys: KeyStore
 ) -> None:
