@@ -191,6 +191,22 @@ def _none(_: httpx.Response) -> None:
     return None
 
 
+# set on a write's answer (a dict) that came to a send made again after an earlier send
+# of it got no answer (the clients' retries of an upsert): that send may have stored what
+# this answer calls "unchanged" (texts counted so, a document's status). The verbs
+# answered in several requests keep it when any of theirs was (``add_texts``, uploads)
+RESENT = "resent"
+
+
+def resent_said(result: T, response: httpx.Response) -> T:
+    """``result`` with ``"resent": True`` where :data:`RESENT` marks ``response`` and the
+    result is a write's answer object (a read's answer says nothing of stores)."""
+    written = response.request.method not in ("GET", "HEAD")
+    if written and response.extensions.get(RESENT) and isinstance(result, dict):
+        result[RESENT] = True
+    return result
+
+
 def error_from_problem(status: int, body: Mapping[str, Any]) -> RagstoreError:
     """The exception a problem+json body stands for."""
     code = str(body.get("code") or "internal_error")
@@ -580,11 +596,14 @@ def add_texts_plan(
             raise
     if len(answers) == 1:
         return answers[0]
-    return {
+    out = {
         "collection": answers[-1]["collection"],
         "ids": all_ids,
         **{key: sum(int(a.get(key, 0)) for a in answers) for key in _ADDED_COUNTS},
     }
+    if any(a.get(RESENT) for a in answers):
+        out[RESENT] = True
+    return out
 
 
 # said of texts that got no answer where the call gave no ids: "sending it again is safe"
@@ -1074,6 +1093,7 @@ def upload_plan(
     jobs: list[dict[str, Any]] = []
     queued: list[str] = []
     first: RagstoreError | None = None
+    resent = False
     while pending:
         start, end = pending.pop(0)
         if not checked and (start, end) != (0, n):
@@ -1129,6 +1149,7 @@ def upload_plan(
         _close(parts[start:end])
         if (start, end) == (0, n):
             return cast(dict[str, Any], answer)
+        resent = resent or bool(answer.get(RESENT))
         if "data" in answer:
             stored += answer["data"]
         else:  # 202: a job for the worker
@@ -1149,6 +1170,8 @@ def upload_plan(
     out: dict[str, Any] = {"data": stored, "count": len(stored), "next_cursor": None}
     if jobs:
         out["jobs"] = jobs
+    if resent:
+        out[RESENT] = True
     return out
 
 

@@ -272,6 +272,12 @@ def _ingest_through(
         + (f", {len(result.skipped)} skipped" if result.skipped else "")
         + _queued(result)
         + f" ({result.seconds:.1f}s)"
+        + (
+            "; an upload whose answer was lost was sent again: files it stored are "
+            "counted unchanged"
+            if result.resent
+            else ""
+        )
     )
     for f in result.failed:
         line = f"[{f['code']}] {f['detail']}"

@@ -85,6 +85,9 @@ class RemoteIngest:
     # jobs the server accepted (202) whose end was not seen: their files are counted
     # "queued", neither stored nor failed (:func:`_record_job`)
     unfinished_jobs: list[int] = field(default_factory=list)
+    # an upload was sent again after a send of it got no answer: files that send stored
+    # are counted "unchanged" by the answer to the next (``ragstore._requests.RESENT``)
+    resent: bool = False
     seconds: float = 0.0
 
     def add(self, status: str, n: int = 1) -> None:
@@ -226,6 +229,8 @@ def _record(result: RemoteIngest, client: Client, answer: dict[str, Any]) -> Non
     """Count an upload's answer: its documents, and its jobs once they are done (an
     upload sent in several requests has one job per request answered 202, under
     ``jobs``, beside the documents the others stored: they went uncounted)."""
+    if answer.get("resent"):
+        result.resent = True
     if "data" in answer:
         for doc in answer["data"]:
             result.add(str(doc.get("status") or "added"))
