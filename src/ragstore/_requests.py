@@ -191,6 +191,22 @@ def _none(_: httpx.Response) -> None:
     return None
 
 
+# set on a write's answer (a dict) that came to a send made again after an earlier send
+# of it got no answer (the clients' retries of an upsert): that send may have stored what
+# this answer calls "unchanged" (texts counted so, a document's status). The verbs
+# answered in several requests keep it when any of theirs was (``add_texts``, uploads)
+RESENT = "resent"
+
+
+def resent_said(result: T, response: httpx.Response) -> T:
+    """``result`` with ``"resent": True`` where :data:`RESENT` marks ``response`` and the
+    result is a write's answer object (a read's answer says nothing of stores)."""
+    written = response.request.method not in ("GET", "HEAD")
+    if written and response.extensions.get(RESENT) and isinstance(result, dict):
+        result[RESENT] = True
+    return result
+
+
 def error_from_problem(status: int, body: Mapping[str, Any]) -> RagstoreError:
     """The exception a problem+json body stands for."""
     code = str(body.get("code") or "internal_error")
@@ -548,7 +564,8 @@ def add_texts_plan(
     """
     whole = add_texts(collection, texts, metadatas, ids, vectors=vectors)
     body = cast(dict[str, Any], whole.json)
-    if "ids" not in body:
+    drawn = "ids" not in body  # the caller knows no ids: a call again would draw others
+    if drawn:
         body["ids"] = [uuid.uuid4().hex for _ in body["texts"]]
         whole = replace(whole, kind="upsert")  # its ids drawn once: sent again, the same
     all_ids: list[str] = body["ids"]
@@ -569,19 +586,41 @@ def add_texts_plan(
             if _halved(exc, start, end, pending):
                 continue
             if (start, end) != (0, n):
-                _say_what_was_added(exc, all_ids, start, end)
+                _say_what_was_added(exc, all_ids, start, end, drawn)
+            elif drawn and not _answered(exc):
+                _tell(
+                    exc,
+                    {"stored_ids": [], "unknown_ids": all_ids, "not_stored_ids": []},
+                    _DRAWN_IDS_NOTE,
+                )
             raise
     if len(answers) == 1:
         return answers[0]
-    return {
+    out = {
         "collection": answers[-1]["collection"],
         "ids": all_ids,
         **{key: sum(int(a.get(key, 0)) for a in answers) for key in _ADDED_COUNTS},
     }
+    if any(a.get(RESENT) for a in answers):
+        out[RESENT] = True
+    return out
 
 
-def _say_what_was_added(exc: RagstoreError, ids: list[str], start: int, end: int) -> None:
-    """Request ``ids[start:end]`` failed; the requests before it stored theirs."""
+# said of texts that got no answer where the call gave no ids: "sending it again is safe"
+# held only under the same ids, and a second call without ids drew new ones and stored
+# each text that had arrived twice
+_DRAWN_IDS_NOTE = (
+    "; but this call gave no ids, so its texts were sent under ids drawn for them, in their "
+    "order: 'unknown_ids'. Send those texts again with ids= those ids; a call without ids "
+    "draws new ones and would store each text that arrived a second time"
+)
+
+
+def _say_what_was_added(
+    exc: RagstoreError, ids: list[str], start: int, end: int, drawn: bool = False
+) -> None:
+    """Request ``ids[start:end]`` failed; the requests before it stored theirs.
+    ``drawn``: the ids were drawn here, not given (see :data:`_DRAWN_IDS_NOTE`)."""
     if _answered(exc):
         # the server's own account of this request (its batches commit one at a time)
         # (a large one through the ingest's pipeline, where a text that fails fails
@@ -610,6 +649,8 @@ def _say_what_was_added(exc: RagstoreError, ids: list[str], start: int, end: int
             "not be: 'unknown_ids' (adding them again is safe); the rest were not: "
             "'not_stored_ids')"
         )
+        if drawn:
+            note += _DRAWN_IDS_NOTE
     _tell(exc, members, note)
 
 
@@ -1052,6 +1093,7 @@ def upload_plan(
     jobs: list[dict[str, Any]] = []
     queued: list[str] = []
     first: RagstoreError | None = None
+    resent = False
     while pending:
         start, end = pending.pop(0)
         if not checked and (start, end) != (0, n):
@@ -1107,6 +1149,7 @@ def upload_plan(
         _close(parts[start:end])
         if (start, end) == (0, n):
             return cast(dict[str, Any], answer)
+        resent = resent or bool(answer.get(RESENT))
         if "data" in answer:
             stored += answer["data"]
         else:  # 202: a job for the worker
@@ -1127,6 +1170,8 @@ def upload_plan(
     out: dict[str, Any] = {"data": stored, "count": len(stored), "next_cursor": None}
     if jobs:
         out["jobs"] = jobs
+    if resent:
+        out[RESENT] = True
     return out
 
 

@@ -22,6 +22,7 @@ import httpx
 
 from ragstore import _requests as calls
 from ragstore._requests import (
+    RESENT,
     Call,
     Plan,
     Upload,
@@ -175,11 +176,14 @@ class _Retrying:
         self.left = retries
         self.effect = effect
         self.tries = 0
+        self.lost = False  # a send got no answer: it may have done what a later one did
         self.deadline = time.monotonic() + max_wait
 
     def wait(self, error: RagstoreError) -> float | None:
         """Seconds to wait before sending again after ``error``; None: raise it."""
         self.tries += 1
+        if isinstance(error, OutcomeUnknownError):
+            self.lost = True
         if self.left <= 0 or not self._passes(error):
             return None
         hint = getattr(error, "retry_after", None)
@@ -204,6 +208,14 @@ class _Retrying:
         return error.code in _PASSING or (
             status in (502, 503, 504) and error.code == RagstoreError.code  # a proxy's
         )
+
+    def answered(self, response: httpx.Response) -> httpx.Response:
+        """``response``, marked (:data:`RESENT`) when it answers a send made after an
+        earlier one got no answer: what that one stored this one was told is there
+        (texts counted ``unchanged``, a document's status ``unchanged``)."""
+        if self.lost:
+            response.extensions[RESENT] = True
+        return response
 
     def said(self, error: RagstoreError) -> RagstoreError:
         """``error``, its message saying how often the request was sent."""
@@ -436,7 +448,7 @@ class Client(_WritePosition, _KeyedWrites):
         while True:
             retrying.effect = effect = effect_of()
             try:
-                return self._request_once(method, path, effect, kwargs)
+                return retrying.answered(self._request_once(method, path, effect, kwargs))
             except RagstoreError as error:
                 wait = retrying.wait(error)
                 if wait is None:
@@ -470,7 +482,7 @@ class Client(_WritePosition, _KeyedWrites):
             return call.effect_on(self.keys_honoured)
 
         response = self._retried(call.method, call.path, effect, call.kwargs())
-        return read_answer(call, response)
+        return calls.resent_said(read_answer(call, response), response)
 
     def _run(self, plan: Plan[T]) -> T:
         """Send a verb's calls one after another (see :data:`ragstore._requests.Plan`).
@@ -840,7 +852,7 @@ class AsyncClient(_WritePosition, _KeyedWrites):
         while True:
             retrying.effect = effect = await effect_of()
             try:
-                return await self._request_once(method, path, effect, kwargs)
+                return retrying.answered(await self._request_once(method, path, effect, kwargs))
             except RagstoreError as error:
                 wait = retrying.wait(error)
                 if wait is None:
@@ -874,7 +886,7 @@ class AsyncClient(_WritePosition, _KeyedWrites):
             return call.effect_on(self.keys_honoured)
 
         response = await self._retried(call.method, call.path, effect, call.kwargs())
-        return read_answer(call, response)
+        return calls.resent_said(read_answer(call, response), response)
 
     async def _run(self, plan: Plan[T]) -> T:
         """Send a verb's calls one after another (see :data:`ragstore._requests.Plan`).

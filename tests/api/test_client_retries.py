@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,6 +31,7 @@ from ragstore.errors import (
     RateLimitedError,
 )
 from tests.api.conftest import running_server, with_
+from tests.conftest import run_cli
 
 
 def _vectors(n: int) -> list[list[float]]:
@@ -196,6 +198,13 @@ def test_a_write_whose_answer_is_lost_says_its_outcome_is_unknown(settings: Sett
                 proxy.drop = 1
                 out = client.add_texts("lost", ["a", "b"], ids=["x", "y"], vectors=_vectors(2))
                 assert out["unchanged"] == 2 and out["added"] == 0  # the resend's answer
+                # which says so: the lost send may have added what it calls unchanged
+                assert out["resent"] is True
+                told = client.add_texts("lost", ["a2"], ids=["x2"], vectors=_vectors(1))
+                assert told["added"] == 1 and "resent" not in told
+                proxy.drop = 1
+                doc = client.add_document("lost-docs", "d.md", "# D\n\nfirst")
+                assert doc["status"] == "unchanged" and doc["resent"] is True
                 assert [t["id"] for t in direct.get_texts("lost", ["x", "y"])] == ["x", "y"]
                 # without retries its outcome is unknown, and it says resending is safe
                 with Client(url, retries=0) as once:
@@ -206,6 +215,68 @@ def test_a_write_whose_answer_is_lost_says_its_outcome_is_unknown(settings: Sett
                 # a read without answer is sent again
                 proxy.drop = 1
                 assert client.get_collection("lost")["name"] == "lost"
+        finally:
+            proxy.close()
+
+
+def test_the_cli_says_an_upload_sent_again_after_a_lost_answer_counts_its_files_unchanged(
+    settings: Settings,
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # it said "0 added, 1 unchanged" of a file it had just added: the lost send stored it
+    port = _free_port()
+    with _serve_on(with_(settings, auth="off"), port):
+        proxy = _Proxy(port)
+        try:
+            monkeypatch.setenv("RAGSTORE_URL", f"http://127.0.0.1:{proxy.port}")
+            (tmp_path / "note.md").write_text("# Note\n\nGreen tea by the river.\n")
+            assert run_cli("collections", "create", "cli-lost") == 0
+            proxy.drop, proxy.drop_after = 1, 1  # the upload's answer, not the collection's
+            assert run_cli("ingest", str(tmp_path / "note.md"), "-c", "cli-lost") == 0
+            said = " ".join(capsys.readouterr().err.split())
+            assert "0 added, 0 updated, 1 unchanged" in said
+            assert "an upload whose answer was lost was sent again" in said
+            with Client(f"http://127.0.0.1:{port}") as direct:
+                assert direct.get_collection("cli-lost")["documents"] == 1
+            # an ingest without a lost answer says nothing of it
+            (tmp_path / "other.md").write_text("# Other\n\nStones in the sea.\n")
+            assert run_cli("ingest", str(tmp_path / "other.md"), "-c", "cli-lost") == 0
+            said = " ".join(capsys.readouterr().err.split())
+            assert "1 added" in said and "was lost" not in said
+        finally:
+            proxy.close()
+
+
+def test_texts_added_without_ids_whose_answer_is_lost_name_the_ids_they_were_sent_under(
+    settings: Settings,
+) -> None:
+    # the error said "Sending it again is safe" and named no id: a caller who called
+    # add_texts(texts) again had new ids drawn, and each text the first call stored was
+    # stored twice
+    port = _free_port()
+    with _serve_on(with_(settings, auth="off"), port):
+        proxy = _Proxy(port)
+        try:
+            url = f"http://127.0.0.1:{proxy.port}"
+            with Client(url, retries=0) as once, Client(f"http://127.0.0.1:{port}") as direct:
+                direct.create_collection("drawn", model="their-model@1", dimension=2)
+                proxy.drop = 1
+                with pytest.raises(OutcomeUnknownError) as lost:
+                    once.add_texts("drawn", ["a", "b", "c"], vectors=_vectors(3))
+                members = lost.value.problem_members
+                sent = members["unknown_ids"]
+                assert len(sent) == 3 and members["stored_ids"] == []
+                assert "with ids= those ids" in str(lost.value)
+                # the server stored them (the answer alone was lost), under those ids
+                held = direct.get_texts("drawn", sent)
+                assert [t["text"] for t in held] == ["a", "b", "c"]
+                # sent again as the error says: stored once
+                again = once.add_texts("drawn", ["a", "b", "c"], ids=sent, vectors=_vectors(3))
+                assert again["unchanged"] == 3 and again["added"] == 0
+                assert direct.get_collection("drawn")["documents"] == 3
         finally:
             proxy.close()
 

@@ -15,6 +15,7 @@ from ragstore.cli.output import console, echo_json, err_console, escape, printab
 from ragstore.errors import InputError
 
 if TYPE_CHECKING:
+    from ragstore.cli.remote import RemoteIngest
     from ragstore.client import Client
     from ragstore.ingest import IngestReport
     from ragstore.runtime import Runtime
@@ -231,6 +232,7 @@ def _ingest_through(
             f"{c.get('updated', 0)} updated, {c.get('unchanged', 0)} unchanged, "
             f"{len(exc.result.failed)} failed"
             + (f", {c['not_attempted']} not attempted" if c.get("not_attempted") else "")
+            + _queued(exc.result)
             + f" of {exc.total} files; fix the error below "
             "and run the same command again to resume (what is stored is skipped as "
             "unchanged)"
@@ -267,7 +269,14 @@ def _ingest_through(
             else ""
         )
         + (f", {len(result.skipped)} skipped" if result.skipped else "")
+        + _queued(result)
         + f" ({result.seconds:.1f}s)"
+        + (
+            "; an upload whose answer was lost was sent again: files it stored are "
+            "counted unchanged"
+            if result.resent
+            else ""
+        )
     )
     for f in result.failed:
         line = f"[{f['code']}] {f['detail']}"
@@ -279,6 +288,23 @@ def _ingest_through(
         done = sum(result.counts.values()) - len(result.failed)
         gone = [(f["document"], f["code"]) for f in result.failed]
         raise typer.Exit(_failed_status(paths, gone) if not done else 1)
+    if result.unfinished_jobs:  # not known stored: not the 0 of a finished ingest
+        raise typer.Exit(1)
+
+
+def _queued(result: RemoteIngest) -> str:
+    """The files in jobs the server accepted whose end the ingest did not see (a job not
+    finished within ``remote.JOB_TIMEOUT_S``, or the server lost while it was waited
+    for): neither stored nor failed yet, and where to follow them."""
+    if not result.unfinished_jobs:
+        return ""
+    ids = ", ".join(str(j) for j in result.unfinished_jobs)
+    jobs = "job" if len(result.unfinished_jobs) == 1 else "jobs"
+    return (
+        f", {result.counts.get('queued', 0)} queued in {jobs} {ids} not seen to finish "
+        "(the server holds them and a `ragstore worker` stores them; `ragstore jobs show "
+        f"{result.unfinished_jobs[0]}` tells their fate)"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -82,6 +82,12 @@ class RemoteIngest:
     counts: dict[str, int] = field(default_factory=dict)
     failed: list[dict[str, str | None]] = field(default_factory=list)
     skipped: list[dict[str, str | None]] = field(default_factory=list)  # links not followed
+    # jobs the server accepted (202) whose end was not seen: their files are counted
+    # "queued", neither stored nor failed (:func:`_record_job`)
+    unfinished_jobs: list[int] = field(default_factory=list)
+    # an upload was sent again after a send of it got no answer: files that send stored
+    # are counted "unchanged" by the answer to the next (``ragstore._requests.RESENT``)
+    resent: bool = False
     seconds: float = 0.0
 
     def add(self, status: str, n: int = 1) -> None:
@@ -223,6 +229,8 @@ def _record(result: RemoteIngest, client: Client, answer: dict[str, Any]) -> Non
     """Count an upload's answer: its documents, and its jobs once they are done (an
     upload sent in several requests has one job per request answered 202, under
     ``jobs``, beside the documents the others stored: they went uncounted)."""
+    if answer.get("resent"):
+        result.resent = True
     if "data" in answer:
         for doc in answer["data"]:
             result.add(str(doc.get("status") or "added"))
@@ -233,13 +241,38 @@ def _record(result: RemoteIngest, client: Client, answer: dict[str, Any]) -> Non
 
 
 def _record_job(result: RemoteIngest, client: Client, answer: dict[str, Any]) -> None:
-    job = client.wait_for_job(int(answer["id"]), timeout=JOB_TIMEOUT_S)
+    """Wait for a job the server accepted and count what it did.
+
+    A job still queued or running after :data:`JOB_TIMEOUT_S` (no ``ragstore worker``
+    running, a slow one) ended the ingest with a ``TimeoutError`` traceback, and so did
+    an error while it was being waited for (the server restarting): neither what the
+    earlier requests had stored nor the job's own files were said, though the server
+    holds those and its worker stores them. They are counted ``queued`` now, the job
+    named (``unfinished_jobs``); a timeout lets the run go on, an error still stops it
+    (:class:`RemoteFailed`, which says them)."""
+    from ragstore.errors import RagstoreError
+
+    job_id = int(answer["id"])
+    try:
+        job = client.wait_for_job(job_id, timeout=JOB_TIMEOUT_S)
+    except TimeoutError:
+        _unfinished(result, job_id, answer)
+        return
+    except RagstoreError:
+        _unfinished(result, job_id, answer)
+        raise
     for key in ("added", "updated", "unchanged"):
         result.add(key, int(job["summary"].get(key, 0)))
     if job["summary"].get("superseded"):  # left for a later write (jobs/runner.py)
         result.add("superseded", int(job["summary"]["superseded"]))
     for e in job["errors"]:
         result.fail(e.get("document") or "(job)", e.get("code"), e.get("detail"))
+
+
+def _unfinished(result: RemoteIngest, job_id: int, answer: dict[str, Any]) -> None:
+    """Count the files of job ``job_id`` (its 202 ``answer``) as queued, not seen done."""
+    result.add("queued", int(answer.get("total_documents") or 0))
+    result.unfinished_jobs.append(job_id)
 
 
 def ingest_remote(
