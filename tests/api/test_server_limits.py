@@ -24,7 +24,7 @@ from ragstore import Client
 from ragstore.auth import KeyStore
 from ragstore.config import Settings
 from ragstore.console.security import BASE_HEADERS
-from ragstore.errors import SearchTimeoutError
+from ragstore.errors import RequestTooLargeError, SearchTimeoutError
 from ragstore.http import limits
 from ragstore.runtime import Runtime
 from ragstore.search import search
@@ -316,6 +316,25 @@ def test_a_refused_body_is_read_so_the_client_gets_the_413(
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:100]
     assert b"connection: close" in answer.lower()
     assert json.loads(answer.partition(b"\r\n\r\n")[2])["code"] == "request_too_large"
+
+
+def test_a_document_over_the_request_limit_is_told_the_upload_route_takes_it(
+    admin: Client,
+) -> None:
+    # the 413 named the size and the setting only, not the route that takes the text
+    text = "# Big\n\n" + "word " * 250_000  # over 1 MiB as a JSON body
+    with pytest.raises(RequestTooLargeError) as refused:
+        admin.add_document("big-json", "big.md", text)
+    said = str(refused.value)
+    assert "POST /v1/collections/big-json/documents/upload" in said
+    assert "nothing was stored" in said
+    assert "big-json" not in [c["name"] for c in admin.list_collections()]
+    # as said: a file upload of the same text is taken
+    stored = admin.upload("big-json", ("big.md", text.encode()), background=True)
+    assert stored["status"] == "queued"
+    # a list of texts over it is told to send fewer at once
+    with pytest.raises(RequestTooLargeError, match="send fewer texts or ids per request"):
+        admin.request("POST", "/v1/collections/big-json/texts", json={"texts": ["w " * 600_000]})
 
 
 def test_a_refused_body_that_stalls_is_cut_off(secured: str, admin: Client, admin_key: str) -> None:

@@ -105,6 +105,26 @@ async def _drop_body(receive: Receive, max_bytes: int) -> None:
 
 
 UPLOAD_SUFFIX = "/documents/upload"  # the one route that takes files (api/routes/documents.py)
+DOCUMENT_SUFFIX = "/documents"  # a document given as JSON text
+
+
+def _how_to_fit(path: str, multipart: bool) -> str:
+    """What a 413 says to do, for the route refused. A document given as JSON text over
+    the request limit was told its size and the setting only, and nothing of the upload
+    route, which takes it as a file up to RAGSTORE_MAX_UPLOAD_BYTES."""
+    if multipart:
+        how = "send large document sets in several uploads"
+    elif path.endswith(DOCUMENT_SUFFIX):
+        how = (
+            "send a document this large as a file upload (POST "
+            f"{path}/upload; Client.upload(collection, [(name, text.encode())])), which "
+            "takes up to RAGSTORE_MAX_UPLOAD_BYTES"
+        )
+    elif "/texts" in path:
+        how = "send fewer texts or ids per request (the Python client splits them itself)"
+    else:
+        return "; nothing was done"
+    return f"; {how}; nothing was stored"
 
 
 class BodyLimitMiddleware:
@@ -146,7 +166,7 @@ class BodyLimitMiddleware:
         def too_large(size: str) -> RequestTooLargeError:
             return RequestTooLargeError(
                 f"the {what} is {size} bytes, over the limit of {limit} bytes ({setting})"
-                + ("; send large document sets in several uploads" if multipart else "")
+                + _how_to_fit(scope["path"], multipart)
             )
 
         declared = headers.get(b"content-length")
